@@ -1,0 +1,10 @@
+"""peftkit: parameter-efficient fine-tuning, orchestrated over transformers, peft and accelerate."""
+
+__version__ = "0.1.0"
+
+
+def load_run(run_dir):
+    """Load a trained run directory: ``(model, tokenizer, config)``; see :mod:`peftkit.run_dir`."""
+    from peftkit.run_dir import load_run as _load_run
+
+    return _load_run(run_dir)

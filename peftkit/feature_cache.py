@@ -1,0 +1,85 @@
+"""Train a head on cached backbone features: exact when the backbone is frozen and in eval mode.
+
+A frozen backbone without dropout maps each example to the same outputs every epoch, so we run it once
+per split and then swap it for :class:`CachedBackbone`, which returns the stored outputs. The task model's
+own forward (its head, its dropout before the head, its loss) runs unchanged on top, which keeps this
+generic across architectures.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from peftkit.modeling import backbone
+
+INDEX_KEY = "feature_idx"
+
+
+def backbone_is_frozen(model: nn.Module) -> bool:
+    return not any(p.requires_grad for p in backbone(model).parameters())
+
+
+class CachedBackbone(nn.Module):
+    """Stands in for the backbone; returns the stored outputs of the examples in ``self.indices``."""
+
+    def __init__(self, output_cls: type, per_token: set[str]):
+        super().__init__()
+        self.output_cls, self.per_token = output_cls, per_token
+        self.store: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self.split, self.indices = "train", None
+
+    def forward(self, input_ids=None, attention_mask=None, **_: object):
+        rows = [self.store[self.split][i] for i in self.indices.tolist()]
+        shape = (input_ids if input_ids is not None else attention_mask).shape
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones(shape, dtype=torch.bool)
+        device = mask.device
+        out = {}
+        for key, first in rows[0].items():
+            if key in self.per_token:  # scatter each example's real-token vectors back into its padding
+                full = first.new_zeros((*shape, *first.shape[1:]), device=device)
+                full[mask] = torch.cat([r[key] for r in rows]).to(device)
+                out[key] = full
+            else:
+                out[key] = torch.stack([r[key] for r in rows]).to(device)
+        return self.output_cls(**out)
+
+
+class FeatureCache:
+    """Computes backbone outputs per split and swaps the backbone in and out of the task model."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.prefix = model.base_model_prefix
+        self.real = backbone(model)
+        self.stub: CachedBackbone | None = None
+
+    @torch.no_grad()
+    def build(self, split: str, loader: DataLoader, device: torch.device, show_progress: bool) -> None:
+        self.real.eval()
+        rows: list[dict[str, torch.Tensor]] = []
+        for batch in tqdm(loader, desc=f"Caching {split} features", disable=not show_progress, leave=False):
+            batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", INDEX_KEY)}
+            out = self.real(**batch)
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(batch["input_ids"].shape, dtype=torch.long, device=device)
+            fields = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+            if self.stub is None:
+                per_token = {k for k, v in fields.items() if v.shape[:2] == mask.shape}
+                self.stub = CachedBackbone(type(out), per_token)
+            for i in range(mask.shape[0]):
+                keep = mask[i].bool()
+                rows.append({k: (v[i][keep] if k in self.stub.per_token else v[i]).cpu() for k, v in fields.items()})
+        self.stub.store[split] = rows
+
+    def attach(self) -> None:
+        setattr(self.model, self.prefix, self.stub)
+
+    def detach(self) -> None:
+        setattr(self.model, self.prefix, self.real)
+
+    def select(self, split: str, indices: torch.Tensor) -> None:
+        self.stub.split, self.stub.indices = split, indices

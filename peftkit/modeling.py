@@ -1,0 +1,135 @@
+"""Loading models and tokenizers for a task and strategy, and finding their parts (head, layers)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer
+
+from peftkit import assets
+from peftkit.config import BUILTIN_MODEL, ModelArguments
+from peftkit.errors import PeftkitError, check
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the built-in alias to its directory; anything else is a Hub name or local path."""
+    return str(assets.builtin_model_path()) if name == BUILTIN_MODEL else name
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The pretrained body of a task model (``model.bert``, ``model.model``, ...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    body = getattr(model, prefix, None)
+    check(isinstance(body, nn.Module), f"Cannot find the backbone of {type(model).__name__} "
+          f"(base_model_prefix={prefix!r}).")
+    return body
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level modules with parameters that are not the backbone: the new task head.
+
+    Generic across architectures: ``classifier`` for BERT/RoBERTa, ``score`` for Llama/GPT-2,
+    ``pre_classifier`` + ``classifier`` for DistilBERT.
+    """
+    body = backbone(model)
+    names = [name for name, child in model.named_children()
+             if child is not body and any(True for _ in child.parameters())]
+    check(bool(names), f"{type(model).__name__} has no task head outside its backbone.")
+    return names
+
+
+def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The stack of transformer blocks: the backbone's ModuleList holding the most parameters."""
+    best, best_size = None, 0
+    for name, module in backbone(model).named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (name, module), size
+    check(best is not None, f"Cannot find the transformer layers of {type(model).__name__}.")
+    return best
+
+
+def top_backbone_parameters(model: nn.Module, n: int) -> list[nn.Parameter]:
+    """Parameters of the top ``n`` layers and of everything registered after them (pooler, final norm)."""
+    _, layers = transformer_layers(model)
+    check(n <= len(layers), f"--num_trainable_layers {n} exceeds the model's {len(layers)} layers.")
+    params = list(backbone(model).parameters())
+    ids = [id(p) for p in params]
+    if n > 0:
+        start = ids.index(id(next(layers[len(layers) - n].parameters())))
+    else:
+        start = ids.index(id(list(layers.parameters())[-1])) + 1
+    return params[start:]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total). A 4-bit bitsandbytes tensor stores two weights per byte, so it counts double."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2 * getattr(param, "quant_storage", torch.uint8).itemsize
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
+
+
+def load_config(model_args: ModelArguments, **config_kwargs: Any):
+    path = resolve_model_path(model_args.model_name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code, **config_kwargs)
+    except Exception as exc:  # noqa: BLE001
+        hint = ("No such local directory, and the Hub is unreachable or does not know that name."
+                if not Path(path).exists() else "The directory holds no readable config.json.")
+        raise PeftkitError(f"Cannot load model {model_args.model_name_or_path!r}: {hint} Pass "
+                           "--model_name_or_path with a local model directory (or a Hub name where the Hub "
+                           f"is reachable). Detail: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def load_tokenizer(model_args: ModelArguments):
+    path = resolve_model_path(model_args.tokenizer_name or model_args.model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise PeftkitError(f"Cannot load a tokenizer from {path!r}: {str(exc).splitlines()[0][:200]}. "
+                           "Pass --tokenizer_name with a directory that has one.") from exc
+    if tokenizer.pad_token is None:  # decoder LMs often ship without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def planned_head_names(task: Any, config) -> list[str]:
+    """Head module names, found on an empty (meta-device) model before any weight is loaded.
+
+    Quantization needs them up front: the new head must stay out of 4-bit.
+    """
+    with torch.device("meta"):
+        skeleton = task.auto_class.from_config(config)
+    return head_module_names(skeleton)
+
+
+def load_model(task: Any, strategy: Any, model_args: ModelArguments, labels: list[str], tokenizer):
+    """Load the pretrained model with a fresh task head for ``labels``, ready for the strategy."""
+    config = load_config(model_args, **task.model_kwargs(labels))
+    try:
+        task.auto_class._model_mapping[type(config)]  # noqa: B018 - a lookup that raises when missing
+    except KeyError:
+        raise PeftkitError(
+            f"Model type {config.model_type!r} has no {task.kind} head class in transformers, so it cannot be "
+            f"used for task {task.name!r}. Pick a model with one (e.g. BERT, RoBERTa, Llama)."
+        ) from None
+    head_names = planned_head_names(task, config)
+    path = resolve_model_path(model_args.model_name_or_path)
+    model = task.auto_class.from_pretrained(
+        path, config=config, trust_remote_code=model_args.trust_remote_code, **strategy.load_kwargs(head_names)
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, head_names

@@ -1,0 +1,91 @@
+"""Putting a trained run to work: load it, evaluate it on data, label new texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from peftkit.config import DataArguments, ModelArguments
+from peftkit.data import load_file, load_raw_datasets
+from peftkit.engine import evaluate
+from peftkit.errors import PeftkitError, check
+from peftkit.modeling import load_model
+from peftkit.runner import CONFIG_FILE
+from peftkit.strategies import get_strategy
+from peftkit.tasks import get_task
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    check(path.is_file(), f"{str(run_dir)!r} is not a peftkit run directory (no {CONFIG_FILE}). Pass the "
+          "--output_dir of a finished `peftkit train` run.")
+    return json.loads(path.read_text())
+
+
+def load_run(run_dir: str | Path):
+    """``(model, tokenizer, config)`` of a run: a plain model, or the base with its adapter and head."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if (run_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        strategy = get_strategy(cfg["strategy"]).build(**cfg["strategy_args"])
+        base, _ = load_model(task, strategy, ModelArguments(**cfg["model"]), cfg["labels"], tokenizer)
+        model = PeftModel.from_pretrained(base, run_dir)
+    else:
+        model = task.auto_class.from_pretrained(run_dir)
+    model.eval()
+    return model, tokenizer, cfg
+
+
+def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str,
+                 eval_file: str | None) -> dict[str, float]:
+    """Metrics of a trained run on ``eval_file``, or on ``split`` of its data (with overrides)."""
+    model, tokenizer, cfg = load_run(run_dir)
+    data_args = DataArguments(**(cfg["data"] | data_overrides))
+    task = get_task(cfg["task"])(data_args)
+    if eval_file:
+        from datasets import DatasetDict
+
+        raw = DatasetDict({split: load_file(eval_file)})
+    else:
+        raw, _ = load_raw_datasets(data_args, cfg["training"]["seed"])
+        check(split in raw, f"The run's data has no {split!r} split (splits: {sorted(raw)}).")
+        raw = DatasetDict({split: raw[split]})
+    label2id = {label: i for i, label in enumerate(cfg["labels"])}
+    task.check_known_labels(raw, set(label2id))
+    data = task.preprocess(raw, tokenizer, label2id)
+    acc = Accelerator()
+    loader = DataLoader(data[split], batch_size=64, collate_fn=task.collator(tokenizer))
+    model, loader = acc.prepare(model, loader)
+    return evaluate(acc, task, model, loader)
+
+
+def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None = None,
+                  batch_size: int = 64) -> list[dict[str, Any]]:
+    """Label ``texts`` (and optional second texts) with a trained run; probabilities included."""
+    check(bool(texts), "No texts to label: the input was empty.")
+    model, tokenizer, cfg = load_run(run_dir)
+    task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
+    id2label = dict(enumerate(cfg["labels"]))
+    device = next(p.device for p in model.parameters())
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(texts), batch_size):
+        chunk, pair_chunk = texts[i:i + batch_size], pairs[i:i + batch_size] if pairs else None
+        enc = task.encode(tokenizer, chunk, pair_chunk, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc.to(device)).logits
+        out.extend(task.predictions(logits.cpu(), id2label))
+    for text, row in zip(texts, out):
+        row["text"] = text
+    if not out:
+        raise PeftkitError("Nothing was labelled.")
+    return out

@@ -1,0 +1,131 @@
+"""One training run, top to bottom: data, model, strategy, engine, artefact, results.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from peftkit import __version__
+from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
+from peftkit.data import load_raw_datasets
+from peftkit.engine import Engine
+from peftkit.modeling import count_parameters, load_model, load_tokenizer
+from peftkit.tasks import get_task
+
+logger = logging.getLogger(__name__)
+CONFIG_FILE = "peftkit_config.json"
+RESULTS_FILE = "results.json"
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "evaluate")
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"peftkit": __version__}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA max allocated on GPU; otherwise the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
+
+def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
+    log_with = args.report_to
+    if log_with == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            log_with = "none"
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if log_with == "none" else log_with,
+        project_dir=str(output_dir),
+    )
+
+
+def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, data_args, train_args,
+                    lr: float) -> dict[str, Any]:
+    training = dataclasses.asdict(train_args) | {"learning_rate": lr}
+    return {"task": task, "strategy": strategy_name, "strategy_args": dataclasses.asdict(strategy),
+            "model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+            "training": training, "peftkit_version": __version__}
+
+
+def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
+          data_args: DataArguments, train_args: TrainingArguments) -> dict[str, Any]:
+    """Train, save the artefact and return (and write) the results dict."""
+    validate(model_args, data_args, train_args)
+    output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
+    acc = make_accelerator(train_args, output_dir)
+    set_seed(train_args.seed)
+    if acc.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    task = get_task(task_name)(data_args)
+    lr = train_args.learning_rate or strategy.default_learning_rate
+    config = resolved_config(task_name, strategy_name, strategy, model_args, data_args, train_args, lr)
+
+    with acc.main_process_first():
+        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed)
+        labels = task.discover_labels(raw)
+        tokenizer = load_tokenizer(model_args)
+        data = task.preprocess(raw, tokenizer, task.model_kwargs(labels)["label2id"])
+    model, head_names = load_model(task, strategy, model_args, labels, tokenizer)
+    if train_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = strategy.prepare(model, task, head_names)
+    trainable, total = count_parameters(model)
+    logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
+                f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
+    if acc.is_main_process:
+        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels}, indent=2))
+    acc.init_trackers("peftkit", config={k: v for k, v in config["training"].items()
+                                          if isinstance(v, int | float | str | bool)})
+
+    engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,
+                    use_feature_cache=getattr(strategy, "cache_features", False))
+    fit = engine.fit()
+    if acc.is_main_process:
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+    acc.end_training()
+
+    results = {
+        "strategy": strategy_name, "task": task_name, "model": model_args.model_name_or_path,
+        "dataset": dataset_desc, "artifact_dir": str(output_dir.resolve()),
+        "eval": fit.eval, "test": fit.test, "labels": labels,
+        "trainable_params": trainable, "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "train_runtime_s": round(fit.train_runtime_s, 3),
+        "train_samples_per_s": round(fit.train_samples / fit.train_runtime_s, 3),
+        "train_samples": fit.train_samples, "global_step": fit.global_step, "epochs": fit.epochs,
+        "stopped_early": fit.stopped_early, "feature_cache": fit.feature_cache,
+        "num_examples": {s: len(d) for s, d in data.items()},
+        "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),
+        "num_processes": acc.num_processes,
+        "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
+        * train_args.gradient_accumulation_steps,
+        "learning_rate": lr, "seed": train_args.seed, "history": fit.history, "versions": versions(),
+    }
+    if acc.is_main_process:
+        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    return results

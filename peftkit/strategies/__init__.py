@@ -1,0 +1,91 @@
+"""Strategy registry: how a model is adapted.
+
+A strategy is a small dataclass (its fields become CLI flags) with two methods::
+
+    load_kwargs(head_names) -> dict        # extra from_pretrained kwargs, e.g. a quantization config
+    prepare(model, task, head_names) -> nn.Module   # freeze, or wrap with peft
+
+and a ``default_learning_rate`` class attribute. Variants are presets of one class
+(``register("qlora", LoRA, quantization="nf4")``). Third-party packages add strategies through the
+entry-point group ``peftkit.strategies``; each entry point names a strategy class, registered under the
+entry point's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from torch import nn
+
+from peftkit.errors import PeftkitError
+
+logger = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "peftkit.strategies"
+
+
+class Strategy(Protocol):
+    default_learning_rate: float
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]: ...
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    cls: type
+    preset: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **overrides: Any) -> Strategy:
+        return self.cls(**{**self.preset, **overrides})
+
+
+_REGISTRY: dict[str, StrategySpec] = {}
+_entry_points_loaded = False
+
+
+def register(name: str, cls: type, **preset: Any) -> None:
+    """Register strategy class ``cls`` under ``name``, with ``preset`` field values as its defaults."""
+    _REGISTRY[name] = StrategySpec(name, cls, preset)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue  # built-ins win; a plug-in cannot silently replace them
+        try:
+            register(ep.name, ep.load())
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break peftkit
+            logger.warning("Could not load strategy plug-in %r (%s): %s", ep.name, ep.value, exc)
+
+
+def get_strategy(name: str) -> StrategySpec:
+    """The registered strategy ``name`` (built-in or plug-in)."""
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise PeftkitError(f"Unknown strategy {name!r}. Available: {', '.join(available())}.")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+from peftkit.strategies.freezing import Full, Head, Partial  # noqa: E402
+from peftkit.strategies.lora import LoRA  # noqa: E402
+
+register("full", Full)
+register("head", Head)
+register("partial", Partial)
+register("lora", LoRA)
+register("qlora", LoRA, quantization="nf4")
+register("dora", LoRA, use_dora=True)

@@ -1,0 +1,73 @@
+"""Strategies that choose which pretrained weights train: all, none (head only), or the top layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from peftkit.errors import check
+from peftkit.modeling import top_backbone_parameters
+
+
+def _unfreeze_head(model: nn.Module, head_names: list[str]) -> None:
+    model.requires_grad_(False)
+    for name in head_names:
+        model.get_submodule(name).requires_grad_(True)
+
+
+@dataclass
+class Full:
+    """Every weight trains: the reference every other strategy is measured against."""
+
+    default_learning_rate: ClassVar[float] = 5e-5
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+
+@dataclass
+class Head:
+    """Only the new task head trains, on a frozen backbone (feature extraction)."""
+
+    cache_features: bool = field(
+        default=True,
+        metadata={"help": "head: run the frozen backbone once (eval mode) and train the head on the cached "
+                  "features. Exact, and much faster than a forward pass per step."},
+    )
+    default_learning_rate: ClassVar[float] = 1e-3
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        _unfreeze_head(model, head_names)
+        return model
+
+
+@dataclass
+class Partial:
+    """The top N transformer layers, whatever sits above them (pooler, final norm) and the head train."""
+
+    num_trainable_layers: int = field(
+        default=2, metadata={"help": "partial: how many of the top transformer layers train."}
+    )
+    default_learning_rate: ClassVar[float] = 1e-4
+
+    def __post_init__(self) -> None:
+        check(self.num_trainable_layers >= 0,
+              f"--num_trainable_layers must be >= 0, got {self.num_trainable_layers}.")
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        _unfreeze_head(model, head_names)
+        for param in top_backbone_parameters(model, self.num_trainable_layers):
+            param.requires_grad_(True)
+        return model

@@ -1,0 +1,105 @@
+"""LoRA through peft, optionally on a bitsandbytes-quantized base (QLoRA) or as DoRA: one class, presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftkit.errors import PeftkitError, check
+
+QUANTIZATIONS = ("nf4", "fp4", "int8")
+
+
+@dataclass
+class LoRA:
+    """Low-rank adapters on the attention projections; the new head trains fully and is saved with them."""
+
+    lora_r: int = field(default=8, metadata={"help": "lora: adapter rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "lora: scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "lora: dropout on the adapter input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "lora: module names to adapt. Default: peft's choice for the architecture "
+                  "(query/value for BERT, q_proj/v_proj for Llama)."},
+    )
+    use_dora: bool = field(default=False, metadata={"help": "lora: weight-decomposed LoRA (DoRA)."})
+    quantization: str | None = field(
+        default=None, metadata={"help": "lora: quantize the frozen base: nf4 or fp4 (4-bit) or int8 (QLoRA)."}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="auto", metadata={"help": "qlora: dtype of 4-bit matmuls: float32, bfloat16, float16 or auto."}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "qlora: also quantize the quantization constants (saves memory)."}
+    )
+    default_learning_rate: ClassVar[float] = 5e-4
+
+    def __post_init__(self) -> None:
+        check(self.lora_r > 0, f"--lora_r must be a positive integer, got {self.lora_r}.")
+        check(self.lora_alpha > 0, f"--lora_alpha must be positive, got {self.lora_alpha}.")
+        check(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        check(self.quantization in (None, *QUANTIZATIONS),
+              f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}.")
+        check(self.bnb_4bit_compute_dtype in ("auto", "float32", "bfloat16", "float16"),
+              f"--bnb_4bit_compute_dtype must be auto, float32, bfloat16 or float16, got "
+              f"{self.bnb_4bit_compute_dtype!r}.")
+
+    def compute_dtype(self) -> torch.dtype:
+        if self.bnb_4bit_compute_dtype == "auto":
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cuda_bf16 else torch.float32
+        return getattr(torch, self.bnb_4bit_compute_dtype)
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
+        if self.quantization is None:
+            return {}
+        from transformers import BitsAndBytesConfig
+
+        if self.quantization == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=head_names)
+        else:
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.quantization,
+                bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
+                bnb_4bit_compute_dtype=self.compute_dtype(),
+                # The freshly initialised head must stay in full precision: it trains, and 4-bit would
+                # both break its forward and round away its updates.
+                llm_int8_skip_modules=head_names,
+            )
+        kwargs: dict[str, Any] = {"quantization_config": config}
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().device}  # each rank quantizes onto its own GPU
+        return kwargs
+
+    def peft_config(self, task: Any, head_names: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type=task.peft_task_type,
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+            use_dora=self.use_dora,
+            modules_to_save=head_names,
+        )
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if self.quantization is not None:
+            # Casts the non-quantized parts (norms, head) to float32 for stable training. Activation
+            # checkpointing is the engine's choice (--gradient_checkpointing), not forced here.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        try:
+            return get_peft_model(model, self.peft_config(task, head_names))
+        except ValueError as exc:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise PeftkitError(f"LoRA could not be applied: {exc}. Pass --lora_target_modules with names of "
+                               f"linear layers in this model, e.g. {' '.join(linear[:8])}.") from exc
