@@ -75,7 +75,7 @@ class TrainingArguments:
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate. Default: the strategy's own (e.g. 5e-5 full, 5e-4 lora)."}
+        default=None, metadata={"help": "Peak learning rate. Default: the strategy's own (e.g. 5e-5 full, 2e-3 lora, 2e-2 head)."}
     )
     weight_decay: float = field(default=0.01, metadata={"help": "Decoupled weight decay (not on biases or norms)."})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (with momentum)."})

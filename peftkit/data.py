@@ -59,6 +59,8 @@ def load_file(path: str) -> Dataset:
     try:
         ds = datasets.load_dataset(builder, data_files={"data": str(p)}, split="data", **kwargs)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not what it claims
+        if "corresponds to no data" in str(exc):
+            raise PeftkitError(f"Data file {path!r} holds no examples (a header only?).") from exc
         raise PeftkitError(f"Could not read {path!r} as {builder}: {str(exc).splitlines()[0][:300]}") from exc
     check(len(ds) > 0, f"Data file {path!r} holds no examples.")
     return ds

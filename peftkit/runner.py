@@ -98,7 +98,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
     if acc.is_main_process:
         (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels}, indent=2))
-    acc.init_trackers("peftkit", config={k: v for k, v in config["training"].items()
+    acc.init_trackers("logs", config={k: v for k, v in config["training"].items()
                                           if isinstance(v, int | float | str | bool)})
 
     engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,

@@ -40,7 +40,7 @@ class Head:
         metadata={"help": "head: run the frozen backbone once (eval mode) and train the head on the cached "
                   "features. Exact, and much faster than a forward pass per step."},
     )
-    default_learning_rate: ClassVar[float] = 1e-3
+    default_learning_rate: ClassVar[float] = 2e-2
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}

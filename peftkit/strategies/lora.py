@@ -35,7 +35,7 @@ class LoRA:
     bnb_4bit_use_double_quant: bool = field(
         default=True, metadata={"help": "qlora: also quantize the quantization constants (saves memory)."}
     )
-    default_learning_rate: ClassVar[float] = 5e-4
+    default_learning_rate: ClassVar[float] = 2e-3
 
     def __post_init__(self) -> None:
         check(self.lora_r > 0, f"--lora_r must be a positive integer, got {self.lora_r}.")

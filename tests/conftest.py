@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models built from configs (no network), the built-in tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            max_position_embeddings=64, initializer_range=0.5)  # large init: one step moves every tensor
+
+
+def tiny_config(arch: str):
+    from transformers import BertConfig, LlamaConfig
+
+    if arch == "bert":
+        return BertConfig(vocab_size=120, **TINY)
+    return LlamaConfig(vocab_size=120, num_key_value_heads=2, pad_token_id=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(arch)``: a saved tiny pretrained-style model directory (bert or llama)."""
+    from transformers import AutoModel
+
+    cache: dict[str, str] = {}
+
+    def make(arch: str) -> str:
+        if arch not in cache:
+            torch.manual_seed(0)
+            path = tmp_path_factory.mktemp(f"tiny_{arch}")
+            AutoModel.from_config(tiny_config(arch)).save_pretrained(path)
+            cache[arch] = str(path)
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir() -> str:
+    from peftkit.assets import builtin_model_path
+
+    return str(builtin_model_path())
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

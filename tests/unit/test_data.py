@@ -1,0 +1,135 @@
+"""Data loading, splits and label discovery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from peftkit.config import DataArguments
+from peftkit.data import load_raw_datasets
+from peftkit.errors import PeftkitError
+from peftkit.tasks.text_cls import TextClassification
+
+
+def write_csv(path, header, rows):
+    path.write_text("\n".join([header] + rows) + "\n")
+    return str(path)
+
+
+def load(tmp_path, rows, header="review,sentiment", **kwargs):
+    args = DataArguments(train_file=write_csv(tmp_path / "train.csv", header, rows), text_column="review",
+                         label_column="sentiment", **kwargs)
+    raw, _ = load_raw_datasets(args, seed=0)
+    return raw, TextClassification(args)
+
+
+def test_string_labels_are_discovered_sorted_and_validation_is_carved(tmp_path):
+    rows = [f"text {i},{['pos', 'neg', 'neutral'][i % 3]}" for i in range(30)]
+    raw, task = load(tmp_path, rows)
+    assert set(raw) == {"train", "validation"} and len(raw["validation"]) == 3
+    assert task.discover_labels(raw) == ["neg", "neutral", "pos"]
+    again, _ = load(tmp_path, rows)
+    assert again["validation"]["review"] == raw["validation"]["review"]  # seeded, reproducible
+
+
+def test_int_labels_keep_their_names(tmp_path):
+    raw, task = load(tmp_path, [f"t{i},{i % 4}" for i in range(20)])
+    labels = task.discover_labels(raw)
+    assert labels == ["0", "1", "2", "3"]
+    assert task.model_kwargs(labels)["id2label"] == {0: "0", 1: "1", 2: "2", 3: "3"}
+
+
+def test_classlabel_feature_uses_its_names():
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    raw = DatasetDict({s: Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, 1]}, features=features)
+                       for s in ("train", "validation")})
+    assert TextClassification(DataArguments()).discover_labels(raw) == ["neg", "pos"]
+
+
+def test_pairs_and_json_lines(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps({"q": f"q{i}", "a": f"a{i}", "label": i % 2 == 0}) for i in range(10)))
+    args = DataArguments(train_file=str(path), text_column="q", text_pair_column="a")
+    raw, _ = load_raw_datasets(args, seed=0)
+    task = TextClassification(args)
+    labels = task.discover_labels(raw)
+    from transformers import AutoTokenizer
+
+    from peftkit.assets import builtin_model_path
+
+    tok = AutoTokenizer.from_pretrained(builtin_model_path())
+    data = task.preprocess(raw, tok, task.model_kwargs(labels)["label2id"])
+    first = data["train"][0]
+    assert first["token_type_ids"].count(1) > 0  # the pair is encoded as a second segment
+    assert set(data["train"]["labels"]) <= {0, 1}
+
+
+def test_max_samples_after_seeded_shuffle(tmp_path):
+    rows = [f"t{i},{'a' if i < 50 else 'b'}" for i in range(100)]  # sorted by label, as files often are
+    raw, task = load(tmp_path, rows, max_train_samples=20, max_eval_samples=5)
+    assert len(raw["train"]) == 20 and len(raw["validation"]) == 5
+    assert set(raw["train"]["sentiment"]) == {"a", "b"}
+
+
+def test_builtin_rotten_tomatoes_is_split_deterministically():
+    raw, desc = load_raw_datasets(DataArguments(), seed=0)
+    assert desc == "builtin:rotten_tomatoes"
+    sizes = {s: len(d) for s, d in raw.items()}
+    assert sum(sizes.values()) == 12752  # 12,808 fresh/rotten rows less 56 duplicate texts
+    assert sizes == {"train": 10186, "validation": 1258, "test": 1308}  # fixed by a hash of each text
+    assert not set(raw["train"]["text"]) & set(raw["test"]["text"])
+    assert TextClassification(DataArguments()).discover_labels(raw) == ["fresh", "rotten"]
+
+
+@pytest.mark.parametrize("rows,message", [
+    (["t1,1.5", "t2,0.5", "t3,2.5"], "holds floats"),
+    (["t1,a", "t2,a", "t3,a"], "single class"),
+])
+def test_bad_labels(tmp_path, rows, message):
+    raw, task = load(tmp_path, rows * 4)
+    with pytest.raises(PeftkitError, match=message):
+        task.discover_labels(raw)
+
+
+def test_mixed_label_types(monkeypatch):
+    # Arrow columns hold one type, so mixed labels reach us only from Python objects; simulate that.
+    raw = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]})})
+    task = TextClassification(DataArguments())
+    monkeypatch.setattr(task, "_label_values", lambda r, s: [1, "y"])
+    with pytest.raises(PeftkitError, match="mixes types"):
+        task.discover_labels(raw)
+
+
+def test_unseen_evaluation_labels_are_named(tmp_path):
+    args = DataArguments(train_file=write_csv(tmp_path / "tr.csv", "text,label", ["a,x", "b,y"] * 3),
+                         validation_file=write_csv(tmp_path / "va.csv", "text,label", ["c,x", "d,z"]))
+    raw, _ = load_raw_datasets(args, seed=0)
+    with pytest.raises(PeftkitError, match=r"validation data has label\(s\) \['z'\] that training never saw"):
+        TextClassification(args).discover_labels(raw)
+
+
+def test_missing_column_lists_the_columns_there_are(tmp_path):
+    raw, task = load(tmp_path, ["a,x", "b,y"] * 3, header="review,mood")
+    with pytest.raises(PeftkitError, match=r"'sentiment' \(--label_column\) is not in the train data. "
+                                           r"Its columns are: review, mood"):
+        task.discover_labels(raw)
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"), ("", "is empty"), ("text,label\n", "holds no examples"),
+])
+def test_bad_files(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PeftkitError, match=message):
+        load_raw_datasets(DataArguments(train_file=str(path)), seed=0)
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(PeftkitError, match="Cannot tell the format"):
+        load_raw_datasets(DataArguments(train_file=str(path)), seed=0)

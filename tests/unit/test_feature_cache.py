@@ -1,0 +1,59 @@
+"""Head training on cached features must see exactly what the frozen backbone would produce."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
+from unit.test_strategies import build
+
+
+def examples(n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        rows.append({"input_ids": torch.randint(1, 120, (length,), generator=g).tolist(), "labels": i % 3,
+                     INDEX_KEY: i})
+    return rows
+
+
+def collate(rows, left_pad=False):
+    width = max(len(r["input_ids"]) for r in rows)
+    ids, mask = [], []
+    for r in rows:
+        pad = [0] * (width - len(r["input_ids"]))
+        ids.append(pad + r["input_ids"] if left_pad else r["input_ids"] + pad)
+        ones = [1] * len(r["input_ids"])
+        mask.append([0] * len(pad) + ones if left_pad else ones + [0] * len(pad))
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor([r["labels"] for r in rows]), INDEX_KEY: torch.tensor([r[INDEX_KEY] for r in rows])}
+
+
+@pytest.mark.parametrize("arch,left_pad", [("bert", False), ("llama", False), ("llama", True)])
+def test_cached_backbone_reproduces_the_frozen_forward(arch, left_pad, tiny_model_dir):
+    model, _, _ = build(arch, "head", tiny_model_dir)
+    assert backbone_is_frozen(model)
+    model.eval()
+    data = examples()
+    cache = FeatureCache(model)
+    # Cache with one batch size, replay with another: padding widths differ between the two.
+    cache.build("train", DataLoader(data, batch_size=4, collate_fn=lambda r: collate(r, left_pad)),
+                torch.device("cpu"), show_progress=False)
+    replay = collate(data[2:9], left_pad)
+    indices = replay.pop(INDEX_KEY)
+    with torch.no_grad():
+        expected = model(**replay)
+        cache.attach()
+        cache.select("train", indices)
+        got = model(**replay)
+        cache.detach()
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_is_not_used_when_the_backbone_trains(tiny_model_dir):
+    model, _, _ = build("bert", "partial", tiny_model_dir)
+    assert not backbone_is_frozen(model)

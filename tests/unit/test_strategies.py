@@ -1,0 +1,137 @@
+"""The common matrix every strategy row runs through, on tiny BERT and Llama models built from configs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from peftkit.config import DataArguments, ModelArguments, TrainingArguments
+from peftkit.engine import build_optimizer
+from peftkit.modeling import count_parameters, head_module_names, load_model
+from peftkit.strategies import available, get_strategy
+from peftkit.tasks.text_cls import TextClassification
+
+H, I, L, C, R = 64, 128, 2, 3, 4  # hidden, intermediate, layers, classes, lora rank (see conftest.TINY)
+LABELS = ["a", "b", "c"]
+
+# Trainable parameter counts derived by hand from the tiny configs.
+BERT_HEAD = H * C + C  # classifier (with bias)
+BERT_LAYER = 4 * (H * H + H) + 2 * 2 * H + (H * I + I) + (I * H + H)  # q,k,v,o + 2 LayerNorms + MLP
+BERT_POOLER = H * H + H
+LLAMA_HEAD = H * C  # score (no bias)
+LLAMA_LAYER = 4 * H * H + 3 * H * I + 2 * H  # q,k,v,o + gate,up,down + 2 RMSNorms
+LORA_QV = L * 2 * (R * H + H * R)  # A and B on query and value in every layer
+EXPECTED = {
+    ("bert", "head"): BERT_HEAD,
+    ("bert", "lora"): LORA_QV + BERT_HEAD,
+    ("bert", "qlora"): LORA_QV + BERT_HEAD,
+    ("bert", "partial"): BERT_LAYER + BERT_POOLER + BERT_HEAD,  # top 1 layer + pooler above it + head
+    ("llama", "head"): LLAMA_HEAD,
+    ("llama", "lora"): LORA_QV + LLAMA_HEAD,
+    ("llama", "qlora"): LORA_QV + LLAMA_HEAD,
+    ("llama", "partial"): LLAMA_LAYER + H + LLAMA_HEAD,  # top 1 layer + final norm + head
+}
+STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": R}, "qlora": {"lora_r": R},
+                 "dora": {"lora_r": R}}
+MATRIX = [(arch, s) for arch in ("bert", "llama") for s in ("full", "head", "partial", "lora", "qlora")]
+
+
+def build(arch, name, tiny_model_dir):
+    torch.manual_seed(0)
+    task = TextClassification(DataArguments())
+    strategy = get_strategy(name).build(**STRATEGY_ARGS.get(name, {}))
+    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
+                              SimpleNamespace(pad_token_id=0))
+    return strategy.prepare(model, task, heads), task, strategy
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 120, (4, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def test_builtin_strategies_are_registered():
+    assert {"full", "head", "partial", "lora", "qlora", "dora"} <= set(available())
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_head_is_found_generically(arch, tiny_model_dir):
+    model, _, _ = build(arch, "full", tiny_model_dir)
+    assert head_module_names(model) == (["classifier"] if arch == "bert" else ["score"])
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_exact_trainable_counts(arch, name, tiny_model_dir):
+    model, _, _ = build(arch, name, tiny_model_dir)
+    trainable, total = count_parameters(model)
+    if name == "full":
+        assert trainable == total
+    else:
+        assert trainable == EXPECTED[(arch, name)]
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_only_trainable_tensors_change(arch, name, tiny_model_dir):
+    model, _, _ = build(arch, name, tiny_model_dir)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    opt = build_optimizer(model, TrainingArguments(weight_decay=0.0), lr=1e-2)
+    for step in range(2):  # two steps: LoRA's B starts at zero, so A first gets a gradient on step two
+        out = model(**batch(step))
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (n in trainable), f"{n}: changed={changed}, trainable={n in trainable}"
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_save_reload_gives_identical_logits(arch, name, tiny_model_dir, tmp_path):
+    model, task, strategy = build(arch, name, tiny_model_dir)
+    opt = build_optimizer(model, TrainingArguments(), lr=1e-2)
+    model(**batch()).loss.backward()
+    opt.step()
+    model.eval()
+    inputs = {k: v for k, v in batch(1).items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    if (tmp_path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base, _ = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
+                             SimpleNamespace(pad_token_id=0))  # a fresh, differently initialised head
+        reloaded = PeftModel.from_pretrained(base, tmp_path)
+    else:
+        reloaded = task.auto_class.from_pretrained(tmp_path)
+    assert list((tmp_path).glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_qlora_quantizes_base_but_not_head(tiny_model_dir):
+    model, _, _ = build("bert", "qlora", tiny_model_dir)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Linear4bit" in kinds
+    head = model.base_model.model.classifier
+    assert type(head.modules_to_save["default"]).__name__ == "Linear"
+
+
+def test_partial_rejects_more_layers_than_the_model_has(tiny_model_dir):
+    from peftkit.errors import PeftkitError
+
+    with pytest.raises(PeftkitError, match="exceeds the model's 2 layers"):
+        build_partial = get_strategy("partial").build(num_trainable_layers=5)
+        task = TextClassification(DataArguments())
+        model, heads = load_model(task, build_partial, ModelArguments(tiny_model_dir("bert")), LABELS,
+                                  SimpleNamespace(pad_token_id=0))
+        build_partial.prepare(model, task, heads)
