@@ -67,7 +67,8 @@ class DataArguments:
 @dataclass
 class TrainingArguments:
     output_dir: str | None = field(
-        default=None, metadata={"help": "Where the artefact, config and results.json go. Default: runs/<strategy>_<task>."}
+        default=None,
+        metadata={"help": "Where the artefact, config and results.json go. Default: runs/<strategy>_<task>."},
     )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training data."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimizer steps."})
@@ -75,7 +76,9 @@ class TrainingArguments:
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate. Default: the strategy's own (e.g. 5e-5 full, 2e-3 lora, 2e-2 head)."}
+        default=None,
+        metadata={"help": "Peak learning rate. Default: the strategy's own (5e-5 full, 1e-4 partial, 2e-3 lora, "
+                  "2e-2 head)."},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "Decoupled weight decay (not on biases or norms)."})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (with momentum)."})
@@ -103,7 +106,8 @@ class TrainingArguments:
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: str = field(
-        default="auto", metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., none; auto = tensorboard if installed."}
+        default="auto",
+        metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., or none; auto = tensorboard if installed."},
     )
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks for errors."})
 

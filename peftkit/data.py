@@ -110,7 +110,7 @@ def builtin_rotten_tomatoes() -> DatasetDict:
     table = table.filter(lambda c, t: c in ("fresh", "rotten") and bool(t), input_columns=["category", "text"])
     seen: set[str] = set()
     rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
-    for text, label in zip(table["text"], table["category"]):
+    for text, label in zip(table["text"], table["category"], strict=True):
         if text in seen:
             continue
         seen.add(text)

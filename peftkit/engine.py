@@ -124,7 +124,7 @@ class Engine:
         optimizer = build_optimizer(self.model, args, self.lr)
         model, optimizer, train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
                                                                *eval_loaders.values())
-        eval_loaders = dict(zip(eval_loaders, prepared))
+        eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
         steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the

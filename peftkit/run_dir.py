@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
@@ -53,8 +54,6 @@ def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str
     data_args = DataArguments(**(cfg["data"] | data_overrides))
     task = get_task(cfg["task"])(data_args)
     if eval_file:
-        from datasets import DatasetDict
-
         raw = DatasetDict({split: load_file(eval_file)})
     else:
         raw, _ = load_raw_datasets(data_args, cfg["training"]["seed"])
@@ -84,7 +83,7 @@ def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None
         with torch.no_grad():
             logits = model(**enc.to(device)).logits
         out.extend(task.predictions(logits.cpu(), id2label))
-    for text, row in zip(texts, out):
+    for text, row in zip(texts, out, strict=True):
         row["text"] = text
     if not out:
         raise PeftkitError("Nothing was labelled.")

@@ -19,7 +19,7 @@ from peftkit import __version__
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
 from peftkit.engine import Engine
-from peftkit.modeling import count_parameters, load_model, load_tokenizer
+from peftkit.modeling import count_parameters, load_config, load_model, load_tokenizer
 from peftkit.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
           data_args: DataArguments, train_args: TrainingArguments) -> dict[str, Any]:
     """Train, save the artefact and return (and write) the results dict."""
     validate(model_args, data_args, train_args)
+    load_config(model_args)  # fail fast on a wrong model path, before any data work
     output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
     acc = make_accelerator(train_args, output_dir)
     set_seed(train_args.seed)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import build
 from torch.utils.data import DataLoader
 
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
-from unit.test_strategies import build
 
 
 def examples(n=10, seed=0):

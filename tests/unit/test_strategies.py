@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import LABELS, batch, build
 
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments
 from peftkit.engine import build_optimizer
@@ -13,15 +14,14 @@ from peftkit.modeling import count_parameters, head_module_names, load_model
 from peftkit.strategies import available, get_strategy
 from peftkit.tasks.text_cls import TextClassification
 
-H, I, L, C, R = 64, 128, 2, 3, 4  # hidden, intermediate, layers, classes, lora rank (see conftest.TINY)
-LABELS = ["a", "b", "c"]
+H, FF, L, C, R = 64, 128, 2, 3, 4  # hidden, intermediate, layers, classes, lora rank (see conftest.TINY)
 
 # Trainable parameter counts derived by hand from the tiny configs.
 BERT_HEAD = H * C + C  # classifier (with bias)
-BERT_LAYER = 4 * (H * H + H) + 2 * 2 * H + (H * I + I) + (I * H + H)  # q,k,v,o + 2 LayerNorms + MLP
+BERT_LAYER = 4 * (H * H + H) + 2 * 2 * H + (H * FF + FF) + (FF * H + H)  # q,k,v,o + 2 LayerNorms + MLP
 BERT_POOLER = H * H + H
 LLAMA_HEAD = H * C  # score (no bias)
-LLAMA_LAYER = 4 * H * H + 3 * H * I + 2 * H  # q,k,v,o + gate,up,down + 2 RMSNorms
+LLAMA_LAYER = 4 * H * H + 3 * H * FF + 2 * H  # q,k,v,o + gate,up,down + 2 RMSNorms
 LORA_QV = L * 2 * (R * H + H * R)  # A and B on query and value in every layer
 EXPECTED = {
     ("bert", "head"): BERT_HEAD,
@@ -33,26 +33,7 @@ EXPECTED = {
     ("llama", "qlora"): LORA_QV + LLAMA_HEAD,
     ("llama", "partial"): LLAMA_LAYER + H + LLAMA_HEAD,  # top 1 layer + final norm + head
 }
-STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": R}, "qlora": {"lora_r": R},
-                 "dora": {"lora_r": R}}
 MATRIX = [(arch, s) for arch in ("bert", "llama") for s in ("full", "head", "partial", "lora", "qlora")]
-
-
-def build(arch, name, tiny_model_dir):
-    torch.manual_seed(0)
-    task = TextClassification(DataArguments())
-    strategy = get_strategy(name).build(**STRATEGY_ARGS.get(name, {}))
-    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
-                              SimpleNamespace(pad_token_id=0))
-    return strategy.prepare(model, task, heads), task, strategy
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 120, (4, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, 7:] = 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
 
 
 def test_builtin_strategies_are_registered():

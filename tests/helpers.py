@@ -1,0 +1,34 @@
+"""Helpers shared by the unit tests: build a strategy on a tiny model, make a batch."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from peftkit.config import DataArguments, ModelArguments
+from peftkit.modeling import load_model
+from peftkit.strategies import get_strategy
+from peftkit.tasks.text_cls import TextClassification
+
+LABELS = ["a", "b", "c"]
+LORA_R = 4
+STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA_R}, "qlora": {"lora_r": LORA_R},
+                 "dora": {"lora_r": LORA_R}}
+
+
+def build(arch, name, tiny_model_dir):
+    torch.manual_seed(0)
+    task = TextClassification(DataArguments())
+    strategy = get_strategy(name).build(**STRATEGY_ARGS.get(name, {}))
+    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
+                              SimpleNamespace(pad_token_id=0))
+    return strategy.prepare(model, task, heads), task, strategy
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 120, (4, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}

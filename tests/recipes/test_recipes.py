@@ -1,0 +1,156 @@
+"""Every recipe end to end on the built-in model and a small subset of the built-in data."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ["head", "lora", "partial", "full", "qlora"]
+SMALL = ["--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "3",
+         "--per_device_train_batch_size", "8", "--report_to", "none"]
+pytestmark = pytest.mark.e2e
+
+
+def run_recipe(name: str, argv: list[str]) -> int:
+    old = sys.argv
+    sys.argv = [f"recipes/{name}", *argv]
+    try:
+        runpy.run_path(str(ROOT / "recipes" / name), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+    raise AssertionError("recipes must exit with a status")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run each recipe once; the tests below read their output directories."""
+    out = {}
+    for strategy in STRATEGIES:
+        run_dir = tmp_path_factory.mktemp(strategy)
+        assert run_recipe(f"{strategy}_text_cls.py", [*SMALL, "--output_dir", str(run_dir)]) == 0
+        out[strategy] = run_dir
+    return out
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_results_json(runs, strategy):
+    results = json.loads((runs[strategy] / "results.json").read_text())
+    for key in ("strategy", "model", "dataset", "artifact_dir", "eval", "test", "trainable_params",
+                "total_params", "train_runtime_s", "train_samples_per_s", "peak_memory_bytes", "num_processes"):
+        assert key in results, key
+    assert results["strategy"] == strategy and results["dataset"] == "builtin:rotten_tomatoes"
+    assert results["num_processes"] == 1 and results["global_step"] == 3
+    for split in ("eval", "test"):
+        assert {"loss", "accuracy", "f1", "precision", "recall"} <= set(results[split])
+        assert 0.0 <= results[split]["accuracy"] <= 1.0
+    assert results["num_examples"] == {"train": 64, "validation": 32, "test": 32}
+    assert results["peak_memory_bytes"] > 50_000_000
+    assert set(results["versions"]) >= {"torch", "transformers", "peft", "accelerate", "bitsandbytes"}
+    assert results["feature_cache"] == (strategy == "head")
+    config = json.loads((runs[strategy] / "peftkit_config.json").read_text())
+    assert config["strategy"] == strategy and config["labels"] == ["fresh", "rotten"]
+
+
+def test_trainable_counts_order(runs):
+    counts = {s: json.loads((runs[s] / "results.json").read_text())["trainable_params"] for s in STRATEGIES}
+    assert counts["head"] < counts["lora"] < counts["partial"] < counts["full"]
+    assert counts["head"] == 384 * 2 + 2  # MiniLM hidden size 384, two classes
+    assert counts["lora"] == 74_498 and counts["qlora"] == counts["lora"]  # 6 layers x q,v x r=8, plus head
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_artifact_reloads_with_its_labels(runs, strategy):
+    from peftkit import load_run
+
+    model, tokenizer, config = load_run(runs[strategy])
+    results = json.loads((runs[strategy] / "results.json").read_text())
+    adapter = (runs[strategy] / "adapter_config.json").exists()
+    assert adapter == (strategy in ("lora", "qlora"))
+    assert not list(runs[strategy].glob("*.bin")) and list(runs[strategy].glob("*.safetensors"))
+    if not adapter:
+        assert model.config.id2label == {0: "fresh", 1: "rotten"}
+    enc = tokenizer(["a tender, funny film"], return_tensors="pt")
+    with torch.no_grad():
+        assert model(**enc).logits.shape == (1, 2)
+    assert results["artifact_dir"] == str(runs[strategy].resolve())
+
+
+def test_lora_adapter_loads_with_plain_peft(runs, builtin_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftkit import load_run
+
+    run_dir = runs["lora"]
+    base = AutoModelForSequenceClassification.from_pretrained(builtin_model_dir, num_labels=2)
+    plain = PeftModel.from_pretrained(base, run_dir).eval()
+    ours, _, _ = load_run(run_dir)
+    enc = AutoTokenizer.from_pretrained(run_dir)(["the plot is thin", "a triumph"], return_tensors="pt",
+                                                  padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**enc).logits, ours(**enc).logits)
+
+
+def test_eval_command_reproduces_test_metrics(runs, capsys):
+    from peftkit.cli import main
+
+    run_dir = runs["lora"]
+    assert main(["eval", str(run_dir), "--max_eval_samples", "32"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    expected = json.loads((run_dir / "results.json").read_text())["test"]
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+
+
+def test_predict_command_labels_stdin(runs, monkeypatch, capsys):
+    import io
+
+    from peftkit.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a warm, witty delight\n\na tedious mess\n"))
+    assert main(["predict", str(runs["head"])]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["a warm, witty delight", "a tedious mess"]
+    for row in rows:
+        assert row["label"] in ("fresh", "rotten")
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_users_csv_with_own_columns_and_string_labels(tmp_path):
+    words = {"joy": ["wonderful", "delightful", "great"], "anger": ["furious", "outraged", "hate"],
+             "calm": ["quiet", "peaceful", "still"]}
+    lines = ["id,utterance,emotion"]
+    for i in range(60):
+        label = list(words)[i % 3]
+        lines.append(f"{i},\"I feel {words[label][i % 3]} today, number {i}\",{label}")
+    data = tmp_path / "mine.csv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code = run_recipe("lora_text_cls.py", ["--train_file", str(data), "--text_column", "utterance",
+                                           "--label_column", "emotion", "--output_dir", str(out), "--max_steps",
+                                           "2", "--report_to", "none"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["labels"] == ["anger", "calm", "joy"] and results["test"] is None
+    assert results["num_examples"] == {"train": 54, "validation": 6}
+
+
+def test_accelerate_launch_runs_the_recipe(tmp_path):
+    """The README's way in: `accelerate launch recipes/lora_text_cls.py` in a real subprocess."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+           "recipes/lora_text_cls.py", *SMALL, "--output_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["strategy"] == "lora"

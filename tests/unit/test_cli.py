@@ -1,0 +1,91 @@
+"""Flags, config files and bad input through the real command entry points (in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peftkit.cli import main, parse_train_args, train_main
+
+SMALL = ["--max_train_samples", "16", "--max_eval_samples", "8", "--max_steps", "1", "--report_to", "none"]
+
+
+def test_config_file_then_flags_override(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("learning_rate: 0.01\nlora_r: 4\nnum_train_epochs: 2\nlora_target_modules: [query, key]\n")
+    model_args, data_args, train_args, strategy = parse_train_args(
+        ["--config", str(cfg), "--lora_r", "16"], "lora")
+    assert train_args.learning_rate == 0.01 and train_args.num_train_epochs == 2
+    assert strategy.lora_r == 16 and strategy.lora_target_modules == ["query", "key"]
+
+
+def test_qlora_is_lora_plus_a_preset():
+    *_, strategy = parse_train_args([], "qlora")
+    assert type(strategy).__name__ == "LoRA" and strategy.quantization == "nf4"
+    *_, strategy = parse_train_args(["--quantization", "int8"], "qlora")
+    assert strategy.quantization == "int8"
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"learning_rat": 0.1}))
+    assert train_main(["--config", str(cfg)], task="text_cls", strategy="lora") == 2
+    assert "Unknown key(s) in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--learning_rate", "-1"], "--learning_rate must be positive, got -1.0"),
+    (["--lora_r", "0"], "--lora_r must be a positive integer, got 0"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer, got 0"),
+    (["--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1)"),
+    (["--quantization", "3bit"], "--quantization must be one of nf4, fp4, int8"),
+])
+def test_impossible_flag_values(flags, message, capsys, tmp_path):
+    code = train_main(flags + ["--output_dir", str(tmp_path)], task="text_cls", strategy="lora")
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback():
+    from peftkit.errors import PeftkitError
+
+    with pytest.raises(PeftkitError):
+        train_main(["--lora_r", "0", "--debug"], task="text_cls", strategy="lora")
+
+
+def test_unknown_strategy(capsys):
+    assert main(["train", "--strategy", "nope"]) == 2
+    assert "Unknown strategy 'nope'. Available: dora, full, head, lora, partial, qlora" in capsys.readouterr().err
+
+
+def test_wrong_model_path(tmp_path, capsys):
+    code = train_main(["--model_name_or_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o"),
+                       *SMALL], task="text_cls", strategy="lora")
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and "--model_name_or_path" in err
+
+
+def test_model_without_a_classification_head(tmp_path, capsys, builtin_model_dir):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path / "vit")
+    code = train_main(["--model_name_or_path", str(tmp_path / "vit"), "--tokenizer_name", builtin_model_dir,
+                       "--output_dir", str(tmp_path / "o"), *SMALL], task="text_cls", strategy="lora")
+    err = capsys.readouterr().err
+    assert code == 2 and "'vit' has no sequence-classification head class" in err
+
+
+def test_missing_column_exits_cleanly(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("review,stars\n" + "".join(f"r{i},{i % 2}\n" for i in range(10)))
+    code = train_main(["--train_file", str(data), "--text_column", "review", "--output_dir", str(tmp_path / "o"),
+                       *SMALL], task="text_cls", strategy="lora")
+    err = capsys.readouterr().err
+    assert code == 2 and "'label' (--label_column) is not in the train data" in err and "review, stars" in err
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "is not a peftkit run directory" in capsys.readouterr().err
