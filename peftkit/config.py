@@ -70,7 +70,7 @@ class TrainingArguments:
         default=None,
         metadata={"help": "Where the artefact, config and results.json go. Default: runs/<strategy>_<task>."},
     )
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training data."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training data."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimizer steps."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per process."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})

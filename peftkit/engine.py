@@ -109,6 +109,7 @@ class Engine:
         trainable = {n for n, p in self.acc.unwrap_model(model).named_parameters() if p.requires_grad}
         if self.acc.is_main_process:
             tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if k in trainable}
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.output_dir / (BEST_STATE + ".tmp")
             save_file(tensors, str(tmp))
             os.replace(tmp, self.output_dir / BEST_STATE)

@@ -18,10 +18,12 @@ STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA
 
 
 def build(arch, name, tiny_model_dir):
+    """A tiny model with a fresh head, prepared by strategy ``name``; the same weights on every call."""
+    path = tiny_model_dir(arch)  # may create the model, which draws random numbers: do it before seeding
     torch.manual_seed(0)
     task = TextClassification(DataArguments())
     strategy = get_strategy(name).build(**STRATEGY_ARGS.get(name, {}))
-    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
+    model, heads = load_model(task, strategy, ModelArguments(path), LABELS,
                               SimpleNamespace(pad_token_id=0))
     return strategy.prepare(model, task, heads), task, strategy
 

@@ -28,8 +28,11 @@ def collate(rows, left_pad=False):
         ids.append(pad + r["input_ids"] if left_pad else r["input_ids"] + pad)
         ones = [1] * len(r["input_ids"])
         mask.append([0] * len(pad) + ones if left_pad else ones + [0] * len(pad))
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
-            "labels": torch.tensor([r["labels"] for r in rows]), INDEX_KEY: torch.tensor([r[INDEX_KEY] for r in rows])}
+    batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+             "labels": torch.tensor([r["labels"] for r in rows])}
+    if INDEX_KEY in rows[0]:
+        batch[INDEX_KEY] = torch.tensor([r[INDEX_KEY] for r in rows])
+    return batch
 
 
 @pytest.mark.parametrize("arch,left_pad", [("bert", False), ("llama", False), ("llama", True)])

@@ -1,0 +1,101 @@
+"""The Accelerate loop: gradient accumulation, best-checkpoint selection, early stopping, NaN loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from datasets import Dataset, DatasetDict
+from helpers import build
+from torch import nn
+from unit.test_feature_cache import collate, examples
+
+from peftkit.config import TrainingArguments
+from peftkit.engine import Engine
+from peftkit.errors import PeftkitError
+from peftkit.tasks.text_cls import TextClassification
+
+
+def data(n=16):
+    rows = [{k: v for k, v in r.items() if k != "feature_idx"} for r in examples(n)]
+    return DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:6])})
+
+
+def engine(tiny_model_dir, tmp_path, strategy="full", **overrides):
+    model, task, _ = build("bert", strategy, tiny_model_dir)
+    for module in model.modules():  # no dropout anywhere: runs can then be compared exactly
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "dropout_prob", None), float):
+            module.dropout_prob = 0.0  # attention dropout is a float attribute, not a module
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **overrides)
+    acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    return Engine(acc, task, model, data(), collate, args, lr=1e-3, output_dir=tmp_path,
+                  use_feature_cache=False)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tiny_model_dir, tmp_path):
+    # SGD, not Adam: Adam's normalised update turns float noise in near-zero gradients into full-size steps.
+    common = dict(max_steps=2, warmup_ratio=0.0, optimizer="sgd", momentum=0.0)
+    torch.manual_seed(0)
+    big = engine(tiny_model_dir, tmp_path / "a", per_device_train_batch_size=8, **common)
+    big.fit()
+    torch.manual_seed(0)
+    small = engine(tiny_model_dir, tmp_path / "b", per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                   **common)
+    fit = small.fit()
+    assert fit.global_step == 2
+    for (name, p), q in zip(big.model.named_parameters(), small.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_model_dir, tmp_path, monkeypatch):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, num_train_epochs=10,
+                 eval_steps=1, early_stopping_patience=2)
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at the 2nd evaluation; two worse ones then stop
+    snapshots = []
+    real = eng.evaluate
+
+    def scripted(model, loader, split):
+        metrics = real(model, loader, split)
+        if len(snapshots) < 4:
+            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+            metrics["accuracy"] = next(scores)
+        return metrics
+
+    monkeypatch.setattr(eng, "evaluate", scripted)
+    fit = eng.fit()
+    assert fit.stopped_early and fit.global_step == 4
+    assert [h["accuracy"] for h in fit.history] == [0.5, 0.7, 0.6, 0.65]
+    for name, param in eng.model.named_parameters():
+        torch.testing.assert_close(param, snapshots[1][name], msg=name)  # the weights of the best evaluation
+    assert not (tmp_path / "best_trainable.safetensors").exists()
+
+
+def test_nan_loss_stops_with_the_step(tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=3)
+    with torch.no_grad():
+        eng.model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(PeftkitError, match="loss became nan at step 1"):
+        eng.fit()
+
+
+def test_metric_for_best_model_must_exist(tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=8, max_steps=1,
+                 metric_for_best_model="auc")
+    with pytest.raises(PeftkitError, match="'auc' is not a validation metric. Choose one of: loss, accuracy"):
+        eng.fit()
+
+
+def test_metrics_are_computed_over_all_examples():
+    task = TextClassification.__new__(TextClassification)
+    task._metric = None
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    metrics = task.compute_metrics(logits, torch.tensor([0, 1, 1, 1]))
+    assert metrics["accuracy"] == 0.5
+    # class 0: precision 1/3, recall 1, F1 1/2; class 1: precision 1, recall 1/3, F1 1/2
+    assert metrics["precision"] == pytest.approx((1 / 3 + 1) / 2)
+    assert metrics["recall"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["f1"] == pytest.approx(0.5)
+    expected_loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1, 1])).item()
+    assert metrics["loss"] == pytest.approx(expected_loss)
