@@ -67,6 +67,9 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
         unknown = sorted(set(values) - known - {"strategy", "task"})
         check(not unknown, f"Unknown key(s) in {pre.config}: {', '.join(unknown)}. Keys are flag names "
               "without dashes; see --help.")
+        chosen = values.get("strategy", strategy_name)
+        check(chosen == strategy_name, f"{pre.config} sets strategy {chosen!r}, but this run is "
+              f"{strategy_name!r}. Use the {chosen} recipe (or `peftkit train --strategy {chosen}`).")
         parser.set_defaults(**{k: v for k, v in values.items() if k in known})
     *outputs, rest = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
     check(not rest, f"Unrecognised arguments: {' '.join(rest)}. See --help.")

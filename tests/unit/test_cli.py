@@ -20,6 +20,13 @@ def test_config_file_then_flags_override(tmp_path):
     assert strategy.lora_r == 16 and strategy.lora_target_modules == ["query", "key"]
 
 
+def test_config_file_for_another_strategy_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("strategy: full\n")
+    assert train_main(["--config", str(cfg)], task="text_cls", strategy="lora") == 2
+    assert "sets strategy 'full', but this run is 'lora'" in capsys.readouterr().err
+
+
 def test_qlora_is_lora_plus_a_preset():
     *_, strategy = parse_train_args([], "qlora")
     assert type(strategy).__name__ == "LoRA" and strategy.quantization == "nf4"

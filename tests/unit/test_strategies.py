@@ -28,12 +28,14 @@ EXPECTED = {
     ("bert", "lora"): LORA_QV + BERT_HEAD,
     ("bert", "qlora"): LORA_QV + BERT_HEAD,
     ("bert", "partial"): BERT_LAYER + BERT_POOLER + BERT_HEAD,  # top 1 layer + pooler above it + head
+    ("bert", "dora"): LORA_QV + L * 2 * H + BERT_HEAD,  # DoRA adds a magnitude vector per adapted module
     ("llama", "head"): LLAMA_HEAD,
     ("llama", "lora"): LORA_QV + LLAMA_HEAD,
     ("llama", "qlora"): LORA_QV + LLAMA_HEAD,
+    ("llama", "dora"): LORA_QV + L * 2 * H + LLAMA_HEAD,
     ("llama", "partial"): LLAMA_LAYER + H + LLAMA_HEAD,  # top 1 layer + final norm + head
 }
-MATRIX = [(arch, s) for arch in ("bert", "llama") for s in ("full", "head", "partial", "lora", "qlora")]
+MATRIX = [(arch, s) for arch in ("bert", "llama") for s in ("full", "head", "partial", "lora", "qlora", "dora")]
 
 
 def test_builtin_strategies_are_registered():
