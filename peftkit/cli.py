@@ -134,6 +134,17 @@ def _command_parser() -> argparse.ArgumentParser:
     e.add_argument("--text_pair_column", default=None)
     e.add_argument("--max_eval_samples", type=int, default=None)
     e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
+    m = sub.add_parser("merge", help="merge adapters into the base weights, with a parity report")
+    m.add_argument("run_dirs", nargs="+", help="one run, or several adapter runs on one base to combine")
+    m.add_argument("--output_dir", required=True, help="where the plain transformers model goes")
+    m.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    m.add_argument("--parity_samples", type=int, default=None, help="compare on at most N validation examples")
+    m.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per run (default: equal)")
+    m.add_argument("--combination", default="linear", help="linear, cat, ties, dare_ties or dare_linear")
+    m.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of weights kept")
+    m.add_argument("--base_model_name_or_path", default=None, help="the base, if it moved since training")
+    m.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    m.add_argument("--debug", action="store_true", help="show full tracebacks")
     p = sub.choices["predict"]
     p.add_argument("--input_file", default=None, help=".txt (one text per line), CSV/JSON/JSONL/parquet; "
                    "default: stdin, one text per line")
@@ -154,6 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from peftkit import run_dir
 
         _setup_logging(ns.debug)
+        if ns.command == "merge":
+            from peftkit.merge import merge
+
+            report = merge(ns.run_dirs, ns.output_dir, dtype=ns.dtype, parity_samples=ns.parity_samples,
+                           weights=ns.weights, combination=ns.combination, density=ns.density,
+                           base_model_name_or_path=ns.base_model_name_or_path, overwrite=ns.overwrite)
+            print(json.dumps(report, indent=2))
+            diff = report["adapter_vs_merged_reloaded"]
+            print(f"\nMerged into {ns.output_dir}: max |logit difference| {diff['max_abs_logit_diff']:.2e}, "
+                  f"prediction agreement {diff['prediction_agreement']:.4f} on {report['parity_samples']} examples; "
+                  f"accuracy {report['accuracy']}")
+            return 0
         if ns.command == "eval":
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",
                                                      "max_eval_samples") if getattr(ns, k) is not None}

@@ -19,7 +19,8 @@ from peftkit import __version__
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
 from peftkit.engine import Engine
-from peftkit.modeling import count_parameters, load_config, load_model, load_tokenizer
+from peftkit.identity import fingerprint
+from peftkit.modeling import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from peftkit.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,13 @@ def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
 def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, data_args, train_args,
                     lr: float) -> dict[str, Any]:
     training = dataclasses.asdict(train_args) | {"learning_rate": lr}
+    base_path = resolve_model_path(model_args.model_name_or_path)
     return {"task": task, "strategy": strategy_name, "strategy_args": dataclasses.asdict(strategy),
             "model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
-            "training": training, "peftkit_version": __version__}
+            "training": training, "peftkit_version": __version__,
+            # What the adapter or model was trained from: merging onto another base is refused.
+            "base": {"model_name_or_path": model_args.model_name_or_path, "resolved_path": base_path,
+                     "fingerprint": fingerprint(base_path)}}
 
 
 def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
@@ -125,6 +130,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "num_processes": acc.num_processes,
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
+        "base_fingerprint": config["base"]["fingerprint"],
         "learning_rate": lr, "seed": train_args.seed, "history": fit.history, "versions": versions(),
     }
     if acc.is_main_process:

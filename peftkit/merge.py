@@ -1,0 +1,265 @@
+"""Merge trained adapters into full-precision base weights, with a parity report and no half-written output.
+
+The merged directory is a plain transformers model (safetensors, label maps, tokenizer). Before it is
+published, three models are compared on held-out data: the adapter model, the merged model in memory, and
+the merged model reloaded from disk. If they disagree beyond the tolerance for the chosen dtype, nothing is
+written. A qlora run is merged into the original unquantized base, never into 4-bit weights; the report
+then also shows the accuracy of the quantized-base model that was actually trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from peftkit.config import DataArguments, ModelArguments
+from peftkit.data import load_raw_datasets
+from peftkit.errors import PeftkitError, check
+from peftkit.identity import fingerprint
+from peftkit.modeling import load_model, resolve_model_path
+from peftkit.run_dir import read_config
+from peftkit.strategies import get_strategy
+from peftkit.tasks import get_task
+
+logger = logging.getLogger(__name__)
+REPORT_FILE = "merge_report.json"
+# Max |logit difference| and min prediction agreement, reference (float32 adapter) vs the merged model.
+TOLERANCE = {"float32": (1e-4, 1.0), "bfloat16": (0.1, 0.98), "float16": (2e-2, 0.99)}
+COMBINATIONS = ("linear", "cat", "ties", "dare_ties", "dare_linear")
+HEAD_PREFIX = "base_model.model."
+
+
+@dataclasses.dataclass
+class Source:
+    """One run to merge, as recorded in its directory."""
+
+    run_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def is_adapter(self) -> bool:
+        return (self.run_dir / "adapter_config.json").is_file()
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PeftkitError(f"Output directory {str(out)!r} exists and is not empty. Choose another --output_dir "
+                           "or pass --overwrite to replace it.")
+
+
+def check_base(sources: list[Source], base_override: str | None) -> str:
+    """The base every run was trained on, verified against its recorded fingerprint."""
+    names = {s.config["base"]["model_name_or_path"] for s in sources}
+    prints = {s.config["base"]["fingerprint"] for s in sources}
+    check(len(names) == 1 and len(prints) == 1, "The runs were trained on different bases: "
+          + "; ".join(f"{s.run_dir} on {s.config['base']['model_name_or_path']}" for s in sources)
+          + ". Only adapters of one base can be merged together.")
+    recorded, name = prints.pop(), names.pop()
+    base = base_override or name
+    current = fingerprint(resolve_model_path(base))
+    if recorded is None or current is None:
+        logger.warning("Cannot verify the base's identity (its files are not local); merging onto %s.", base)
+    elif current != recorded:
+        raise PeftkitError(
+            f"Base mismatch: {sources[0].run_dir} was trained on {name!r} (fingerprint {recorded[:12]}), but "
+            f"{base!r} has fingerprint {current[:12]}. Merging onto another base gives a wrong model; pass "
+            "--base_model_name_or_path with the base the adapter was trained on.")
+    return base
+
+
+def check_labels(sources: list[Source]) -> list[str]:
+    labels = sources[0].config["labels"]
+    for s in sources[1:]:
+        check(s.config["labels"] == labels, f"Label sets differ: {sources[0].run_dir} has {labels}, {s.run_dir} "
+              f"has {s.config['labels']}. Only runs with the same labels can be merged together.")
+    return labels
+
+
+def full_precision_strategy(config: dict[str, Any]):
+    """The run's strategy with quantization removed: adapters merge into the original, unquantized base."""
+    args = dict(config["strategy_args"])
+    if "quantization" in args:
+        args["quantization"] = None
+    return get_strategy(config["strategy"]).build(**args)
+
+
+def parity_data(source: Source, tokenizer, samples: int | None):
+    """The run's validation split (at most ``samples`` examples), tokenized, as a DataLoader."""
+    cfg = source.config
+    data_args = DataArguments(**(cfg["data"] | {"max_eval_samples": samples or cfg["data"]["max_eval_samples"]}))
+    task = get_task(cfg["task"])(data_args)
+    raw, _ = load_raw_datasets(data_args, cfg["training"]["seed"])
+    from datasets import DatasetDict
+
+    raw = DatasetDict({"validation": raw["validation"]})
+    label2id = {label: i for i, label in enumerate(cfg["labels"])}
+    data = task.preprocess(raw, tokenizer, label2id)["validation"]
+    return DataLoader(data, batch_size=64, collate_fn=task.collator(tokenizer)), task
+
+
+@torch.no_grad()
+def logits_of(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    device = next(model.parameters()).device
+    outs, labels = [], []
+    for batch in loader:
+        labels.append(batch.pop("labels"))
+        outs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
+def compare(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    return {"max_abs_logit_diff": float((reference - other).abs().max()),
+            "prediction_agreement": float((reference.argmax(-1) == other.argmax(-1)).float().mean())}
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(float((logits.argmax(-1) == labels).float().mean()), 6)
+
+
+def load_reference(sources: list[Source], base: str, weights: list[float], combination: str, density: float):
+    """The float32 model the merge must reproduce: a plain run's model, or base + adapter(s) + head."""
+    cfg = sources[0].config
+    task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
+    if not sources[0].is_adapter:
+        return task.auto_class.from_pretrained(sources[0].run_dir, dtype=torch.float32), task
+    from peft import PeftModel
+
+    strategy = full_precision_strategy(cfg)
+    model_args = ModelArguments(**(cfg["model"] | {"model_name_or_path": base}))
+    tokenizer = AutoTokenizer.from_pretrained(sources[0].run_dir)
+    base_model, _ = load_model(task, strategy, model_args, cfg["labels"], tokenizer)
+    if len(sources) == 1:
+        return PeftModel.from_pretrained(base_model, sources[0].run_dir), task
+    return combine_adapters(base_model, sources, weights, combination, density), task
+
+
+def combine_adapters(base_model, sources: list[Source], weights: list[float], combination: str, density: float):
+    """peft's weighted-adapter API for the LoRA parts; the task heads are combined linearly, same weights.
+
+    peft refuses to combine adapters whose heads are `modules_to_save`, so each adapter is loaded from a
+    temporary copy holding only its LoRA tensors, and the heads (plain linear layers) are averaged with
+    the adapter weights.
+    """
+    import tempfile
+
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    head_state: dict[str, torch.Tensor] = {}
+    names = [f"run{i}" for i in range(len(sources))]
+    model = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, weight, source in zip(names, weights, sources, strict=True):
+            copy_dir = Path(tmp) / name
+            copy_dir.mkdir()
+            adapter_config = json.loads((source.run_dir / "adapter_config.json").read_text())
+            adapter_config.update(modules_to_save=None, task_type=None)  # no head wrapper from peft
+            (copy_dir / "adapter_config.json").write_text(json.dumps(adapter_config))
+            tensors = load_file(str(source.run_dir / "adapter_model.safetensors"))
+            save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(copy_dir / "adapter_model.safetensors"))
+            for key, value in tensors.items():
+                if "lora_" not in key:
+                    key = key.removeprefix(HEAD_PREFIX)
+                    head_state[key] = head_state.get(key, 0) + weight * value.float()
+            if model is None:
+                model = PeftModel.from_pretrained(base_model, copy_dir, adapter_name=name)
+            else:
+                model.load_adapter(copy_dir, adapter_name=name)
+    kwargs = {"density": density} if combination.startswith(("ties", "dare")) else {}
+    model.add_weighted_adapter(names, weights, "combined", combination_type=combination, **kwargs)
+    model.set_adapter("combined")
+    for name in names:
+        model.delete_adapter(name)
+    result = model.base_model.model.load_state_dict(head_state, strict=False)
+    check(not result.unexpected_keys, f"Unexpected head tensors in the adapters: {result.unexpected_keys[:5]}")
+    return model
+
+
+def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_samples: int | None = None,
+          weights: list[float] | None = None, combination: str = "linear", density: float = 0.5,
+          base_model_name_or_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Merge the run(s) into one plain model at ``output_dir``; return the parity report."""
+    check(dtype in TOLERANCE, f"--dtype must be one of {', '.join(TOLERANCE)}, got {dtype!r}.")
+    check(combination in COMBINATIONS, f"--combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}.")
+    check(parity_samples is None or parity_samples > 0, f"--parity_samples must be positive, got {parity_samples}.")
+    out = Path(output_dir)
+    check_output_dir(out, overwrite)
+    sources = [Source(Path(r), read_config(r)) for r in run_dirs]
+    weights = weights or [1.0 / len(sources)] * len(sources)
+    check(len(weights) == len(sources), f"--weights has {len(weights)} value(s) for {len(sources)} run(s).")
+    if len(sources) > 1:
+        plain = [str(s.run_dir) for s in sources if not s.is_adapter]
+        check(not plain, f"Only adapter runs can be combined; {', '.join(plain)} hold full models.")
+        check(len({s.config["task"] for s in sources}) == 1, "The runs are for different tasks.")
+    base = check_base(sources, base_model_name_or_path) if sources[0].is_adapter else None
+    labels = check_labels(sources)
+
+    tokenizer = AutoTokenizer.from_pretrained(sources[0].run_dir)
+    loader, task = parity_data(sources[0], tokenizer, parity_samples)
+    reference, _ = load_reference(sources, base, weights, combination, density)
+    ref_logits, gold = logits_of(reference, loader)
+    report: dict[str, Any] = {
+        "runs": [str(s.run_dir.resolve()) for s in sources], "strategy": sources[0].config["strategy"],
+        "base": base or sources[0].config["base"]["model_name_or_path"], "dtype": dtype,
+        "combination": combination if len(sources) > 1 else None, "weights": weights if len(sources) > 1 else None,
+        "labels": labels, "parity_samples": len(gold), "accuracy": {"adapter_model": accuracy(ref_logits, gold)},
+    }
+    if sources[0].config["strategy_args"].get("quantization"):
+        from peftkit.run_dir import load_run
+
+        trained, _, _ = load_run(sources[0].run_dir)  # the quantized base it was trained on, plus adapter
+        report["accuracy"]["quantized_base_adapter_model"] = accuracy(logits_of(trained, loader)[0], gold)
+        del trained
+
+    merged = reference.merge_and_unload() if sources[0].is_adapter else reference
+    merged = merged.to(getattr(torch, dtype))
+    mem_logits, _ = logits_of(merged, loader)
+    tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = task.auto_class.from_pretrained(tmp, dtype=getattr(torch, dtype))
+        disk_logits, _ = logits_of(reloaded, loader)
+        report["accuracy"] |= {"merged_in_memory": accuracy(mem_logits, gold),
+                               "merged_reloaded": accuracy(disk_logits, gold)}
+        report["adapter_vs_merged_in_memory"] = compare(ref_logits, mem_logits)
+        report["adapter_vs_merged_reloaded"] = compare(ref_logits, disk_logits)
+        max_diff, min_agreement = TOLERANCE[dtype]
+        worst = report["adapter_vs_merged_reloaded"]
+        report["tolerance"] = {"max_abs_logit_diff": max_diff, "min_prediction_agreement": min_agreement}
+        report["passed"] = all(r["max_abs_logit_diff"] <= max_diff and r["prediction_agreement"] >= min_agreement
+                               for r in (report["adapter_vs_merged_in_memory"], worst))
+        if not report["passed"]:
+            raise PeftkitError(f"Parity check failed for {dtype}: max |logit difference| "
+                               f"{worst['max_abs_logit_diff']:.3g} (allowed {max_diff}), prediction agreement "
+                               f"{worst['prediction_agreement']:.4f} (needed {min_agreement}). Nothing was written. "
+                               f"Report: {json.dumps(report)}")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a failure or an interruption: nothing half-written
+    return report
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an existing one (--overwrite) is replaced only now."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
