@@ -46,6 +46,12 @@ class Source:
     config: dict[str, Any]
 
     @property
+    def base(self) -> dict[str, Any]:
+        """The recorded base; runs from before fingerprints were recorded have none to check."""
+        return self.config.get("base") or {"model_name_or_path": self.config["model"]["model_name_or_path"],
+                                           "fingerprint": None}
+
+    @property
     def is_adapter(self) -> bool:
         return (self.run_dir / "adapter_config.json").is_file()
 
@@ -58,10 +64,10 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def check_base(sources: list[Source], base_override: str | None) -> str:
     """The base every run was trained on, verified against its recorded fingerprint."""
-    names = {s.config["base"]["model_name_or_path"] for s in sources}
-    prints = {s.config["base"]["fingerprint"] for s in sources}
+    names = {s.base["model_name_or_path"] for s in sources}
+    prints = {s.base["fingerprint"] for s in sources}
     check(len(names) == 1 and len(prints) == 1, "The runs were trained on different bases: "
-          + "; ".join(f"{s.run_dir} on {s.config['base']['model_name_or_path']}" for s in sources)
+          + "; ".join(f"{s.run_dir} on {s.base['model_name_or_path']}" for s in sources)
           + ". Only adapters of one base can be merged together.")
     recorded, name = prints.pop(), names.pop()
     base = base_override or name
@@ -210,7 +216,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     ref_logits, gold = logits_of(reference, loader)
     report: dict[str, Any] = {
         "runs": [str(s.run_dir.resolve()) for s in sources], "strategy": sources[0].config["strategy"],
-        "base": base or sources[0].config["base"]["model_name_or_path"], "dtype": dtype,
+        "base": base or sources[0].base["model_name_or_path"], "dtype": dtype,
         "combination": combination if len(sources) > 1 else None, "weights": weights if len(sources) > 1 else None,
         "labels": labels, "parity_samples": len(gold), "accuracy": {"adapter_model": accuracy(ref_logits, gold)},
     }
