@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from peftkit.errors import PeftkitError, check
@@ -24,9 +25,21 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
 
 
+def _quiet_known_noise() -> None:
+    """Silence import-time messages that are harmless here and only confuse users.
+
+    bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub (its built-in
+    kernels are used instead), and peft calls a transformers method that transformers deprecates.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     """Run ``fn``; user mistakes become one clear line on stderr and a non-zero exit (traceback with --debug)."""
     debug = DEBUG_FLAG in argv
+    if not debug:
+        _quiet_known_noise()
     try:
         return fn()
     except PeftkitError as exc:
