@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     feature_cache: bool = False
+    step_time_median_s: float | None = None
+    train_tokens: int = 0
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float) -> torch.optim.Optimizer:
@@ -134,7 +137,8 @@ class Engine:
                                   num_warmup_steps=math.ceil(args.warmup_ratio * total), num_training_steps=total)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
-        state = {"step": 0, "best": None, "bad_evals": 0, "samples": 0, "history": [], "stop": False}
+        state = {"step": 0, "best": None, "bad_evals": 0, "samples": 0, "history": [], "stop": False,
+                 "step_times": [], "last": time.perf_counter(), "tokens": 0}
         bar = tqdm(total=total, desc="Training", disable=not acc.is_local_main_process)
         epoch = 0
         while state["step"] < total and not state["stop"]:
@@ -152,6 +156,8 @@ class Engine:
         for batch in loader:
             with acc.accumulate(model):
                 state["samples"] += len(batch["labels"]) * acc.num_processes
+                if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
+                    state["tokens"] += int(batch["attention_mask"].sum()) * acc.num_processes
                 loss = self._forward(model, batch, "train").loss
                 if not torch.isfinite(loss):
                     raise PeftkitError(
@@ -166,6 +172,9 @@ class Engine:
             if not acc.sync_gradients:
                 continue
             scheduler.step()
+            now = time.perf_counter()
+            state["step_times"].append(now - state["last"])  # one optimizer step, all its micro-batches
+            state["last"] = now
             state["step"] += 1
             bar.update(1)
             if state["step"] % args.logging_steps == 0 or state["step"] == total:
@@ -178,6 +187,12 @@ class Engine:
                 return
 
     def _evaluate_and_select(self, model, eval_loaders, state, epoch: float) -> None:
+        try:
+            self._select(model, eval_loaders, state, epoch)
+        finally:
+            state["last"] = time.perf_counter()  # evaluation time is not step time
+
+    def _select(self, model, eval_loaders, state, epoch: float) -> None:
         metrics = self.evaluate(model, eval_loaders["validation"], "validation")
         name = self.args.metric_for_best_model
         check(name in metrics, f"--metric_for_best_model {name!r} is not a validation metric. "
@@ -207,4 +222,6 @@ class Engine:
         return FitResult(eval=results["validation"], test=results.get("test"), global_step=state["step"],
                          epochs=epochs, train_runtime_s=runtime, train_samples=state["samples"],
                          history=state["history"], stopped_early=state["stop"],
-                         feature_cache=self.cache is not None)
+                         feature_cache=self.cache is not None,
+                         train_tokens=state["tokens"],
+                         step_time_median_s=statistics.median(state["step_times"]) if state["step_times"] else None)

@@ -100,6 +100,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = strategy.prepare(model, task, head_names)
     trainable, total = count_parameters(model)
+    head_params = sum(p.numel() for n, p in model.named_parameters()
+                      if p.requires_grad and set(n.split(".")) & set(head_names))
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
     if acc.is_main_process:
@@ -119,11 +121,14 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "strategy": strategy_name, "task": task_name, "model": model_args.model_name_or_path,
         "dataset": dataset_desc, "artifact_dir": str(output_dir.resolve()),
         "eval": fit.eval, "test": fit.test, "labels": labels,
-        "trainable_params": trainable, "total_params": total,
+        "trainable_params": trainable, "trainable_params_without_head": trainable - head_params,
+        "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
         "train_runtime_s": round(fit.train_runtime_s, 3),
         "train_samples_per_s": round(fit.train_samples / fit.train_runtime_s, 3),
-        "train_samples": fit.train_samples, "global_step": fit.global_step, "epochs": fit.epochs,
+        "train_tokens_per_s": round(fit.train_tokens / fit.train_runtime_s, 1),
+        "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
+        "global_step": fit.global_step, "epochs": fit.epochs,
         "stopped_early": fit.stopped_early, "feature_cache": fit.feature_cache,
         "num_examples": {s: len(d) for s, d in data.items()},
         "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),

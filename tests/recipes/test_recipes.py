@@ -57,6 +57,7 @@ def test_results_json(runs, strategy):
     assert results["peak_memory_bytes"] > 50_000_000
     assert set(results["versions"]) >= {"torch", "transformers", "peft", "accelerate", "bitsandbytes"}
     assert results["feature_cache"] == (strategy == "head")
+    assert results["step_time_median_s"] > 0 and results["train_tokens_per_s"] > 0
     config = json.loads((runs[strategy] / "peftkit_config.json").read_text())
     assert config["strategy"] == strategy and config["labels"] == ["fresh", "rotten"]
 
@@ -66,6 +67,9 @@ def test_trainable_counts_order(runs):
     assert counts["head"] < counts["lora"] < counts["partial"] < counts["full"]
     assert counts["head"] == 384 * 2 + 2  # MiniLM hidden size 384, two classes
     assert counts["lora"] == 74_498 and counts["qlora"] == counts["lora"]  # 6 layers x q,v x r=8, plus head
+    without = {s: json.loads((runs[s] / "results.json").read_text())["trainable_params_without_head"]
+               for s in STRATEGIES}
+    assert without["head"] == 0 and without["lora"] == 74_498 - 770 and without["full"] == counts["full"] - 770
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
