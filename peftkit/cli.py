@@ -128,6 +128,22 @@ def _read_texts(path: str | None, text_column: str) -> list[str]:
     return list(ds[text_column])
 
 
+def _bench(argv: list[str]) -> int:
+    """The suite lives in the repository's benchmarks/ (it compares against a stock-Trainer script there).
+
+    peftkit never imports it: this runs `python -m benchmarks` from the checkout peftkit is installed from.
+    """
+    import subprocess
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        print("peftkit: error: the benchmark suite runs from a peftkit source checkout (its benchmarks/ folder); "
+              "install peftkit with `pip install -e .` from a clone.", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks", *argv], cwd=checkout)
+
+
 def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +163,7 @@ def _command_parser() -> argparse.ArgumentParser:
     e.add_argument("--text_pair_column", default=None)
     e.add_argument("--max_eval_samples", type=int, default=None)
     e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
+    sub.add_parser("bench", help="run the benchmark suite (from a source checkout; see --help)", add_help=False)
     m = sub.add_parser("merge", help="merge adapters into the base weights, with a parity report")
     m.add_argument("run_dirs", nargs="+", help="one run, or several adapter runs on one base to combine")
     m.add_argument("--output_dir", required=True, help="where the plain transformers model goes")
@@ -171,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, rest = parser.parse_known_args(argv)
     if ns.command == "train":
         return train_main(rest, task=ns.task, strategy=ns.strategy, prog="peftkit train")
+    if ns.command == "bench":
+        return _bench(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
 

@@ -1,0 +1,64 @@
+"""Compare every strategy's accuracy, peak memory and speed against full fine-tuning.
+
+    python -m benchmarks --quick                      # a tiny subset, a few minutes on 2 CPU cores
+    python -m benchmarks --output_dir benchmarks/results --repeats 3
+    python -m benchmarks --strategies lora qlora full --num_processes 2
+
+Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.report import markdown, plot
+from benchmarks.suite import BenchConfig, run_suite
+
+
+def parse(argv: list[str]) -> BenchConfig:
+    from peftkit.strategies import available
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--strategies", nargs="+", default=["full", "head", "partial", "lora", "qlora"],
+                    help=f"strategies to run (registered: {', '.join(available())})")
+    ap.add_argument("--output_dir", default="runs/bench", help="where results.json/.md/.png go")
+    ap.add_argument("--quick", action="store_true", help="64 training examples, 1 epoch: a smoke run")
+    ap.add_argument("--repeats", type=int, default=1, help="seeds per strategy, for mean and spread")
+    ap.add_argument("--seed", type=int, default=42, help="first seed; repeats use seed, seed+1, ...")
+    ap.add_argument("--num_processes", type=int, default=1, help="processes per run (Accelerate)")
+    ap.add_argument("--no_reference", action="store_true", help="skip the stock Trainer + peft reference")
+    ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM")
+    ap.add_argument("--max_train_samples", type=int, default=None)
+    ap.add_argument("--num_train_epochs", type=float, default=None)
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.strategies) - set(available()))
+    if unknown:
+        ap.error(f"unknown strategies {unknown}; registered: {', '.join(available())}")
+    if args.repeats < 1 or args.num_processes < 1:
+        ap.error("--repeats and --num_processes must be >= 1")
+    settings = {k: v for k in ("max_train_samples", "num_train_epochs") if (v := getattr(args, k)) is not None}
+    return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir), quick=args.quick,
+                       repeats=args.repeats, seed=args.seed, num_processes=args.num_processes,
+                       reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
+                       settings=settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse(argv)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    results = run_suite(cfg, ["python", "-m", "benchmarks", *argv])
+    (cfg.output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (cfg.output_dir / "results.md").write_text(table)
+    plot(results, cfg.output_dir / "results.png")
+    print("\n" + table)
+    print(f"Wrote {cfg.output_dir}/results.json, results.md and results.png")
+    return 0 if all(r["status"] == "ok" for r in results["runs"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

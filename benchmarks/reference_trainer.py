@@ -1,0 +1,125 @@
+"""The route a user takes without peftkit: stock transformers `Trainer` + peft LoRA, on the same data.
+
+    python benchmarks/reference_trainer.py --data_dir D --output_dir O --model_name_or_path M \
+        --learning_rate 2e-3 --num_train_epochs 2 --per_device_train_batch_size 32 --seed 42
+
+Reads D/{train,validation,test}.csv (columns text,label) written by the suite, trains LoRA (r=8, alpha=16,
+dropout 0.1, peft's default target modules, the classifier in modules_to_save) with the same
+hyper-parameters as peftkit's lora strategy, keeps the best epoch by validation accuracy, and writes
+O/results.json with the keys the suite reads. It deliberately imports nothing from peftkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self.last = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.last)
+
+
+def macro_f1(preds: np.ndarray, refs: np.ndarray) -> float:
+    scores = []
+    for label in np.union1d(preds, refs):
+        tp = np.sum((preds == label) & (refs == label))
+        p = tp / max(np.sum(preds == label), 1)
+        r = tp / max(np.sum(refs == label), 1)
+        scores.append(2 * p * r / (p + r) if p + r else 0.0)
+    return float(np.mean(scores))
+
+
+def compute_metrics(pred):
+    preds = pred.predictions.argmax(-1)
+    return {"accuracy": float((preds == pred.label_ids).mean()), "f1": macro_f1(preds, pred.label_ids)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data_dir", required=True)
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--model_name_or_path", required=True)
+    ap.add_argument("--learning_rate", type=float, default=2e-3)
+    ap.add_argument("--num_train_epochs", type=float, default=2)
+    ap.add_argument("--per_device_train_batch_size", type=int, default=32)
+    ap.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    ap.add_argument("--max_seq_length", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+
+    files = {s: str(Path(args.data_dir) / f"{s}.csv") for s in ("train", "validation", "test")}
+    raw = load_dataset("csv", data_files=files)
+    labels = sorted(set(raw["train"]["label"]))
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=args.max_seq_length)
+        enc["labels"] = [label2id[v] for v in batch["label"]]
+        return enc
+
+    data = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
+    timer = StepTimer()
+    training_args = TrainingArguments(
+        output_dir=args.output_dir, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        # warmup_steps below 1 is a ratio in transformers 5 (warmup_ratio is gone).
+        per_device_eval_batch_size=args.per_device_eval_batch_size, weight_decay=0.01, warmup_steps=0.06,
+        lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, eval_strategy="epoch",
+        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy",
+        logging_steps=10, report_to=[], disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["validation"],
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                      callbacks=[timer])
+    train_metrics = trainer.train().metrics
+    test = trainer.evaluate(data["test"], metric_key_prefix="test")
+    model.save_pretrained(args.output_dir)
+    tokens = sum(len(ids) for ids in data["train"]["input_ids"]) * args.num_train_epochs
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+    results = {
+        "strategy": "reference", "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"],
+                                          "loss": test["test_loss"]},
+        "train_runtime_s": train_metrics["train_runtime"],
+        "train_samples_per_s": train_metrics["train_samples_per_second"],
+        "train_tokens_per_s": tokens / train_metrics["train_runtime"],
+        "step_time_median_s": statistics.median(timer.times) if timer.times else None,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "peak_memory_bytes": int(peak),
+    }
+    (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"reference: test accuracy {results['test']['accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

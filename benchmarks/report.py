@@ -1,0 +1,98 @@
+"""Turn the suite's runs into results.md (ratios to full fine-tuning) and a plot."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+METRICS = ("accuracy", "f1", "peak_memory_bytes", "train_runtime_s", "samples_per_s", "tokens_per_s",
+           "step_time_median_s", "trainable_params", "trainable_params_without_head", "artifact_bytes",
+           "merge_time_s")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per strategy: mean and spread (sample stdev) of each metric over its successful seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in runs:
+        entry = out.setdefault(row["strategy"], {"ok": 0, "failed": 0, "errors": [], "values": {}})
+        if row["status"] != "ok":
+            entry["failed"] += 1
+            entry["errors"].append(row.get("error", ""))
+            continue
+        entry["ok"] += 1
+        for key in METRICS:
+            if row.get(key) is not None:
+                entry["values"].setdefault(key, []).append(row[key])
+    for entry in out.values():
+        entry["mean"] = {k: statistics.fmean(v) for k, v in entry["values"].items()}
+        entry["std"] = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in entry["values"].items()}
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = summarize(results["runs"])
+    full = summary.get("full", {}).get("mean", {})
+    cfg = results["config"]
+    lines = [
+        "# peftkit benchmark",
+        "",
+        f"Task: text classification on {cfg['dataset']} with {cfg['model_name_or_path']}; settings "
+        f"{cfg['settings']}; {cfg['repeats']} seed(s) from {cfg['seed']}; {cfg['num_processes']} process(es); "
+        f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
+        "",
+        "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
+        "(lower is lighter), speed x = full's training time / this one's (higher is faster), accuracy delta in "
+        "points of test accuracy. Values are means over seeds (+- sample standard deviation).",
+        "",
+        "| strategy | test acc | macro F1 | acc delta vs full (pt) | peak mem (MiB) | memory x | train time (s) | "
+        "speed x | samples/s | median step (s) | trainable | trainable w/o head | artefact (MiB) | merge (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for strategy, entry in summary.items():
+        if not entry["ok"]:
+            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * 12)
+            continue
+        m, sd = entry["mean"], entry["std"]
+        acc_delta = 100 * (m["accuracy"] - full["accuracy"]) if "accuracy" in full else None
+        mem_x = m["peak_memory_bytes"] / full["peak_memory_bytes"] if "peak_memory_bytes" in full else None
+        speed_x = full["train_runtime_s"] / m["train_runtime_s"] if "train_runtime_s" in full else None
+        lines.append(
+            f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
+            f"{m['peak_memory_bytes'] / 2**20:.0f} | {_fmt(mem_x, '.2f')} | {m['train_runtime_s']:.1f} | "
+            f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('step_time_median_s'), '.4f')} | "
+            f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
+            f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
+            + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
+    lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against peak memory and against training time, one point per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {k: v for k, v in summarize(results["runs"]).items() if v["ok"]}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "peak_memory_bytes", "peak memory (MiB)"),
+                           (axes[1], "train_runtime_s", "training time (s)")):
+        for strategy, entry in summary.items():
+            x = entry["mean"][key] / (2**20 if key == "peak_memory_bytes" else 1)
+            y = 100 * entry["mean"]["accuracy"]
+            ax.errorbar(x, y, yerr=100 * entry["std"]["accuracy"], fmt="o", capsize=3)
+            ax.annotate(strategy, (x, y), textcoords="offset points", xytext=(5, 5))
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"peftkit strategies on {results['config']['dataset']} "
+                 f"({'quick' if results['config']['quick'] else 'full'} mode)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

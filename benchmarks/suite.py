@@ -1,0 +1,190 @@
+"""Run every strategy (and the stock Trainer reference) on the same data, epochs and seeds, each in a fresh
+process, and collect what each run measured from its results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1, "per_device_train_batch_size": 16}
+FULL = {"num_train_epochs": 2, "per_device_train_batch_size": 32}  # the recipes' defaults, whole dataset
+
+
+@dataclass
+class BenchConfig:
+    strategies: list[str]
+    output_dir: Path
+    quick: bool = False
+    repeats: int = 1
+    seed: int = 42
+    num_processes: int = 1
+    reference: bool = True
+    model_name_or_path: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.settings = {**(QUICK if self.quick else FULL), **self.settings}
+
+
+def flags(settings: dict[str, Any]) -> list[str]:
+    return [part for key, value in settings.items() for part in (f"--{key}", str(value))]
+
+
+def launcher(cfg: BenchConfig) -> list[str]:
+    """A fresh Python process per run (so its peak memory is its own), through Accelerate when N > 1."""
+    entry = str(REPO / "peftkit" / "__main__.py")
+    if cfg.num_processes == 1:
+        return [sys.executable, entry]
+    # `accelerate launch --cpu --num_processes N` starts one process; a config file with MULTI_GPU and
+    # use_cpu starts N real ones over gloo (see OFFLINE_ASSETS.md). On GPUs the same file runs DDP.
+    config = cfg.output_dir / "accelerate_config.yaml"
+    config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
+                      f"machine_rank: 0\nnum_processes: {cfg.num_processes}\nmixed_precision: 'no'\n"
+                      f"use_cpu: {str(not _has_cuda()).lower()}\n")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), entry]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_command(cmd: list[str], log: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return proc.returncode, time.perf_counter() - start
+
+
+def last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1][-300:]
+
+
+def artifact_bytes(run_dir: Path) -> int:
+    return sum(p.stat().st_size for p in run_dir.glob("*.safetensors"))
+
+
+def train_strategy(cfg: BenchConfig, strategy: str, seed: int) -> dict[str, Any]:
+    run_dir = cfg.output_dir / "runs" / f"{strategy}-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
+    cmd = [*launcher(cfg), "train", "--strategy", strategy, "--output_dir", str(run_dir), "--seed", str(seed),
+           "--report_to", "none", *model, *flags(cfg.settings)]
+    code, wall = run_command(cmd, run_dir / "train.log")
+    row: dict[str, Any] = {"strategy": strategy, "seed": seed, "command": cmd, "wall_s": round(wall, 2)}
+    if code != 0 or not (run_dir / "results.json").is_file():
+        return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
+    res = json.loads((run_dir / "results.json").read_text())
+    row |= {"status": "ok", "accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
+            "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
+            "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
+            "step_time_median_s": res.get("step_time_median_s"), "trainable_params": res["trainable_params"],
+            "trainable_params_without_head": res.get("trainable_params_without_head"),
+            "artifact_bytes": artifact_bytes(run_dir), "num_processes": res["num_processes"]}
+    if (run_dir / "adapter_config.json").is_file():
+        merged = run_dir / "merged"
+        code, wall = run_command([sys.executable, "-m", "peftkit", "merge", str(run_dir), "--output_dir",
+                                  str(merged), "--parity_samples", "64"], run_dir / "merge.log")
+        row["merge_time_s"] = round(wall, 2) if code == 0 else None
+        row["merged_bytes"] = artifact_bytes(merged) if code == 0 else None
+        shutil.rmtree(merged, ignore_errors=True)  # the suite keeps numbers, not merged copies
+    return row
+
+
+def export_data(cfg: BenchConfig, seed: int) -> Path:
+    """The exact splits peftkit trains on, as CSV, for the reference script (which must not use peftkit)."""
+    from peftkit.config import DataArguments
+    from peftkit.data import load_raw_datasets
+
+    keys = ("max_train_samples", "max_eval_samples")
+    raw, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed)
+    out = cfg.output_dir / "data" / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    for split, ds in raw.items():
+        ds.select_columns(["text", "label"]).to_csv(str(out / f"{split}.csv"), index=False)
+    return out
+
+
+def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
+    from peftkit.config import BUILTIN_MODEL
+    from peftkit.modeling import resolve_model_path
+    from peftkit.strategies import get_strategy
+
+    run_dir = cfg.output_dir / "runs" / f"reference-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    row: dict[str, Any] = {"strategy": "reference", "seed": seed}
+    try:
+        data_dir = export_data(cfg, seed)
+    except Exception:  # noqa: BLE001 - reported as a failed row, the suite goes on
+        return row | {"status": "failed", "error": traceback.format_exc().splitlines()[-1]}
+    settings = {k: v for k, v in cfg.settings.items() if k not in ("max_train_samples", "max_eval_samples")}
+    settings.setdefault("learning_rate", get_strategy("lora").cls.default_learning_rate)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "reference_trainer.py"), "--data_dir", str(data_dir),
+           "--output_dir", str(run_dir), "--model_name_or_path",
+           resolve_model_path(cfg.model_name_or_path or BUILTIN_MODEL), "--seed", str(seed), *flags(settings)]
+    code, wall = run_command(cmd, run_dir / "train.log")
+    row |= {"command": cmd, "wall_s": round(wall, 2)}
+    if code != 0:
+        return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
+    res = json.loads((run_dir / "results.json").read_text())
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return row | {"status": "ok", "accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
+                  "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
+                  "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res["train_tokens_per_s"],
+                  "step_time_median_s": res["step_time_median_s"], "trainable_params": res["trainable_params"],
+                  "artifact_bytes": artifact_bytes(run_dir), "num_processes": 1}
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
+    """Every (strategy, seed) run, with a progress line each; failures are recorded and the suite goes on."""
+    from peftkit.runner import versions
+
+    jobs = [(s, cfg.seed + i) for i in range(cfg.repeats) for s in cfg.strategies]
+    if cfg.reference:
+        jobs += [("reference", cfg.seed + i) for i in range(cfg.repeats)]
+    rows = []
+    for n, (strategy, seed) in enumerate(jobs, 1):
+        print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}) ...", flush=True)
+        row = train_reference(cfg, seed) if strategy == "reference" else train_strategy(cfg, strategy, seed)
+        rows.append(row)
+        if row["status"] == "ok":
+            print(f"[{n}/{len(jobs)}] {strategy}: accuracy {row['accuracy']:.4f}, {row['train_runtime_s']:.1f} s, "
+                  f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)
+        else:
+            print(f"[{n}/{len(jobs)}] {strategy}: FAILED: {row['error']}", flush=True)
+    return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
+            "config": {"strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats, "seed": cfg.seed,
+                       "num_processes": cfg.num_processes, "settings": cfg.settings,
+                       "model_name_or_path": cfg.model_name_or_path or "builtin:all-MiniLM-L6-v2",
+                       "dataset": "builtin:rotten_tomatoes"}}

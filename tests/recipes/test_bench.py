@@ -1,0 +1,50 @@
+"""The benchmark suite's quick mode, end to end: every strategy, the reference, the report and the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_quick_suite(tmp_path):
+    proc = run_bench("--quick", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["strategy"]: r for r in results["runs"]}
+    assert set(rows) == {"full", "head", "partial", "lora", "qlora", "reference"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        for key in ("accuracy", "f1", "peak_memory_bytes", "train_runtime_s", "samples_per_s",
+                    "trainable_params", "artifact_bytes"):
+            assert row[key] is not None and row[key] >= 0, (name, key)
+    assert rows["lora"]["merge_time_s"] > 0 and rows["qlora"]["merge_time_s"] > 0
+    assert rows["lora"]["artifact_bytes"] < rows["full"]["artifact_bytes"] / 50  # an adapter, not a model
+    assert rows["head"]["trainable_params_without_head"] == 0
+    assert results["config"]["quick"] and results["command"][:3] == ["python", "-m", "benchmarks"]
+    table = (tmp_path / "results.md").read_text()
+    for name in rows:
+        assert f"| {name} |" in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[6/6] reference" in proc.stdout  # a progress line per run
+
+
+def test_a_failing_strategy_is_reported_and_the_rest_runs(tmp_path):
+    proc = run_bench("--quick", "--no_reference", "--strategies", "head", "lora", "--model_name_or_path",
+                     str(tmp_path / "no_such_model"), "--output_dir", str(tmp_path))
+    assert proc.returncode == 1
+    rows = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "no_such_model" in rows[0]["error"]
+    assert "| head | FAILED:" in (tmp_path / "results.md").read_text()
