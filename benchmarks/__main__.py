@@ -54,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     (cfg.output_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (cfg.output_dir / "results.md").write_text(table)
-    plot(results, cfg.output_dir / "results.png")
     print("\n" + table)
+    try:
+        plot(results, cfg.output_dir / "results.png")
+    except ImportError:
+        print("The plot needs matplotlib: pip install 'peftkit[bench]'. results.json and results.md are written.",
+              file=sys.stderr)
+        return 1
     print(f"Wrote {cfg.output_dir}/results.json, results.md and results.png")
     return 0 if all(r["status"] == "ok" for r in results["runs"]) else 1
 
