@@ -92,6 +92,7 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int) -> dict[str, Any]
     res = json.loads((run_dir / "results.json").read_text())
     row |= {"status": "ok", "accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
             "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
+            "peak_memory_reserved_bytes": res.get("peak_memory_reserved_bytes"),
             "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
             "step_time_median_s": res.get("step_time_median_s"), "trainable_params": res["trainable_params"],
             "trainable_params_without_head": res.get("trainable_params_without_head"),

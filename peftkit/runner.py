@@ -132,6 +132,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "stopped_early": fit.stopped_early, "feature_cache": fit.feature_cache,
         "num_examples": {s: len(d) for s, d in data.items()},
         "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),
+        "peak_memory_reserved_bytes": (int(torch.cuda.max_memory_reserved(acc.device))
+                                       if acc.device.type == "cuda" else None),
         "num_processes": acc.num_processes,
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,

@@ -48,3 +48,11 @@ def test_a_failing_strategy_is_reported_and_the_rest_runs(tmp_path):
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "no_such_model" in rows[0]["error"]
     assert "| head | FAILED:" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.gpu
+def test_quick_suite_on_gpu_reports_tokens_and_reserved_memory(tmp_path):
+    proc = run_bench("--quick", "--no_reference", "--strategies", "lora", "qlora", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for row in json.loads((tmp_path / "results.json").read_text())["runs"]:
+        assert row["tokens_per_s"] > 0 and row["peak_memory_reserved_bytes"] >= row["peak_memory_bytes"] > 0
