@@ -28,6 +28,8 @@ class CachedBackbone(nn.Module):
     def __init__(self, output_cls: type, per_token: set[str]):
         super().__init__()
         self.output_cls, self.per_token = output_cls, per_token
+        self.fields: set[str] = set()  # the outputs the head reads: the only ones stored
+        self.dropped: set[str] = set()  # tensor outputs it does not read
         self.store: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.split, self.indices = "train", None
 
@@ -36,7 +38,10 @@ class CachedBackbone(nn.Module):
         shape = (input_ids if input_ids is not None else attention_mask).shape
         mask = attention_mask.bool() if attention_mask is not None else torch.ones(shape, dtype=torch.bool)
         device = mask.device
-        out = {}
+        # Outputs the head never reads keep a zero-width placeholder: models index outputs by position
+        # (BERT reads `outputs[1]`), so a missing field would shift the others.
+        out = {key: torch.zeros((*shape, 0) if key in self.per_token else (shape[0], 0), device=mask.device)
+               for key in self.dropped}
         for key, first in rows[0].items():
             if key in self.per_token:  # scatter each example's real-token vectors back into its padding
                 full = first.new_zeros((*shape, *first.shape[1:]), device=device)
@@ -45,6 +50,17 @@ class CachedBackbone(nn.Module):
             else:
                 out[key] = torch.stack([r[key] for r in rows]).to(device)
         return self.output_cls(**out)
+
+
+class _Fixed(nn.Module):
+    """A backbone stand-in that returns one fixed output (for probing what the head reads)."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
 
 
 class FeatureCache:
@@ -70,10 +86,35 @@ class FeatureCache:
             if self.stub is None:
                 per_token = {k for k, v in fields.items() if v.shape[:2] == mask.shape}
                 self.stub = CachedBackbone(type(out), per_token)
+                self.stub.fields = self._fields_the_head_reads(batch, type(out), fields)
+                self.stub.dropped = set(fields) - self.stub.fields
+            fields = {k: v for k, v in fields.items() if k in self.stub.fields}
             for i in range(mask.shape[0]):
                 keep = mask[i].bool()
                 rows.append({k: (v[i][keep] if k in self.stub.per_token else v[i]).cpu() for k, v in fields.items()})
         self.stub.store[split] = rows
+
+    def _fields_the_head_reads(self, batch: dict, output_cls: type, fields: dict[str, torch.Tensor]) -> set[str]:
+        """Which backbone outputs the task model's forward actually uses, found by poisoning each with NaN.
+
+        A BERT classifier reads only the pooled output, so its per-token hidden states (by far the largest
+        part of the cache) need not be stored; a Llama classifier reads the hidden states. NaN propagates
+        through any arithmetic that touches it, so finite logits prove a field unused.
+        """
+        needed = set()
+        was_training = self.model.training
+        self.model.eval()
+        for key in fields:
+            poisoned = {k: torch.full_like(v, float("nan")) if k == key else v for k, v in fields.items()}
+            setattr(self.model, self.prefix, _Fixed(output_cls(**poisoned)))
+            try:
+                logits = self.model(**batch).logits
+            finally:
+                setattr(self.model, self.prefix, self.real)
+            if not torch.isfinite(logits).all():
+                needed.add(key)
+        self.model.train(was_training)
+        return needed or set(fields)
 
     def attach(self) -> None:
         setattr(self.model, self.prefix, self.stub)

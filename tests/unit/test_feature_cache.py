@@ -60,3 +60,13 @@ def test_cached_backbone_reproduces_the_frozen_forward(arch, left_pad, tiny_mode
 def test_cache_is_not_used_when_the_backbone_trains(tiny_model_dir):
     model, _, _ = build("bert", "partial", tiny_model_dir)
     assert not backbone_is_frozen(model)
+
+
+@pytest.mark.parametrize("arch,stored", [("bert", {"pooler_output"}), ("llama", {"last_hidden_state"})])
+def test_only_the_outputs_the_head_reads_are_stored(arch, stored, tiny_model_dir):
+    model, _, _ = build(arch, "head", tiny_model_dir)
+    cache = FeatureCache(model)
+    cache.build("train", DataLoader(examples(4), batch_size=4, collate_fn=collate), torch.device("cpu"),
+                show_progress=False)
+    assert cache.stub.fields == stored
+    assert set(cache.stub.store["train"][0]) == stored
