@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,8 +18,9 @@ DEBUG_FLAG = "--debug"
 def _setup_logging(debug: bool) -> None:
     import transformers
 
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under several processes, one speaks
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO, force=True)
+                        level=logging.INFO if main_rank or debug else logging.WARNING, force=True)
     # Library chatter (load reports, telemetry notices) drowns the run's own lines unless debugging.
     transformers.logging.set_verbosity_info() if debug else transformers.logging.set_verbosity_error()
     for name in ("datasets", "accelerate", "httpx", "urllib3"):

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
@@ -56,7 +57,11 @@ def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
             log_with = "tensorboard"
         except ImportError:
             log_with = "none"
+    # Several processes on a machine without CUDA (torchrun, or `accelerate launch` with a MULTI_GPU +
+    # use_cpu config) must be told they are CPU processes, or each runs alone as if it were the only one.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
+        cpu=multi_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if log_with == "none" else log_with,
