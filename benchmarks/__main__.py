@@ -23,7 +23,7 @@ def parse(argv: list[str]) -> BenchConfig:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--strategies", nargs="+", default=["full", "head", "partial", "lora", "qlora"],
-                    help=f"strategies to run (registered: {', '.join(available())})")
+                    help=f"strategies to run, or `all` for every registered one ({', '.join(available())})")
     ap.add_argument("--output_dir", default="runs/bench", help="where results.json/.md/.png go")
     ap.add_argument("--quick", action="store_true", help="64 training examples, 1 epoch: a smoke run")
     ap.add_argument("--repeats", type=int, default=1, help="seeds per strategy, for mean and spread")
@@ -34,6 +34,8 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--num_train_epochs", type=float, default=None)
     args = ap.parse_args(argv)
+    if args.strategies == ["all"]:
+        args.strategies = available()  # built-ins and installed plug-ins alike
     unknown = sorted(set(args.strategies) - set(available()))
     if unknown:
         ap.error(f"unknown strategies {unknown}; registered: {', '.join(available())}")
