@@ -237,25 +237,30 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         tokenizer.save_pretrained(tmp)
         reloaded = task.auto_class.from_pretrained(tmp, dtype=getattr(torch, dtype))
         disk_logits, _ = logits_of(reloaded, loader)
-        report["accuracy"] |= {"merged_in_memory": accuracy(mem_logits, gold),
-                               "merged_reloaded": accuracy(disk_logits, gold)}
-        report["adapter_vs_merged_in_memory"] = compare(ref_logits, mem_logits)
-        report["adapter_vs_merged_reloaded"] = compare(ref_logits, disk_logits)
-        max_diff, min_agreement = TOLERANCE[dtype]
-        worst = report["adapter_vs_merged_reloaded"]
-        report["tolerance"] = {"max_abs_logit_diff": max_diff, "min_prediction_agreement": min_agreement}
-        report["passed"] = all(r["max_abs_logit_diff"] <= max_diff and r["prediction_agreement"] >= min_agreement
-                               for r in (report["adapter_vs_merged_in_memory"], worst))
-        if not report["passed"]:
-            raise PeftkitError(f"Parity check failed for {dtype}: max |logit difference| "
-                               f"{worst['max_abs_logit_diff']:.3g} (allowed {max_diff}), prediction agreement "
-                               f"{worst['prediction_agreement']:.4f} (needed {min_agreement}). Nothing was written. "
-                               f"Report: {json.dumps(report)}")
+        check_parity(report, gold, ref_logits, mem_logits, disk_logits)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a failure or an interruption: nothing half-written
     return report
+
+
+def check_parity(report: dict[str, Any], gold, ref_logits, mem_logits, disk_logits) -> None:
+    """Fill in the comparisons; raise (so nothing is published) when they exceed the dtype's tolerance."""
+    report["accuracy"] |= {"merged_in_memory": accuracy(mem_logits, gold),
+                           "merged_reloaded": accuracy(disk_logits, gold)}
+    report["adapter_vs_merged_in_memory"] = compare(ref_logits, mem_logits)
+    report["adapter_vs_merged_reloaded"] = compare(ref_logits, disk_logits)
+    max_diff, min_agreement = TOLERANCE[report["dtype"]]
+    worst = report["adapter_vs_merged_reloaded"]
+    report["tolerance"] = {"max_abs_logit_diff": max_diff, "min_prediction_agreement": min_agreement}
+    report["passed"] = all(r["max_abs_logit_diff"] <= max_diff and r["prediction_agreement"] >= min_agreement
+                           for r in (report["adapter_vs_merged_in_memory"], worst))
+    if not report["passed"]:
+        raise PeftkitError(f"Parity check failed for {report['dtype']}: max |logit difference| "
+                           f"{worst['max_abs_logit_diff']:.3g} (allowed {max_diff}), prediction agreement "
+                           f"{worst['prediction_agreement']:.4f} (needed {min_agreement}). Nothing was written. "
+                           f"Report: {json.dumps(report)}")
 
 
 def publish(tmp: Path, out: Path) -> None:

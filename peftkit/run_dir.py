@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from peftkit.config import DataArguments, ModelArguments
 from peftkit.data import load_file, load_raw_datasets
 from peftkit.engine import evaluate
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import check
 from peftkit.modeling import load_model
 from peftkit.runner import CONFIG_FILE
 from peftkit.strategies import get_strategy
@@ -85,6 +85,4 @@ def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None
         out.extend(task.predictions(logits.cpu(), id2label))
     for text, row in zip(texts, out, strict=True):
         row["text"] = text
-    if not out:
-        raise PeftkitError("Nothing was labelled.")
     return out

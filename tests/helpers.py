@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from peftkit.config import DataArguments, ModelArguments
+from peftkit.feature_cache import INDEX_KEY
 from peftkit.modeling import load_model
 from peftkit.strategies import get_strategy
 from peftkit.tasks.text_cls import TextClassification
@@ -34,3 +35,28 @@ def batch(seed=0):
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def examples(n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        rows.append({"input_ids": torch.randint(1, 120, (length,), generator=g).tolist(), "labels": i % 3,
+                     INDEX_KEY: i})
+    return rows
+
+
+def collate(rows, left_pad=False):
+    width = max(len(r["input_ids"]) for r in rows)
+    ids, mask = [], []
+    for r in rows:
+        pad = [0] * (width - len(r["input_ids"]))
+        ids.append(pad + r["input_ids"] if left_pad else r["input_ids"] + pad)
+        ones = [1] * len(r["input_ids"])
+        mask.append([0] * len(pad) + ones if left_pad else ones + [0] * len(pad))
+    batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+             "labels": torch.tensor([r["labels"] for r in rows])}
+    if INDEX_KEY in rows[0]:
+        batch[INDEX_KEY] = torch.tensor([r[INDEX_KEY] for r in rows])
+    return batch

@@ -6,9 +6,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
-from helpers import build
+from helpers import build, collate, examples
 from torch import nn
-from unit.test_feature_cache import collate, examples
 
 from peftkit.config import TrainingArguments
 from peftkit.engine import Engine

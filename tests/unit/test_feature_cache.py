@@ -4,35 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build
+from helpers import build, collate, examples
 from torch.utils.data import DataLoader
 
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
-
-
-def examples(n=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = int(torch.randint(3, 12, (1,), generator=g))
-        rows.append({"input_ids": torch.randint(1, 120, (length,), generator=g).tolist(), "labels": i % 3,
-                     INDEX_KEY: i})
-    return rows
-
-
-def collate(rows, left_pad=False):
-    width = max(len(r["input_ids"]) for r in rows)
-    ids, mask = [], []
-    for r in rows:
-        pad = [0] * (width - len(r["input_ids"]))
-        ids.append(pad + r["input_ids"] if left_pad else r["input_ids"] + pad)
-        ones = [1] * len(r["input_ids"])
-        mask.append([0] * len(pad) + ones if left_pad else ones + [0] * len(pad))
-    batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
-             "labels": torch.tensor([r["labels"] for r in rows])}
-    if INDEX_KEY in rows[0]:
-        batch[INDEX_KEY] = torch.tensor([r[INDEX_KEY] for r in rows])
-    return batch
 
 
 @pytest.mark.parametrize("arch,left_pad", [("bert", False), ("llama", False), ("llama", True)])
