@@ -95,6 +95,11 @@ class TrainingArguments:
         default=False, metadata={"help": "Trade compute for memory by recomputing activations."}
     )
     seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and dropout."})
+    disable_dropout: bool = field(
+        default=False,
+        metadata={"help": "Set every dropout probability to 0 (backbone, adapters, head): deterministic steps, "
+                  "e.g. to check that N processes train like one."},
+    )
     metric_for_best_model: str = field(
         default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint (loss: lower wins)."}
     )

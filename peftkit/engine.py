@@ -7,11 +7,13 @@ import math
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -35,6 +37,7 @@ class FitResult:
     train_runtime_s: float
     train_samples: int
     history: list[dict] = field(default_factory=list)
+    train_history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     feature_cache: bool = False
     step_time_median_s: float | None = None
@@ -80,11 +83,18 @@ class Engine:
         if self.cache is not None:
             data = DatasetDict({s: ds.add_column(INDEX_KEY, list(range(len(ds)))) for s, ds in data.items()})
         self.data = data
+        # Names as in the unwrapped model's state dict, taken before Accelerate wraps or shards anything.
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.prepared = None
         self.greater_is_better = not args.metric_for_best_model.endswith("loss")
 
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
         size = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
-        return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator)
+        # An own seeded generator makes the data order a function of --seed alone: Accelerate shares it
+        # across processes, so N processes see the global batches that one process would, and drawing
+        # it does not move the global RNG that initialisation and dropout use.
+        generator = torch.Generator().manual_seed(self.args.seed) if train else None
+        return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator, generator=generator)
 
     def _build_cache(self) -> None:
         device = self.acc.device
@@ -107,16 +117,57 @@ class Engine:
         return value > best if self.greater_is_better else value < best
 
     def _save_best(self, model) -> None:
-        """Keep the trainable weights of the best evaluation on disk (written whole, then renamed)."""
+        """Keep the trainable weights of the best evaluation on disk (written whole, then renamed).
+
+        ``get_state_dict`` is collective: under FSDP and DeepSpeed ZeRO-3 it gathers the shards."""
         state = self.acc.get_state_dict(model)
-        trainable = {n for n, p in self.acc.unwrap_model(model).named_parameters() if p.requires_grad}
         if self.acc.is_main_process:
-            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if k in trainable}
+            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if k in self.trainable}
+            check(bool(tensors), "No trainable weights found in the gathered state dict; refusing to save an "
+                  "empty checkpoint. Report this with your Accelerate config.")
             self.output_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.output_dir / (BEST_STATE + ".tmp")
             save_file(tensors, str(tmp))
             os.replace(tmp, self.output_dir / BEST_STATE)
         self.acc.wait_for_everyone()
+
+    def _restore_best(self, model) -> None:
+        """Load the best weights on the main process and send them to the others, which need not share its
+        disk (several machines)."""
+        acc = self.acc
+        best = load_file(str(self.output_dir / BEST_STATE)) if acc.is_main_process else {}
+        if acc.distributed_type == DistributedType.FSDP:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, best, options=StateDictOptions(full_state_dict=True,
+                                                                       broadcast_from_rank0=True, strict=False))
+            return
+        unwrapped = acc.unwrap_model(model)
+        params = [p for n, p in unwrapped.named_parameters() if n in self.trainable]
+        gathered = nullcontext()
+        if acc.distributed_type == DistributedType.DEEPSPEED:  # ZeRO-3 partitions parameters
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+        with gathered:
+            if acc.is_main_process:
+                unwrapped.load_state_dict(best, strict=False)
+            if acc.num_processes > 1 and acc.distributed_type != DistributedType.DEEPSPEED:
+                for param in params:
+                    torch.distributed.broadcast(param.data, src=0)
+        acc.wait_for_everyone()
+
+    def save_model(self, tokenizer) -> None:
+        """Write the trained model (adapter or weights) and tokenizer as a ``save_pretrained`` directory.
+
+        Every process takes part in gathering the weights (FSDP, ZeRO-3); only the main one writes."""
+        acc = self.acc
+        state = acc.get_state_dict(self.prepared)
+        unwrapped = acc.unwrap_model(self.prepared)
+        unwrapped.save_pretrained(self.output_dir, is_main_process=acc.is_main_process, state_dict=state)
+        if acc.is_main_process:
+            tokenizer.save_pretrained(self.output_dir)
+        acc.wait_for_everyone()
 
     def fit(self) -> FitResult:
         args, acc = self.args, self.acc
@@ -129,6 +180,7 @@ class Engine:
         model, optimizer, train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
                                                                *eval_loaders.values())
         eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
+        self.prepared = model
         steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
@@ -137,7 +189,8 @@ class Engine:
                                   num_warmup_steps=math.ceil(args.warmup_ratio * total), num_training_steps=total)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
-        state = {"step": 0, "best": None, "bad_evals": 0, "samples": 0, "history": [], "stop": False,
+        state = {"step": 0, "best": None, "bad_evals": 0, "samples": 0, "history": [], "train_history": [],
+                 "stop": False,
                  "step_times": [], "last": time.perf_counter(), "tokens": 0}
         bar = tqdm(total=total, desc="Training", disable=not acc.is_local_main_process)
         epoch = 0
@@ -180,7 +233,9 @@ class Engine:
             if state["step"] % args.logging_steps == 0 or state["step"] == total:
                 mean_loss = acc.gather(loss.detach()).mean().item()
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-                acc.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
+                lr = scheduler.get_last_lr()[0]
+                state["train_history"].append({"step": state["step"], "loss": mean_loss, "learning_rate": lr})
+                acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state["step"])
             if args.eval_steps and state["step"] % args.eval_steps == 0:
                 self._evaluate_and_select(model, eval_loaders, state, epoch + state["step"] / total)
             if state["step"] >= total or state["stop"]:
@@ -212,8 +267,7 @@ class Engine:
 
     def _finish(self, model, eval_loaders, state, runtime: float, epochs: int) -> FitResult:
         best_path = self.output_dir / BEST_STATE
-        self.acc.unwrap_model(model).load_state_dict(load_file(str(best_path)), strict=False)
-        self.acc.wait_for_everyone()
+        self._restore_best(model)
         results = {split: self.evaluate(model, loader, split) for split, loader in eval_loaders.items()}
         if self.cache is not None:
             self.cache.detach()
@@ -221,7 +275,7 @@ class Engine:
             best_path.unlink(missing_ok=True)
         return FitResult(eval=results["validation"], test=results.get("test"), global_step=state["step"],
                          epochs=epochs, train_runtime_s=runtime, train_samples=state["samples"],
-                         history=state["history"], stopped_early=state["stop"],
+                         history=state["history"], train_history=state["train_history"], stopped_early=state["stop"],
                          feature_cache=self.cache is not None,
                          train_tokens=state["tokens"],
                          step_time_median_s=statistics.median(state["step_times"]) if state["step_times"] else None)

@@ -69,6 +69,20 @@ def top_backbone_parameters(model: nn.Module, n: int) -> list[nn.Parameter]:
     return params[start:]
 
 
+def disable_dropout(model: nn.Module) -> int:
+    """Zero every dropout in ``model``: ``nn.Dropout`` modules and the float probabilities that attention
+    implementations read from module attributes (``dropout_prob``, ``attention_dropout``). Returns how many."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p, changed = 0.0, changed + 1
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+                changed += 1
+    return changed
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total). A 4-bit bitsandbytes tensor stores two weights per byte, so it counts double."""
     trainable = total = 0

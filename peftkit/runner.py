@@ -21,7 +21,14 @@ from peftkit.config import DataArguments, ModelArguments, TrainingArguments, val
 from peftkit.data import load_raw_datasets
 from peftkit.engine import Engine
 from peftkit.identity import fingerprint
-from peftkit.modeling import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
+from peftkit.modeling import (
+    count_parameters,
+    disable_dropout,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from peftkit.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = strategy.prepare(model, task, head_names)
+    if train_args.disable_dropout:
+        logger.info("Dropout disabled in %d places.", disable_dropout(model))
     trainable, total = count_parameters(model)
     head_params = sum(p.numel() for n, p in model.named_parameters()
                       if p.requires_grad and set(n.split(".")) & set(head_names))
@@ -117,9 +126,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,
                     use_feature_cache=getattr(strategy, "cache_features", False))
     fit = engine.fit()
-    if acc.is_main_process:
-        model.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
+    engine.save_model(tokenizer)
     acc.end_training()
 
     results = {
@@ -143,7 +150,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"],
-        "learning_rate": lr, "seed": train_args.seed, "history": fit.history, "versions": versions(),
+        "learning_rate": lr, "seed": train_args.seed, "history": fit.history,
+        "train_history": fit.train_history, "versions": versions(),
     }
     if acc.is_main_process:
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))

@@ -1,7 +1,10 @@
-"""Helpers shared by the unit tests: build a strategy on a tiny model, make a batch."""
+"""Helpers shared by the tests: build a strategy on a tiny model, make a batch, run a recipe in-process."""
 
 from __future__ import annotations
 
+import runpy
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -12,6 +15,7 @@ from peftkit.modeling import load_model
 from peftkit.strategies import get_strategy
 from peftkit.tasks.text_cls import TextClassification
 
+ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["a", "b", "c"]
 LORA_R = 4
 STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA_R}, "qlora": {"lora_r": LORA_R},
@@ -60,3 +64,16 @@ def collate(rows, left_pad=False):
     if INDEX_KEY in rows[0]:
         batch[INDEX_KEY] = torch.tensor([r[INDEX_KEY] for r in rows])
     return batch
+
+
+def run_recipe(name: str, argv: list[str]) -> int:
+    """Run ``recipes/<name>`` in this process (imports are paid once) and return its exit status."""
+    old = sys.argv
+    sys.argv = [f"recipes/{name}", *argv]
+    try:
+        runpy.run_path(str(ROOT / "recipes" / name), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+    raise AssertionError("recipes must exit with a status")

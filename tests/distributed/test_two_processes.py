@@ -1,35 +1,112 @@
-"""Two real processes on one CPU machine through the shipped Accelerate config."""
+"""Real processes on one CPU machine through the shipped Accelerate config: two processes, and two launchers
+playing two machines on the loopback interface."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_recipe
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "recipes/accelerate/cpu_2proc.yaml"
+# 64 training examples are 4 global batches of 16 per epoch; 51 evaluation examples do not split evenly.
+COMMON = ["--max_train_samples", "64", "--max_eval_samples", "51", "--num_train_epochs", "2",
+          "--disable_dropout", "--logging_steps", "1", "--report_to", "none"]
 pytestmark = pytest.mark.e2e
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def test_two_cpu_processes_train_once_and_evaluate_every_example_once(tmp_path, capsys):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           "recipes/accelerate/cpu_2proc.yaml", "recipes/lora_text_cls.py", "--max_train_samples", "128",
-           "--max_eval_samples", "51", "--max_steps", "3", "--per_device_train_batch_size", "8",
-           "--report_to", "none", "--output_dir", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+def launch(extra: list[str], script_args: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG, *extra,
+           "recipes/lora_text_cls.py", *script_args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_proc(tmp_path_factory):
+    """2 processes x 8 examples per step; returns (run dir, stdout)."""
+    out_dir = tmp_path_factory.mktemp("two_proc")
+    out = finish(launch([], [*COMMON, "--per_device_train_batch_size", "8", "--output_dir", str(out_dir)]))
+    return out_dir, out
+
+
+@pytest.fixture(scope="module")
+def one_proc(tmp_path_factory):
+    """1 process x 16 examples per step: the same global batch."""
+    out_dir = tmp_path_factory.mktemp("one_proc")
+    assert run_recipe("lora_text_cls.py", [*COMMON, "--per_device_train_batch_size", "16",
+                                           "--output_dir", str(out_dir)]) == 0
+    return out_dir
+
+
+def test_two_processes_really_run_and_only_the_main_one_writes(two_proc):
+    out_dir, stdout = two_proc
+    results = json.loads((out_dir / "results.json").read_text())
     assert results["num_processes"] == 2 and results["effective_batch_size"] == 16
-    assert proc.stdout.count("Saved to") == 1  # only the main process reports and writes
-    # 51 examples do not split evenly over 2 processes; gather_for_metrics must count each exactly once,
-    # so one process re-evaluating the saved model gets the same numbers.
+    assert stdout.count("Saved to") == 1
+    assert not list(out_dir.glob("*.tmp")) and not (out_dir / "best_trainable.safetensors").exists()
+
+
+def test_evaluation_counts_every_example_once(two_proc, capsys):
+    # gather_for_metrics must drop the samples padded onto the last uneven batch, so one process
+    # re-evaluating the saved model gets the same numbers.
     from peftkit.cli import main
 
-    assert main(["eval", str(tmp_path), "--split", "validation", "--max_eval_samples", "51"]) == 0
+    out_dir, _ = two_proc
+    results = json.loads((out_dir / "results.json").read_text())
+    assert main(["eval", str(out_dir), "--split", "validation", "--max_eval_samples", "51"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert single["accuracy"] == pytest.approx(results["eval"]["accuracy"], abs=1e-9)
     assert single["loss"] == pytest.approx(results["eval"]["loss"], abs=1e-5)
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(two_proc, one_proc):
+    two = json.loads((two_proc[0] / "results.json").read_text())
+    one = json.loads((one_proc / "results.json").read_text())
+    assert [h["step"] for h in two["train_history"]] == [h["step"] for h in one["train_history"]] == list(range(1, 9))
+    for a, b in zip(one["train_history"], two["train_history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), a["step"]
+        assert b["learning_rate"] == pytest.approx(a["learning_rate"], rel=1e-9)
+    assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-5)
+    assert two["eval"]["accuracy"] == one["eval"]["accuracy"]
+    w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (one_proc, two_proc[0]))
+    assert w1.keys() == w2.keys() and any("lora_B" in k for k in w1)
+    for key in w1:
+        # AdamW's first steps are close to lr * sign(gradient), which magnifies float noise; measured 6.5e-6.
+        assert (w1[key] - w2[key]).abs().max() < 1e-4, key
+    # lora_B starts at zero: it must have moved far beyond the tolerance, or the comparison proves nothing.
+    assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_loopback_complete_and_write_one_result(tmp_path):
+    out_dir = tmp_path / "run"
+    machines = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+                "--main_process_port", str(free_port())]
+    args = ["--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2", "--report_to", "none",
+            "--per_device_train_batch_size", "8", "--output_dir", str(out_dir)]
+    procs = [launch([*machines, "--machine_rank", str(rank)], args) for rank in (0, 1)]
+    outputs = [finish(p) for p in procs]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["effective_batch_size"] == 16
+    assert results["global_step"] == 2
+    assert [o.count("Saved to") for o in outputs] == [1, 0]  # machine 0 holds the main process
+    assert (out_dir / "adapter_model.safetensors").is_file()

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ["head", "lora", "partial", "full", "qlora"]
 SMALL = ["--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "3",
          "--per_device_train_batch_size", "8", "--report_to", "none"]
 pytestmark = pytest.mark.e2e
-
-
-def run_recipe(name: str, argv: list[str]) -> int:
-    old = sys.argv
-    sys.argv = [f"recipes/{name}", *argv]
-    try:
-        runpy.run_path(str(ROOT / "recipes" / name), run_name="__main__")
-    except SystemExit as exc:
-        return exc.code
-    finally:
-        sys.argv = old
-    raise AssertionError("recipes must exit with a status")
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,22 @@ def test_partial_rejects_more_layers_than_the_model_has(tiny_model_dir):
         model, heads = load_model(task, build_partial, ModelArguments(tiny_model_dir("bert")), LABELS,
                                   SimpleNamespace(pad_token_id=0))
         build_partial.prepare(model, task, heads)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("name", ["full", "lora"])
+def test_disable_dropout_makes_training_mode_forward_deterministic(arch, name, tiny_model_dir):
+    from peftkit.modeling import disable_dropout
+
+    model, _, _ = build(arch, name, tiny_model_dir)
+    for module in model.modules():  # the tiny configs may ship with zero dropout: force it on to test
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+        for attr, value in list(vars(module).items()):
+            if "dropout" in attr and isinstance(value, float):
+                setattr(module, attr, 0.5)
+    model.train()
+    b = batch()
+    assert not torch.equal(model(**b).logits, model(**b).logits)
+    assert disable_dropout(model) > 0
+    assert torch.equal(model(**b).logits, model(**b).logits)
