@@ -3,6 +3,7 @@
     python -m benchmarks --quick                      # a tiny subset, a few minutes on 2 CPU cores
     python -m benchmarks --output_dir benchmarks/results --repeats 3
     python -m benchmarks --strategies lora qlora full --num_processes 2
+    python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
 
 Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
 """
@@ -28,7 +29,8 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--quick", action="store_true", help="64 training examples, 1 epoch: a smoke run")
     ap.add_argument("--repeats", type=int, default=1, help="seeds per strategy, for mean and spread")
     ap.add_argument("--seed", type=int, default=42, help="first seed; repeats use seed, seed+1, ...")
-    ap.add_argument("--num_processes", type=int, default=1, help="processes per run (Accelerate)")
+    ap.add_argument("--num_processes", type=int, nargs="+", default=[1],
+                    help="processes per run (Accelerate); several counts add a throughput scaling table")
     ap.add_argument("--no_reference", action="store_true", help="skip the stock Trainer + peft reference")
     ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM")
     ap.add_argument("--max_train_samples", type=int, default=None)
@@ -39,11 +41,11 @@ def parse(argv: list[str]) -> BenchConfig:
     unknown = sorted(set(args.strategies) - set(available()))
     if unknown:
         ap.error(f"unknown strategies {unknown}; registered: {', '.join(available())}")
-    if args.repeats < 1 or args.num_processes < 1:
+    if args.repeats < 1 or min(args.num_processes) < 1:
         ap.error("--repeats and --num_processes must be >= 1")
     settings = {k: v for k in ("max_train_samples", "num_train_epochs") if (v := getattr(args, k)) is not None}
     return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir), quick=args.quick,
-                       repeats=args.repeats, seed=args.seed, num_processes=args.num_processes,
+                       repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
                        settings=settings)
 

@@ -30,19 +30,57 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def process_counts(results: dict[str, Any]) -> list[int]:
+    counts = results["config"]["num_processes"]
+    return counts if isinstance(counts, list) else [counts]  # older results.json: one count
+
+
+def main_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs the strategy table compares: those at the smallest process count (and the reference)."""
+    base = min(process_counts(results))
+    return [r for r in results["runs"] if r.get("num_processes", 1) == base or r["strategy"] == "reference"]
+
+
+def scaling(results: dict[str, Any]) -> list[str]:
+    """Training throughput per process count, against the smallest count, for each strategy."""
+    counts = process_counts(results)
+    if len(counts) < 2:
+        return []
+    lines = ["", "## Throughput scaling", "",
+             f"Training samples/s with N processes against {counts[0]} (speedup), and per process (efficiency = "
+             "speedup / (N / that count)); test accuracy shows the runs still learn the same thing.", "",
+             "| strategy | processes | effective batch x | samples/s | speedup | efficiency | test acc |",
+             "|---|---|---|---|---|---|---|"]
+    for strategy in dict.fromkeys(r["strategy"] for r in results["runs"] if r["strategy"] != "reference"):
+        per_count = {n: summarize([r for r in results["runs"] if r["strategy"] == strategy
+                                   and r.get("num_processes") == n]).get(strategy) for n in counts}
+        base = per_count[counts[0]]
+        for n, entry in per_count.items():
+            if not entry or not entry["ok"]:
+                lines.append(f"| {strategy} | {n} | FAILED |  |  |  |  |")
+                continue
+            speed = entry["mean"]["samples_per_s"]
+            speedup = speed / base["mean"]["samples_per_s"] if base and base["ok"] else None
+            eff = speedup / (n / counts[0]) if speedup is not None else None
+            lines.append(f"| {strategy} | {n} | {n / counts[0]:g} | {speed:.1f} | {_fmt(speedup, '.2f')} | "
+                         f"{_fmt(eff, '.2f')} | {entry['mean']['accuracy']:.4f} |")
+    return lines
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
 def markdown(results: dict[str, Any]) -> str:
-    summary = summarize(results["runs"])
+    summary = summarize(main_rows(results))
     full = summary.get("full", {}).get("mean", {})
     cfg = results["config"]
     lines = [
         "# peftkit benchmark",
         "",
         f"Task: text classification on {cfg['dataset']} with {cfg['model_name_or_path']}; settings "
-        f"{cfg['settings']}; {cfg['repeats']} seed(s) from {cfg['seed']}; {cfg['num_processes']} process(es); "
+        f"{cfg['settings']}; {cfg['repeats']} seed(s) from {cfg['seed']}; {process_counts(results)[0]} process(es) "
+        "(the reference always 1); "
         f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
@@ -68,6 +106,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
             f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
+    lines += scaling(results)
     lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
     return "\n".join(lines)
 
@@ -79,7 +118,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = {k: v for k, v in summarize(results["runs"]).items() if v["ok"]}
+    summary = {k: v for k, v in summarize(main_rows(results)).items() if v["ok"]}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "peak_memory_bytes", "peak memory (MiB)"),
                            (axes[1], "train_runtime_s", "training time (s)")):

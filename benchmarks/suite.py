@@ -27,7 +27,7 @@ class BenchConfig:
     quick: bool = False
     repeats: int = 1
     seed: int = 42
-    num_processes: int = 1
+    num_processes: list[int] = field(default_factory=lambda: [1])  # several: a throughput scaling study
     reference: bool = True
     model_name_or_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -40,18 +40,26 @@ def flags(settings: dict[str, Any]) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key}", str(value))]
 
 
-def launcher(cfg: BenchConfig) -> list[str]:
+def launcher(cfg: BenchConfig, num_processes: int) -> list[str]:
     """A fresh Python process per run (so its peak memory is its own), through Accelerate when N > 1."""
     entry = str(REPO / "peftkit" / "__main__.py")
-    if cfg.num_processes == 1:
+    if num_processes == 1:
         return [sys.executable, entry]
     # `accelerate launch --cpu --num_processes N` starts one process; a config file with MULTI_GPU and
     # use_cpu starts N real ones over gloo (see OFFLINE_ASSETS.md). On GPUs the same file runs DDP.
-    config = cfg.output_dir / "accelerate_config.yaml"
+    config = cfg.output_dir / f"accelerate_config_{num_processes}.yaml"
     config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
-                      f"machine_rank: 0\nnum_processes: {cfg.num_processes}\nmixed_precision: 'no'\n"
+                      f"machine_rank: 0\nnum_processes: {num_processes}\nmixed_precision: 'no'\n"
                       f"use_cpu: {str(not _has_cuda()).lower()}\n")
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), entry]
+
+
+def thread_env(num_processes: int) -> dict[str, str]:
+    """On CPU, share the cores among the processes (torchrun would give each one thread), so that a scaling
+    study compares the same machine used N ways rather than N starved processes."""
+    if num_processes == 1 or _has_cuda() or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // num_processes))}
 
 
 def _has_cuda() -> bool:
@@ -60,11 +68,11 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_command(cmd: list[str], log: Path) -> tuple[int, float]:
+def run_command(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[int, float]:
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
-                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     return proc.returncode, time.perf_counter() - start
 
 
@@ -78,15 +86,17 @@ def artifact_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in run_dir.glob("*.safetensors"))
 
 
-def train_strategy(cfg: BenchConfig, strategy: str, seed: int) -> dict[str, Any]:
-    run_dir = cfg.output_dir / "runs" / f"{strategy}-seed{seed}"
+def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1) -> dict[str, Any]:
+    suffix = f"-np{num_processes}" if len(cfg.num_processes) > 1 else ""
+    run_dir = cfg.output_dir / "runs" / f"{strategy}-seed{seed}{suffix}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
-    cmd = [*launcher(cfg), "train", "--strategy", strategy, "--output_dir", str(run_dir), "--seed", str(seed),
-           "--report_to", "none", *model, *flags(cfg.settings)]
-    code, wall = run_command(cmd, run_dir / "train.log")
-    row: dict[str, Any] = {"strategy": strategy, "seed": seed, "command": cmd, "wall_s": round(wall, 2)}
+    cmd = [*launcher(cfg, num_processes), "train", "--strategy", strategy, "--output_dir", str(run_dir),
+           "--seed", str(seed), "--report_to", "none", *model, *flags(cfg.settings)]
+    code, wall = run_command(cmd, run_dir / "train.log", thread_env(num_processes))
+    row: dict[str, Any] = {"strategy": strategy, "seed": seed, "num_processes": num_processes, "command": cmd,
+                           "wall_s": round(wall, 2)}
     if code != 0 or not (run_dir / "results.json").is_file():
         return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
     res = json.loads((run_dir / "results.json").read_text())
@@ -129,7 +139,7 @@ def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     run_dir = cfg.output_dir / "runs" / f"reference-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    row: dict[str, Any] = {"strategy": "reference", "seed": seed}
+    row: dict[str, Any] = {"strategy": "reference", "seed": seed, "num_processes": 1}
     try:
         data_dir = export_data(cfg, seed)
     except Exception:  # noqa: BLE001 - reported as a failed row, the suite goes on
@@ -171,13 +181,14 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     """Every (strategy, seed) run, with a progress line each; failures are recorded and the suite goes on."""
     from peftkit.runner import versions
 
-    jobs = [(s, cfg.seed + i) for i in range(cfg.repeats) for s in cfg.strategies]
-    if cfg.reference:
-        jobs += [("reference", cfg.seed + i) for i in range(cfg.repeats)]
+    jobs = [(s, cfg.seed + i, p) for p in cfg.num_processes for i in range(cfg.repeats) for s in cfg.strategies]
+    if cfg.reference:  # the stock Trainer script runs in one process
+        jobs += [("reference", cfg.seed + i, 1) for i in range(cfg.repeats)]
     rows = []
-    for n, (strategy, seed) in enumerate(jobs, 1):
-        print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}) ...", flush=True)
-        row = train_reference(cfg, seed) if strategy == "reference" else train_strategy(cfg, strategy, seed)
+    for n, (strategy, seed, procs) in enumerate(jobs, 1):
+        print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es)) ...", flush=True)
+        row = (train_reference(cfg, seed) if strategy == "reference"
+               else train_strategy(cfg, strategy, seed, procs))
         rows.append(row)
         if row["status"] == "ok":
             print(f"[{n}/{len(jobs)}] {strategy}: accuracy {row['accuracy']:.4f}, {row['train_runtime_s']:.1f} s, "

@@ -144,15 +144,16 @@ class Engine:
             return
         unwrapped = acc.unwrap_model(model)
         params = [p for n, p in unwrapped.named_parameters() if n in self.trainable]
+        zero3 = acc.distributed_type == DistributedType.DEEPSPEED and any(hasattr(p, "ds_id") for p in params)
         gathered = nullcontext()
-        if acc.distributed_type == DistributedType.DEEPSPEED:  # ZeRO-3 partitions parameters
+        if zero3:  # ZeRO-3 partitions parameters: gather, let rank 0 write, re-partition on exit
             import deepspeed
 
             gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
         with gathered:
             if acc.is_main_process:
                 unwrapped.load_state_dict(best, strict=False)
-            if acc.num_processes > 1 and acc.distributed_type != DistributedType.DEEPSPEED:
+            if acc.num_processes > 1 and not zero3:
                 for param in params:
                     torch.distributed.broadcast(param.data, src=0)
         acc.wait_for_everyone()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,6 +12,11 @@ from torch import nn
 from peftkit.errors import PeftkitError, check
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
+
+
+def fsdp_enabled() -> bool:
+    """True inside `accelerate launch` with an FSDP config (set before the model is loaded)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 @dataclass
@@ -59,6 +65,8 @@ class LoRA:
         from transformers import BitsAndBytesConfig
 
         if self.quantization == "int8":
+            check(not fsdp_enabled(), "FSDP cannot shard 8-bit bitsandbytes weights; use --quantization nf4 "
+                  "(FSDP-QLoRA) or a DDP / DeepSpeed config.")
             config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=head_names)
         else:
             config = BitsAndBytesConfig(
@@ -66,12 +74,17 @@ class LoRA:
                 bnb_4bit_quant_type=self.quantization,
                 bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
                 bnb_4bit_compute_dtype=self.compute_dtype(),
+                # FSDP shards only float tensors: store the packed 4-bit data in the float dtype of the
+                # rest of the model (bitsandbytes reads it byte-wise whatever the storage type).
+                bnb_4bit_quant_storage=self.compute_dtype() if fsdp_enabled() else torch.uint8,
                 # The freshly initialised head must stay in full precision: it trains, and 4-bit would
                 # both break its forward and round away its updates.
                 llm_int8_skip_modules=head_names,
             )
         kwargs: dict[str, Any] = {"quantization_config": config}
-        if torch.cuda.is_available():
+        if fsdp_enabled():  # FSDP places and shards the weights itself; one dtype across each shard group
+            kwargs["dtype"] = self.compute_dtype()
+        elif torch.cuda.is_available():
             from accelerate import PartialState
 
             kwargs["device_map"] = {"": PartialState().device}  # each rank quantizes onto its own GPU
@@ -93,9 +106,10 @@ class LoRA:
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        if self.quantization is not None:
-            # Casts the non-quantized parts (norms, head) to float32 for stable training. Activation
-            # checkpointing is the engine's choice (--gradient_checkpointing), not forced here.
+        if self.quantization is not None and not fsdp_enabled():
+            # Casts the non-quantized parts (norms, head) to float32 for stable training; not under FSDP,
+            # which needs one dtype per shard group. Activation checkpointing is the engine's choice
+            # (--gradient_checkpointing), not forced here.
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
             return get_peft_model(model, self.peft_config(task, head_names))

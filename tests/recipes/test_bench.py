@@ -56,3 +56,16 @@ def test_quick_suite_on_gpu_reports_tokens_and_reserved_memory(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for row in json.loads((tmp_path / "results.json").read_text())["runs"]:
         assert row["tokens_per_s"] > 0 and row["peak_memory_reserved_bytes"] >= row["peak_memory_bytes"] > 0
+
+
+def test_several_process_counts_give_a_scaling_table(tmp_path):
+    proc = run_bench("--quick", "--no_reference", "--strategies", "lora", "--num_processes", "1", "2",
+                     "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["strategy"], r["num_processes"], r["status"]) for r in rows] == [("lora", 1, "ok"), ("lora", 2, "ok")]
+    table = (tmp_path / "results.md").read_text()
+    assert "## Throughput scaling" in table
+    scaling_rows = [line for line in table.splitlines() if line.startswith("| lora | ")]
+    assert scaling_rows[-2].startswith("| lora | 1 | 1 |") and "| 1.00 | 1.00 |" in scaling_rows[-2]
+    assert scaling_rows[-1].startswith("| lora | 2 | 2 |")
