@@ -48,8 +48,10 @@ def scaling(results: dict[str, Any]) -> list[str]:
         return []
     lines = ["", "## Throughput scaling", "",
              f"Training samples/s with N processes against {counts[0]} (speedup), and per process (efficiency = "
-             "speedup / (N / that count)); test accuracy shows the runs still learn the same thing.", "",
-             "| strategy | processes | effective batch x | samples/s | speedup | efficiency | test acc |",
+             "speedup / (N / that count)). The per-device batch is fixed, so the global batch grows with N and an "
+             "epoch takes N times fewer optimizer steps: test accuracy at equal epochs is not comparable across "
+             "rows.", "",
+             "| strategy | processes | global batch x | samples/s | speedup | efficiency | test acc |",
              "|---|---|---|---|---|---|---|"]
     for strategy in dict.fromkeys(r["strategy"] for r in results["runs"] if r["strategy"] != "reference"):
         per_count = {n: summarize([r for r in results["runs"] if r["strategy"] == strategy
