@@ -47,7 +47,8 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     except PeftkitError as exc:
         if debug:
             raise
-        print(f"peftkit: error: {exc}", file=sys.stderr)
+        kind = "stopped" if type(exc).__name__ == "TrainingInterrupted" else "error"
+        print(f"peftkit: {kind}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("peftkit: interrupted.", file=sys.stderr)

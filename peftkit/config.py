@@ -110,6 +110,27 @@ class TrainingArguments:
         default=0, metadata={"help": "Also evaluate every N optimizer steps (0 = once per epoch only)."}
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    save_steps: int = field(
+        default=500,
+        metadata={"help": "Write a checkpoint (full training state) every N optimizer steps and at the end of each "
+                  "epoch; 0 = only at epoch ends; -1 = never."},
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Keep only the newest N checkpoints (0 = keep all)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Continue a run exactly: `latest` (the newest complete checkpoint in --output_dir) or a "
+                  "checkpoint directory. Use the same flags as the interrupted run."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a run already in --output_dir (its checkpoints and results)."}
+    )
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={"help": "When the loss or gradients become NaN/inf: stop (with the step and likely causes) or "
+                  "skip (drop that update and go on; stops after 10 in a row)."},
+    )
     report_to: str = field(
         default="auto",
         metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., or none; auto = tensorboard if installed."},
@@ -146,6 +167,14 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
           f"--lr_scheduler_type must be linear, cosine or constant, got {train_args.lr_scheduler_type!r}.")
     check(0 < data_args.validation_split_percentage < 100,
           f"--validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}.")
+    check(train_args.save_steps >= -1, f"--save_steps must be -1 (never), 0 (epoch ends) or positive, got "
+          f"{train_args.save_steps}.")
+    check(train_args.save_total_limit >= 0, f"--save_total_limit must be >= 0, got {train_args.save_total_limit}.")
+    check(train_args.on_nonfinite in ("stop", "skip"),
+          f"--on_nonfinite must be stop or skip, got {train_args.on_nonfinite!r}.")
+    check(not (train_args.resume_from_checkpoint and train_args.overwrite_output_dir),
+          "--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir replaces it: "
+          "pass one of them.")
     check(train_args.early_stopping_patience >= 0 and train_args.eval_steps >= 0,
           "--early_stopping_patience and --eval_steps must be >= 0.")
 

@@ -5,27 +5,30 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from peftkit import checkpoint
 from peftkit.config import TrainingArguments
+from peftkit.distributed import any_process, gather_objects, gather_trainable, restore_trainable, sharded
 from peftkit.errors import PeftkitError, check
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
+from peftkit.interrupt import StopRequest, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
-BEST_STATE = "best_trainable.safetensors"
+BEST_STATE = checkpoint.BEST
+MAX_SKIP_STREAK = 10
 
 
 @dataclass
@@ -40,6 +43,8 @@ class FitResult:
     train_history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     feature_cache: bool = False
+    skipped_steps: int = 0
+    resumed_from_step: int | None = None
     step_time_median_s: float | None = None
     train_tokens: int = 0
 
@@ -86,6 +91,7 @@ class Engine:
         # Names as in the unwrapped model's state dict, taken before Accelerate wraps or shards anything.
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         self.prepared = None
+        self.skip_streak = 0
         self.greater_is_better = not args.metric_for_best_model.endswith("loss")
 
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
@@ -117,71 +123,28 @@ class Engine:
         return value > best if self.greater_is_better else value < best
 
     def _save_best(self, model) -> None:
-        """Keep the trainable weights of the best evaluation on disk (written whole, then renamed).
-
-        ``get_state_dict`` is collective: under FSDP and DeepSpeed ZeRO-3 it gathers the shards."""
-        state = self.acc.get_state_dict(model)
+        """Keep the trainable weights of the best evaluation on disk (written whole, then renamed)."""
+        tensors = gather_trainable(self.acc, model, self.trainable)
         if self.acc.is_main_process:
-            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if k in self.trainable}
-            check(bool(tensors), "No trainable weights found in the gathered state dict; refusing to save an "
-                  "empty checkpoint. Report this with your Accelerate config.")
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.output_dir / (BEST_STATE + ".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, self.output_dir / BEST_STATE)
+            check(bool(tensors), "No trainable weights in the gathered state dict; refusing to save an empty "
+                  "checkpoint. Report this with your Accelerate config.")
+            _atomic_save(tensors, self.output_dir / BEST_STATE)
         self.acc.wait_for_everyone()
 
-    def _restore_best(self, model) -> None:
-        """Load the best weights on the main process and send them to the others, which need not share its
-        disk (several machines)."""
-        acc = self.acc
-        best = load_file(str(self.output_dir / BEST_STATE)) if acc.is_main_process else {}
-        if acc.distributed_type == DistributedType.FSDP:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(model, best, options=StateDictOptions(full_state_dict=True,
-                                                                       broadcast_from_rank0=True, strict=False))
-            return
-        unwrapped = acc.unwrap_model(model)
-        params = [p for n, p in unwrapped.named_parameters() if n in self.trainable]
-        zero3 = acc.distributed_type == DistributedType.DEEPSPEED and any(hasattr(p, "ds_id") for p in params)
-        gathered = nullcontext()
-        if zero3:  # ZeRO-3 partitions parameters: gather, let rank 0 write, re-partition on exit
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-        with gathered:
-            if acc.is_main_process:
-                unwrapped.load_state_dict(best, strict=False)
-            if acc.num_processes > 1 and not zero3:
-                for param in params:
-                    torch.distributed.broadcast(param.data, src=0)
-        acc.wait_for_everyone()
-
-    def save_model(self, tokenizer) -> None:
-        """Write the trained model (adapter or weights) and tokenizer as a ``save_pretrained`` directory.
-
-        Every process takes part in gathering the weights (FSDP, ZeRO-3); only the main one writes."""
-        acc = self.acc
-        state = acc.get_state_dict(self.prepared)
-        unwrapped = acc.unwrap_model(self.prepared)
-        unwrapped.save_pretrained(self.output_dir, is_main_process=acc.is_main_process, state_dict=state)
-        if acc.is_main_process:
-            tokenizer.save_pretrained(self.output_dir)
-        acc.wait_for_everyone()
-
-    def fit(self) -> FitResult:
+    def fit(self, resume: Path | None = None) -> FitResult:
         args, acc = self.args, self.acc
-        start = time.perf_counter()
+        self.started = start = time.perf_counter()
         if self.cache is not None:
             self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
+        self.generator = train_loader.generator
         eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
         optimizer = build_optimizer(self.model, args, self.lr)
         model, optimizer, train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
                                                                *eval_loaders.values())
         eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
         self.prepared = model
+        self.batches_per_epoch = len(train_loader)
         steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
@@ -190,69 +153,180 @@ class Engine:
                                   num_warmup_steps=math.ceil(args.warmup_ratio * total), num_training_steps=total)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
-        state = {"step": 0, "best": None, "bad_evals": 0, "samples": 0, "history": [], "train_history": [],
-                 "stop": False,
-                 "step_times": [], "last": time.perf_counter(), "tokens": 0}
-        bar = tqdm(total=total, desc="Training", disable=not acc.is_local_main_process)
-        epoch = 0
-        while state["step"] < total and not state["stop"]:
-            self._train_epoch(model, optimizer, scheduler, train_loader, eval_loaders, total, state, bar, epoch)
+        self.checkpoints = args.save_steps >= 0 and not sharded(acc)
+        if args.save_steps >= 0 and sharded(acc):
+            logger.warning("Checkpoints and --resume_from_checkpoint are not supported under FSDP or DeepSpeed yet: "
+                           "this run writes none.")
+        state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "bad_evals": 0, "samples": 0,
+                 "tokens": 0, "history": [], "train_history": [], "stop": False, "skipped_steps": 0,
+                 "runtime_before": 0.0, "resumed_from": None}
+        self.epoch_start_rng = self.generator.get_state()
+        rng = self._resume(resume, model, optimizer, scheduler, state) if resume else None
+        self.timing = {"step_times": [], "last": time.perf_counter()}
+        bar = tqdm(total=total, initial=state["step"], desc="Training", disable=not acc.is_local_main_process)
+        with StopRequest() as stop:
+            while state["step"] < total and not state["stop"]:
+                self._train_epoch(model, optimizer, scheduler, train_loader, eval_loaders, total, state, bar,
+                                  stop, rng)
+                rng = None
+                if state["batches_in_epoch"] < self.batches_per_epoch:
+                    break  # stopped inside the epoch: --max_steps or early stopping
+                if not state["history"] or state["history"][-1]["step"] != state["step"]:
+                    self._evaluate_and_select(model, eval_loaders, state)
+                state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+                self.epoch_start_rng = self.generator.get_state()
+                if state["step"] < total and not state["stop"]:
+                    self._checkpoint(model, optimizer, scheduler, state)
             if not state["history"] or state["history"][-1]["step"] != state["step"]:
-                self._evaluate_and_select(model, eval_loaders, state, epoch + 1)
-            epoch += 1
+                self._evaluate_and_select(model, eval_loaders, state)
         bar.close()
-        runtime = time.perf_counter() - start
-        return self._finish(model, eval_loaders, state, runtime, epoch)
+        runtime = state["runtime_before"] + time.perf_counter() - start
+        return self._finish(model, eval_loaders, state, runtime)
 
-    def _train_epoch(self, model, optimizer, scheduler, loader, eval_loaders, total, state, bar, epoch) -> None:
+    def _resume(self, path: Path, model, optimizer, scheduler, state) -> dict:
+        """Put model, optimizer, scheduler, counters and data position back as they were at ``path``."""
+        acc = self.acc
+        ckpt = checkpoint.load(path, acc.process_index)
+        missing = sorted(self.trainable - set(ckpt["weights"]))
+        check(not missing, f"Checkpoint {str(path)!r} lacks trainable weights of this model (e.g. {missing[:3]}): "
+              "it was written for another model or strategy.")
+        acc.unwrap_model(model).load_state_dict(ckpt["weights"], strict=False)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise PeftkitError(f"Checkpoint {str(path)!r} does not fit this run's optimizer ({exc}).") from exc
+        saved = ckpt["state"]
+        for key in ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples", "tokens", "history",
+                    "train_history", "skipped_steps"):
+            state[key] = saved[key]
+        state["runtime_before"], state["resumed_from"] = saved["train_runtime_s"], saved["step"]
+        if acc.is_main_process:  # the best weights as they were at that point, not what a later step wrote
+            if ckpt["best"] is not None:
+                _atomic_save(ckpt["best"], self.output_dir / BEST_STATE)
+            else:
+                (self.output_dir / BEST_STATE).unlink(missing_ok=True)
+        self.generator.set_state(ckpt["rng"]["data_epoch_start"])
+        self.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
+        acc.wait_for_everyone()
+        logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, state["step"], state["epoch"],
+                    state["batches_in_epoch"])
+        return ckpt
+
+    def _checkpoint(self, model, optimizer, scheduler, state) -> Path | None:
+        if not self.checkpoints:
+            return None
+        acc = self.acc
+        weights = gather_trainable(acc, model, self.trainable)
+        rngs = gather_objects(acc, checkpoint.rng_states(None, self.epoch_start_rng))
+        path = None
+        if acc.is_main_process:
+            saved = {k: state[k] for k in ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples",
+                                           "tokens", "history", "train_history", "skipped_steps")}
+            saved["train_runtime_s"] = state["runtime_before"] + time.perf_counter() - self.started
+            path = checkpoint.write(self.output_dir, state["step"], weights, optimizer.state_dict(),
+                                    scheduler.state_dict(), rngs, saved)
+            checkpoint.rotate(self.output_dir, self.args.save_total_limit, protect=path)
+            logger.info("Checkpoint saved: %s", path)
+        acc.wait_for_everyone()
+        return path
+
+    def _train_epoch(self, model, optimizer, scheduler, loader, eval_loaders, total, state, bar, stop, rng) -> None:
         args, acc = self.args, self.acc
         model.train()
-        for batch in loader:
+        if rng is None:
+            self.generator.set_state(self.epoch_start_rng)  # no-op in a straight run; exact after a resume
+        skip = state["batches_in_epoch"]
+        if rng is not None and not skip:  # saved at an epoch's end, before the next epoch's iterator was made
+            checkpoint.restore_rng(rng["rng"], rng["rng_json"])
+        batches = iter(acc.skip_first_batches(loader, skip) if skip else loader)
+        if rng is not None and skip:  # saved inside the epoch, after its iterator had drawn its seeds
+            checkpoint.restore_rng(rng["rng"], rng["rng_json"])
+        nonfinite = 0
+        for batch in batches:
             with acc.accumulate(model):
+                state["batches_in_epoch"] += 1
                 state["samples"] += len(batch["labels"]) * acc.num_processes
                 if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
                     state["tokens"] += int(batch["attention_mask"].sum()) * acc.num_processes
                 loss = self._forward(model, batch, "train").loss
-                if not torch.isfinite(loss):
-                    raise PeftkitError(
-                        f"The training loss became {loss.item()} at step {state['step'] + 1}. Likely causes: a "
-                        "learning rate too high for this strategy, fp16 overflow, or broken inputs. Lower "
-                        "--learning_rate, or try --mixed_precision bf16/no.")
-                acc.backward(loss)
-                if acc.sync_gradients and args.max_grad_norm > 0:
-                    acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
+                acc.backward(loss)  # even when not finite: every process must reach the same collectives
+                nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))
+                if acc.sync_gradients:
+                    norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+                    # Under fp16 the grad scaler expects and skips overflowing steps itself.
+                    if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):
+                        nonfinite = 1
+                    if nonfinite:
+                        self._nonfinite(loss, state)
+                    else:
+                        optimizer.step()
+                        self.skip_streak = 0
                 optimizer.zero_grad()
             if not acc.sync_gradients:
                 continue
+            nonfinite = 0
             scheduler.step()
-            now = time.perf_counter()
-            state["step_times"].append(now - state["last"])  # one optimizer step, all its micro-batches
-            state["last"] = now
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % args.logging_steps == 0 or state["step"] == total:
-                mean_loss = acc.gather(loss.detach()).mean().item()
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                lr = scheduler.get_last_lr()[0]
-                state["train_history"].append({"step": state["step"], "loss": mean_loss, "learning_rate": lr})
-                acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state["step"])
-            if args.eval_steps and state["step"] % args.eval_steps == 0:
-                self._evaluate_and_select(model, eval_loaders, state, epoch + state["step"] / total)
+            self._after_step(model, optimizer, scheduler, loss, eval_loaders, total, state, bar, stop)
             if state["step"] >= total or state["stop"]:
                 return
 
-    def _evaluate_and_select(self, model, eval_loaders, state, epoch: float) -> None:
-        try:
-            self._select(model, eval_loaders, state, epoch)
-        finally:
-            state["last"] = time.perf_counter()  # evaluation time is not step time
+    def _nonfinite(self, loss, state) -> None:
+        """Skip the step (--on_nonfinite skip, up to MAX_SKIP_STREAK in a row) or stop with the likely causes."""
+        step = state["step"] + 1
+        if self.args.on_nonfinite == "skip" and self.skip_streak < MAX_SKIP_STREAK:
+            self.skip_streak += 1
+            state["skipped_steps"] += 1
+            logger.warning("Step %d: loss %.4g or its gradients not finite; update skipped (%d so far).", step,
+                           loss.item(), state["skipped_steps"])
+            return
+        latest = checkpoint.list_checkpoints(self.output_dir)
+        streak = (f" {MAX_SKIP_STREAK} steps in a row were skipped, so skipping will not help."
+                  if self.args.on_nonfinite == "skip" else "")
+        raise PeftkitError(
+            f"The training loss or its gradients became NaN/inf at step {step} (loss {loss.item():.4g}).{streak} "
+            "Likely causes: a learning rate too high for this strategy, fp16 overflow, or broken inputs. Lower "
+            "--learning_rate, try --mixed_precision bf16/no, or pass --on_nonfinite skip to drop such steps. "
+            + (f"The last good checkpoint is {latest[-1]}." if latest else "No checkpoint had been written yet."))
 
-    def _select(self, model, eval_loaders, state, epoch: float) -> None:
+    def _after_step(self, model, optimizer, scheduler, loss, eval_loaders, total, state, bar, stop) -> None:
+        args, acc = self.args, self.acc
+        now = time.perf_counter()
+        self.timing["step_times"].append(now - self.timing["last"])  # one optimizer step, all its micro-batches
+        self.timing["last"] = now
+        state["step"] += 1
+        bar.update(1)
+        if state["step"] % args.logging_steps == 0 or state["step"] == total:
+            mean_loss = acc.gather(loss.detach()).mean().item()
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            lr = scheduler.get_last_lr()[0]
+            state["train_history"].append({"step": state["step"], "loss": mean_loss, "learning_rate": lr})
+            acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state["step"])
+        if args.eval_steps and state["step"] % args.eval_steps == 0:
+            self._evaluate_and_select(model, eval_loaders, state)
+        signum = any_process(acc, stop.signum)
+        if args.save_steps > 0 and state["step"] % args.save_steps == 0 or signum:
+            path = self._checkpoint(model, optimizer, scheduler, state)
+            self.timing["last"] = time.perf_counter()
+            if signum:
+                name = signal.Signals(signum).name
+                where = f"Checkpoint saved at {path}" if path else "No checkpoint could be saved under this setup"
+                raise TrainingInterrupted(
+                    f"Stopped by {name} after step {state['step']}. {where}. To continue, run the same command "
+                    "with --resume_from_checkpoint latest.", signum)
+
+    def _evaluate_and_select(self, model, eval_loaders, state) -> None:
+        try:
+            self._select(model, eval_loaders, state)
+        finally:
+            self.timing["last"] = time.perf_counter()  # evaluation time is not step time
+
+    def _select(self, model, eval_loaders, state) -> None:
         metrics = self.evaluate(model, eval_loaders["validation"], "validation")
         name = self.args.metric_for_best_model
         check(name in metrics, f"--metric_for_best_model {name!r} is not a validation metric. "
               f"Choose one of: {', '.join(metrics)}.")
+        epoch = state["epoch"] + state["batches_in_epoch"] / self.batches_per_epoch
         state["history"].append({"step": state["step"], "epoch": round(epoch, 3), **metrics})
         self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=state["step"])
         logger.info("step %d: %s", state["step"], {k: round(v, 4) for k, v in metrics.items()})
@@ -266,17 +340,26 @@ class Engine:
                 logger.info("Early stopping: no %s improvement in %d evaluations.", name, patience)
                 state["stop"] = True
 
-    def _finish(self, model, eval_loaders, state, runtime: float, epochs: int) -> FitResult:
+    def _finish(self, model, eval_loaders, state, runtime: float) -> FitResult:
         best_path = self.output_dir / BEST_STATE
-        self._restore_best(model)
+        best = load_file(str(best_path)) if self.acc.is_main_process else {}
+        restore_trainable(self.acc, model, self.trainable, best)
         results = {split: self.evaluate(model, loader, split) for split, loader in eval_loaders.items()}
         if self.cache is not None:
             self.cache.detach()
         if self.acc.is_main_process:
             best_path.unlink(missing_ok=True)
+        times = self.timing["step_times"]
         return FitResult(eval=results["validation"], test=results.get("test"), global_step=state["step"],
-                         epochs=epochs, train_runtime_s=runtime, train_samples=state["samples"],
+                         epochs=state["epoch"], train_runtime_s=runtime, train_samples=state["samples"],
                          history=state["history"], train_history=state["train_history"], stopped_early=state["stop"],
-                         feature_cache=self.cache is not None,
-                         train_tokens=state["tokens"],
-                         step_time_median_s=statistics.median(state["step_times"]) if state["step_times"] else None)
+                         feature_cache=self.cache is not None, train_tokens=state["tokens"],
+                         step_time_median_s=statistics.median(times) if times else None,
+                         skipped_steps=state["skipped_steps"], resumed_from_step=state["resumed_from"])
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from peftkit import __version__
+from peftkit import __version__, checkpoint
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
+from peftkit.distributed import gather_objects, save_model
 from peftkit.engine import Engine
+from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
 from peftkit.modeling import (
     count_parameters,
@@ -88,6 +91,78 @@ def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, da
                      "fingerprint": fingerprint(base_path)}}
 
 
+# Settings that may differ between an interrupted run and its resumption: they change neither the data,
+# the model nor the updates.
+RESUMABLE_CHANGES = {"resume_from_checkpoint", "overwrite_output_dir", "debug", "report_to", "logging_steps",
+                     "save_steps", "save_total_limit", "per_device_eval_batch_size", "on_nonfinite", "output_dir"}
+PEFTKIT_FILES = (CONFIG_FILE, RESULTS_FILE, "best_trainable.safetensors", "adapter_config.json",
+                 "adapter_model.safetensors", "model.safetensors", "config.json")
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs, except those a resumption may change."""
+    changes = []
+    for section in ("task", "strategy", "strategy_args", "model", "data", "training"):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+                    changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        elif a != b:
+            changes.append(f"{section}: {a!r} -> {b!r}")
+    if old.get("base", {}).get("fingerprint") != new["base"]["fingerprint"]:
+        changes.append("the base model's weights differ from the ones the run started from")
+    return changes
+
+
+def existing_run(output_dir: Path) -> list[str]:
+    found = [name for name in PEFTKIT_FILES if (output_dir / name).exists()]
+    return found + [p.name for p in checkpoint.list_checkpoints(output_dir)]
+
+
+def check_output_dir(output_dir: Path, train_args: TrainingArguments, config: dict[str, Any]) -> Path | None:
+    """Refuse to clobber a run; on resume, find the checkpoint and refuse changed settings. Returns the checkpoint."""
+    if train_args.resume_from_checkpoint:
+        path = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
+        saved = path.parent / CONFIG_FILE
+        check(saved.is_file(), f"No {CONFIG_FILE} beside {path}: cannot check that the settings match the run "
+              "being resumed.")
+        changes = config_changes(json.loads(saved.read_text()), config)
+        check(not changes, f"Refusing to resume {path} with changed settings (the result would match neither run):"
+              f"\n  " + "\n  ".join(changes) + "\nUse the original flags, or start a new run in another "
+              "--output_dir.")
+        return path
+    found = existing_run(output_dir)
+    check(not found or train_args.overwrite_output_dir,
+          f"--output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:5])}). Pass "
+          "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or choose "
+          "another --output_dir.")
+    return None
+
+
+def clear_run(output_dir: Path) -> None:
+    """What a previous run wrote, for --overwrite_output_dir: its files and checkpoints (finished or not)."""
+    for name in PEFTKIT_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    for path in [*output_dir.glob(f"{checkpoint.PREFIX}*"), *output_dir.glob(f".{checkpoint.PREFIX}*.tmp")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def on_main_first(acc: Accelerator, fn):
+    """Run ``fn`` on the main process; if it refuses (PeftkitError), every process stops with it, rather than
+    the others waiting forever at the next collective."""
+    result, message = None, None
+    if acc.is_main_process:
+        try:
+            result = fn()
+        except PeftkitError as exc:
+            message = str(exc)
+    message = gather_objects(acc, message)[0]
+    if message is not None:
+        raise PeftkitError(message)
+    return result
+
+
 def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
           data_args: DataArguments, train_args: TrainingArguments) -> dict[str, Any]:
     """Train, save the artefact and return (and write) the results dict."""
@@ -101,6 +176,11 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     task = get_task(task_name)(data_args)
     lr = train_args.learning_rate or strategy.default_learning_rate
     config = resolved_config(task_name, strategy_name, strategy, model_args, data_args, train_args, lr)
+    resume = on_main_first(acc, lambda: check_output_dir(output_dir, train_args, config))
+    if resume is None and train_args.resume_from_checkpoint is None and acc.is_main_process:
+        clear_run(output_dir)  # only reached when empty or --overwrite_output_dir
+    if train_args.resume_from_checkpoint:  # every process reads the checkpoint (a shared disk on several machines)
+        resume = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
 
     with acc.main_process_first():
         raw, dataset_desc = load_raw_datasets(data_args, train_args.seed)
@@ -118,15 +198,15 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
                       if p.requires_grad and set(n.split(".")) & set(head_names))
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
-    if acc.is_main_process:
+    if acc.is_main_process and resume is None:
         (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels}, indent=2))
     acc.init_trackers("logs", config={k: v for k, v in config["training"].items()
                                           if isinstance(v, int | float | str | bool)})
 
     engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,
                     use_feature_cache=getattr(strategy, "cache_features", False))
-    fit = engine.fit()
-    engine.save_model(tokenizer)
+    fit = engine.fit(resume)
+    save_model(acc, engine.prepared, output_dir, tokenizer)
     acc.end_training()
 
     results = {
@@ -150,6 +230,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"],
+        "skipped_steps": fit.skipped_steps, "resumed_from_step": fit.resumed_from_step,
         "learning_rate": lr, "seed": train_args.seed, "history": fit.history,
         "train_history": fit.train_history, "versions": versions(),
     }

@@ -75,8 +75,51 @@ def test_nan_loss_stops_with_the_step(tiny_model_dir, tmp_path):
     eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=3)
     with torch.no_grad():
         eng.model.classifier.weight.fill_(float("nan"))
-    with pytest.raises(PeftkitError, match="loss became nan at step 1"):
+    with pytest.raises(PeftkitError, match=r"loss or its gradients became NaN/inf at step 1 \(loss nan\)"):
         eng.fit()
+
+
+def nan_at(eng, bad_steps):
+    """Make the training loss NaN at the given (1-based) optimizer steps, leaving the others untouched."""
+    real, calls = eng._forward, {"n": 0}
+
+    def forward(model, batch, split):
+        out = real(model, batch, split)
+        if split == "train":
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                out.loss = out.loss * float("nan")
+        return out
+
+    eng._forward = forward
+
+
+def test_nan_steps_are_skipped_by_flag_and_leave_the_weights_alone(tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=3, on_nonfinite="skip",
+                 optimizer="sgd", momentum=0.0, warmup_ratio=0.0, lr_scheduler_type="constant")
+    nan_at(eng, {2})
+    seen = []
+    real_step = eng._after_step
+
+    def after_step(model, *args):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return real_step(model, *args)
+
+    eng._after_step = after_step
+    fit = eng.fit()
+    assert fit.skipped_steps == 1 and fit.global_step == 3
+    for name, before in seen[0].items():  # step 2 was skipped: its weights are step 1's
+        assert torch.equal(seen[1][name], before), name
+    assert any(not torch.equal(seen[2][n], seen[1][n]) for n in seen[1])  # step 3 trained again
+
+
+def test_skipping_gives_up_after_ten_in_a_row_and_names_the_last_checkpoint(tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=20, on_nonfinite="skip",
+                 save_steps=2)
+    nan_at(eng, set(range(3, 30)))
+    with pytest.raises(PeftkitError, match="10 steps in a row were skipped") as info:
+        eng.fit()
+    assert "The last good checkpoint is" in str(info.value) and str(info.value).endswith("checkpoint-12.")
 
 
 def test_metric_for_best_model_must_exist(tiny_model_dir, tmp_path):

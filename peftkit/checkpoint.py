@@ -1,0 +1,161 @@
+"""Training checkpoints: everything needed to continue a run exactly, written whole or not at all.
+
+A checkpoint is ``output_dir/checkpoint-<step>/`` holding
+
+- ``trainable.safetensors``: the trainable weights (the adapter and head, or every weight for full training);
+- ``optimizer.pt`` and ``scheduler.pt``: their ``state_dict()``s (tensors and numbers only, so they load
+  with ``torch.load(weights_only=True)``: nothing is unpickled);
+- ``rng_state.safetensors``: each process's torch (and CUDA) generator and the data-order generator as it
+  was when the epoch began;
+- ``best_trainable.safetensors``: the best evaluation's weights so far (a hard link where the disk allows);
+- ``trainer_state.json``: step, epoch, batches consumed in the epoch, best metric, histories, counters, and
+  the Python and NumPy generator states. Written last: a directory without it is not a checkpoint.
+
+It is built in a hidden ``.checkpoint-<step>.tmp`` directory and renamed into place, so a crash, a kill or
+a full disk leaves the previous checkpoints untouched and never a half-written "latest".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from peftkit.errors import PeftkitError, check
+
+PREFIX = "checkpoint-"
+WEIGHTS, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
+RNG, STATE, BEST = "rng_state.safetensors", "trainer_state.json", "best_trainable.safetensors"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = []
+    for path in Path(output_dir).glob(f"{PREFIX}*"):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", path.name)
+        if match and path.is_dir() and (path / STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve(output_dir: Path, which: str) -> Path:
+    """``latest`` or a path, checked to be a complete checkpoint."""
+    if which == "latest":
+        found = list_checkpoints(output_dir)
+        check(bool(found), f"--resume_from_checkpoint latest: {str(output_dir)!r} holds no checkpoint. Checkpoints "
+              "are written every --save_steps steps and at the end of each epoch; start without "
+              "--resume_from_checkpoint.")
+        return found[-1]
+    path = Path(which)
+    check(path.is_dir(), f"--resume_from_checkpoint {which!r}: no such directory. Pass `latest` or a "
+          f"{PREFIX}<step> directory inside --output_dir.")
+    check((path / STATE).is_file(), f"{which!r} is not a complete checkpoint (no {STATE}): it was cut short or is "
+          f"not a checkpoint. Available: {_names(path.parent)}.")
+    return path
+
+
+def _names(output_dir: Path) -> str:
+    return ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
+
+
+def rng_states(generator: torch.Generator | None, epoch_generator_state: torch.Tensor | None) -> dict[str, Any]:
+    """This process's random generators, as tensors (safetensors) and a JSON-able dict."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = state
+    if epoch_generator_state is not None:
+        tensors["data_epoch_start"] = epoch_generator_state
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    extra = {"python": [py_state[0], list(py_state[1]), py_state[2]],
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return {"tensors": tensors, "json": extra}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda")), key=lambda k: int(k[4:]))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = extra["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = extra["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def write(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict,
+          scheduler_state: dict, rng_per_process: list[dict[str, Any]], state: dict[str, Any]) -> Path:
+    """Write checkpoint-<step> whole (main process only), then rename it into place."""
+    final = Path(output_dir) / f"{PREFIX}{step}"
+    tmp = Path(output_dir) / f".{PREFIX}{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(weights, str(tmp / WEIGHTS))
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+        torch.save(scheduler_state, tmp / SCHEDULER)
+        rng_tensors = {f"rank{r}.{k}": v for r, s in enumerate(rng_per_process) for k, v in s["tensors"].items()}
+        save_file(rng_tensors, str(tmp / RNG))
+        best = Path(output_dir) / BEST
+        if best.is_file():
+            try:
+                os.link(best, tmp / BEST)  # the best file is replaced by rename, so the link keeps this version
+            except OSError:
+                shutil.copy2(best, tmp / BEST)
+        state = state | {"rng": [s["json"] for s in rng_per_process], "num_processes": len(rng_per_process)}
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again (after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def rotate(output_dir: Path, keep: int, protect: Path | None = None) -> None:
+    """Delete the oldest checkpoints beyond ``keep`` (0 = keep all)."""
+    if keep <= 0:
+        return
+    found = list_checkpoints(output_dir)
+    for path in found[:-keep]:
+        if path != protect:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load(path: Path, rank: int) -> dict[str, Any]:
+    """Read a checkpoint, refusing a damaged one with a message that names the file and what to do."""
+    try:
+        state = json.loads((path / STATE).read_text())
+        weights = load_file(str(path / WEIGHTS))
+        optimizer = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+        scheduler = torch.load(path / SCHEDULER, map_location="cpu", weights_only=True)
+        rng_all = load_file(str(path / RNG))
+    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, KeyError) as exc:
+        others = [p.name for p in list_checkpoints(path.parent) if p != path]
+        raise PeftkitError(
+            f"Checkpoint {str(path)!r} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:160]}). Resume from "
+            f"another one with --resume_from_checkpoint {path.parent}/<name> (available: {', '.join(others) or 'none'})"
+            ", or start again with --overwrite_output_dir.") from exc
+    check(state.get("num_processes") is not None and rank < state["num_processes"],
+          f"Checkpoint {str(path)!r} was written by {state.get('num_processes')} process(es); resume with the same "
+          "number of processes (the data order and global batch depend on it).")
+    prefix = f"rank{rank}."
+    rng = {k[len(prefix):]: v for k, v in rng_all.items() if k.startswith(prefix)}
+    best = load_file(str(path / BEST)) if (path / BEST).is_file() else None
+    return {"state": state, "weights": weights, "optimizer": optimizer, "scheduler": scheduler,
+            "rng": rng, "rng_json": state["rng"][rank], "best": best}

@@ -1,0 +1,51 @@
+"""SIGINT / SIGTERM during training: finish the current optimizer step, save a checkpoint, then stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from peftkit.errors import PeftkitError
+
+logger = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(PeftkitError):
+    """Raised once the checkpoint is on disk; exits 128 + the signal number, as a killed process would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """Context manager that turns the first SIGINT/SIGTERM into a request the training loop polls.
+
+    A second signal stops at once (the usual meaning of pressing Ctrl-C twice). Outside the main thread
+    signals cannot be caught, and nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("%s received: finishing the current step and saving a checkpoint (send it again to stop "
+                       "at once, without saving).", signal.Signals(signum).name)
