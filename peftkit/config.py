@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,12 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, name)
         check(value is None or value > 0, f"--{name} must be positive, got {value}.")
+    floats = {"learning_rate": train_args.learning_rate, "num_train_epochs": train_args.num_train_epochs,
+              "weight_decay": train_args.weight_decay, "warmup_ratio": train_args.warmup_ratio,
+              "max_grad_norm": train_args.max_grad_norm,
+              "validation_split_percentage": data_args.validation_split_percentage}
+    for name, value in floats.items():
+        check(value is None or math.isfinite(value), f"--{name} must be a finite number, got {value}.")
     lr = train_args.learning_rate
     check(lr is None or lr > 0, f"--learning_rate must be positive, got {lr}.")
     check(train_args.num_train_epochs > 0 or train_args.max_steps > 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 import datasets
@@ -34,8 +35,10 @@ def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict,
         description = data_args.dataset_name
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if "validation" not in raw:
-        fraction = data_args.validation_split_percentage / 100
-        check(len(raw["train"]) >= 2, f"Only {len(raw['train'])} training example(s): too few to split.")
+        fraction, n = data_args.validation_split_percentage / 100, len(raw["train"])
+        check(n >= 2, f"Only {n} training example(s): too few to split.")
+        check(math.ceil(fraction * n) < n, f"--validation_split_percentage {data_args.validation_split_percentage} "
+              f"of {n} examples leaves no training data. Lower it, or pass --validation_file.")
         carved = raw["train"].train_test_split(test_size=fraction, seed=seed)
         raw["train"], raw["validation"] = carved["train"], carved["test"]
         logger.info("No validation split given: carved %d%% of train (seed %d).",

@@ -214,21 +214,31 @@ class Engine:
         return ckpt
 
     def _checkpoint(self, model, optimizer, scheduler, state) -> Path | None:
+        """Every process takes part (gathering weights and RNG states); the main one writes."""
         if not self.checkpoints:
             return None
         acc = self.acc
         weights = gather_trainable(acc, model, self.trainable)
         rngs = gather_objects(acc, checkpoint.rng_states(None, self.epoch_start_rng))
-        path = None
+        path, message = None, None
         if acc.is_main_process:
             saved = {k: state[k] for k in ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples",
                                            "tokens", "history", "train_history", "skipped_steps")}
             saved["train_runtime_s"] = state["runtime_before"] + time.perf_counter() - self.started
-            path = checkpoint.write(self.output_dir, state["step"], weights, optimizer.state_dict(),
-                                    scheduler.state_dict(), rngs, saved)
-            checkpoint.rotate(self.output_dir, self.args.save_total_limit, protect=path)
-            logger.info("Checkpoint saved: %s", path)
-        acc.wait_for_everyone()
+            try:
+                path = checkpoint.write(self.output_dir, state["step"], weights, optimizer.state_dict(),
+                                        scheduler.state_dict(), rngs, saved)
+                checkpoint.rotate(self.output_dir, self.args.save_total_limit, protect=path)
+                logger.info("Checkpoint saved: %s", path)
+            except OSError as exc:  # a full disk, most often
+                earlier = checkpoint.list_checkpoints(self.output_dir)
+                message = (f"Could not write the checkpoint of step {state['step']} in {str(self.output_dir)!r}: "
+                           f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
+                           f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower "
+                           "--save_total_limit), then rerun with --resume_from_checkpoint latest.")
+        message = gather_objects(acc, message)[0]  # all processes stop together, none waits forever
+        if message:
+            raise PeftkitError(message)
         return path
 
     def _train_epoch(self, model, optimizer, scheduler, loader, eval_loaders, total, state, bar, stop, rng) -> None:

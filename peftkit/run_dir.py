@@ -15,8 +15,9 @@ from transformers import AutoTokenizer
 from peftkit.config import DataArguments, ModelArguments
 from peftkit.data import load_file, load_raw_datasets
 from peftkit.engine import evaluate
-from peftkit.errors import check
-from peftkit.modeling import load_model
+from peftkit.errors import PeftkitError, check
+from peftkit.identity import fingerprint
+from peftkit.modeling import load_model, resolve_model_path
 from peftkit.runner import CONFIG_FILE
 from peftkit.strategies import get_strategy
 from peftkit.tasks import get_task
@@ -29,20 +30,43 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def check_base(run_dir: Path, cfg: dict[str, Any], name_or_path: str) -> None:
+    """An adapter only means something on the weights it was trained on: compare recorded fingerprints."""
+    recorded = (cfg.get("base") or {}).get("fingerprint")
+    if recorded is None:  # runs from before fingerprints were recorded
+        return
+    current = fingerprint(resolve_model_path(name_or_path))
+    check(current is None or current == recorded,
+          f"The adapter in {str(run_dir)!r} was trained on a base with fingerprint {recorded[:12]}, but "
+          f"{name_or_path!r} now holds different weights ({current and current[:12]}): an adapter from another base "
+          "gives wrong outputs. Restore that base model, or retrain on this one.")
+
+
 def load_run(run_dir: str | Path):
     """``(model, tokenizer, config)`` of a run: a plain model, or the base with its adapter and head."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
+    weights = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+    check(any((run_dir / name).is_file() for name in weights),
+          f"{str(run_dir)!r} holds no safetensors weights ({', '.join(weights)}). peftkit reads weights only from "
+          "safetensors, never from pickle files (.bin, .pt), which can run code when loaded.")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
         strategy = get_strategy(cfg["strategy"]).build(**cfg["strategy_args"])
-        base, _ = load_model(task, strategy, ModelArguments(**cfg["model"]), cfg["labels"], tokenizer)
-        model = PeftModel.from_pretrained(base, run_dir)
+        model_args = ModelArguments(**cfg["model"])
+        check_base(run_dir, cfg, model_args.model_name_or_path)
+        base, _ = load_model(task, strategy, model_args, cfg["labels"], tokenizer)
+        try:
+            model = PeftModel.from_pretrained(base, run_dir)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise PeftkitError(f"The adapter in {str(run_dir)!r} does not fit the base model "
+                               f"{model_args.model_name_or_path!r}: {str(exc).splitlines()[0][:200]}. It was trained "
+                               "on another base; load it with that one.") from exc
     else:
-        model = task.auto_class.from_pretrained(run_dir)
+        model = task.auto_class.from_pretrained(run_dir, use_safetensors=True)
     model.eval()
     return model, tokenizer, cfg
 

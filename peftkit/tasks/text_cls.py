@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from peftkit.data import check_columns
 from peftkit.errors import PeftkitError, check
 
 METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
+
+logger = logging.getLogger(__name__)
 
 
 class TextClassification:
@@ -88,21 +91,34 @@ class TextClassification:
 
         def convert(batch: dict[str, list]) -> dict[str, list]:
             texts, pairs = batch[args.text_column], batch[args.text_pair_column] if args.text_pair_column else None
-            for column, values in ((args.text_column, texts), (args.text_pair_column, pairs or [])):
-                bad = next((v for v in values if not isinstance(v, str)), "ok")
-                check(bad == "ok", f"Text column {column!r} holds a non-text value ({bad!r}). "
-                      "Fill missing texts or pick the right --text_column.")
             encoded = self.encode(tokenizer, texts, pairs)
             encoded["labels"] = [label2id.get(str(v), -1) for v in batch[args.label_column]]
             return encoded
 
         out = DatasetDict()
         for split, ds in raw.items():
+            for column in filter(None, (args.text_column, args.text_pair_column)):
+                self._check_texts(split, column, ds[column])
             values = self._label_values(raw, split)
             ds = ds.remove_columns(args.label_column).add_column(args.label_column, [str(v) for v in values])
             out[split] = ds.map(convert, batched=True, remove_columns=ds.column_names,
                                 desc=f"Tokenizing {split}")
+            cut = sum(n >= args.max_seq_length for n in map(len, out[split]["input_ids"]))
+            if cut:
+                logger.warning("%d of %d %s texts reached --max_seq_length %d tokens and were cut there; raise "
+                               "--max_seq_length to keep more of each text.", cut, len(ds), split,
+                               args.max_seq_length)
         return out
+
+    @staticmethod
+    def _check_texts(split: str, column: str, values: list[Any]) -> None:
+        bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
+        check(not bad, f"Text column {column!r} of the {split} data holds {len(bad)} non-text value(s) (e.g. "
+              f"{values[bad[0]]!r}). Pick the right --text_column, or convert that column to text." if bad else "")
+        empty = [i for i, v in enumerate(values) if v is None or not v.strip()]
+        check(not empty, f"Text column {column!r} of the {split} data holds {len(empty)} missing or empty text(s) "
+              f"(examples {', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''} of that split): no "
+              "label can be learnt or predicted from nothing. Drop or fill those rows.")
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
