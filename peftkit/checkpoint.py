@@ -18,6 +18,7 @@ a full disk leaves the previous checkpoints untouched and never a half-written "
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -29,7 +30,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from peftkit.distributed import gather_objects, gather_trainable
 from peftkit.errors import PeftkitError, check
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 WEIGHTS, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
@@ -66,7 +70,7 @@ def _names(output_dir: Path) -> str:
     return ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
 
 
-def rng_states(generator: torch.Generator | None, epoch_generator_state: torch.Tensor | None) -> dict[str, Any]:
+def rng_states(epoch_generator_state: torch.Tensor | None) -> dict[str, Any]:
     """This process's random generators, as tensors (safetensors) and a JSON-able dict."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -158,3 +162,65 @@ def load(path: Path, rank: int) -> dict[str, Any]:
     best = load_file(str(path / BEST)) if (path / BEST).is_file() else None
     return {"state": state, "weights": weights, "optimizer": optimizer, "scheduler": scheduler,
             "rng": rng, "rng_json": state["rng"][rank], "best": best}
+
+
+STATE_KEYS = ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples", "tokens", "history",
+              "train_history", "skipped_steps", "train_runtime_s")
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer, scheduler,
+         state: dict[str, Any], epoch_start_rng: torch.Tensor) -> Path | None:
+    """Checkpoint the training state. Every process takes part (gathering weights and RNG states); the main one
+    writes. A failed write (a full disk, most often) stops every process with one message."""
+    weights = gather_trainable(acc, model, trainable)
+    rngs = gather_objects(acc, rng_states(epoch_start_rng))
+    path, message = None, None
+    if acc.is_main_process:
+        try:
+            path = write(output_dir, state["step"], weights, optimizer.state_dict(), scheduler.state_dict(), rngs,
+                         {k: state[k] for k in STATE_KEYS})
+            rotate(output_dir, keep, protect=path)
+            logger.info("Checkpoint saved: %s", path)
+        except OSError as exc:
+            earlier = list_checkpoints(output_dir)
+            message = (f"Could not write the checkpoint of step {state['step']} in {str(output_dir)!r}: "
+                       f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
+                       f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower "
+                       "--save_total_limit), then rerun with --resume_from_checkpoint latest.")
+    message = gather_objects(acc, message)[0]  # all processes stop together; none waits forever
+    if message:
+        raise PeftkitError(message)
+    return path
+
+
+def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer, scheduler,
+            state: dict[str, Any]) -> dict:
+    """Put weights, optimizer, scheduler, counters and the best-so-far back as they were at ``path``."""
+    ckpt = load(path, acc.process_index)
+    missing = sorted(trainable - set(ckpt["weights"]))
+    check(not missing, f"Checkpoint {str(path)!r} lacks trainable weights of this model (e.g. {missing[:3]}): it "
+          "was written for another model or strategy.")
+    acc.unwrap_model(model).load_state_dict(ckpt["weights"], strict=False)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise PeftkitError(f"Checkpoint {str(path)!r} does not fit this run's optimizer ({exc}).") from exc
+    saved = ckpt["state"]
+    state.update({k: saved[k] for k in STATE_KEYS if k != "train_runtime_s"})
+    state["runtime_before"], state["resumed_from"] = saved["train_runtime_s"], saved["step"]
+    best = Path(output_dir) / BEST
+    if acc.is_main_process:  # the best weights as they were then, not what a later step may have written
+        if ckpt["best"] is not None:
+            atomic_save_file(ckpt["best"], best)
+        else:
+            best.unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    return ckpt

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import statistics
 import time
@@ -13,15 +12,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from peftkit import checkpoint
 from peftkit.config import TrainingArguments
-from peftkit.distributed import any_process, gather_objects, gather_trainable, restore_trainable, sharded
+from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded
 from peftkit.errors import PeftkitError, check
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
@@ -103,10 +103,17 @@ class Engine:
         return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator, generator=generator)
 
     def _build_cache(self) -> None:
-        device = self.acc.device
+        """Run the frozen backbone once per split. Under N processes each computes a contiguous 1/N of every
+        split and all exchange their parts, so the cost is divided, and every process holds the whole cache
+        (its training batches may come from anywhere in the data)."""
+        acc, device = self.acc, self.acc.device
         self.model.to(device)
         for split, ds in self.data.items():
-            self.cache.build(split, self.loader(ds, train=False), device, self.acc.is_local_main_process)
+            shard = acc.num_processes > 1 and len(ds) >= acc.num_processes
+            part = ds.shard(acc.num_processes, acc.process_index, contiguous=True) if shard else ds
+            self.cache.build(split, self.loader(part, train=False), device, acc.is_local_main_process)
+            if shard:  # rank order is data order: the parts concatenate back into the split
+                self.cache.stub.store[split] = gather_object(self.cache.stub.store[split])
         self.cache.attach()
 
     def _forward(self, model, batch: dict, split: str):
@@ -128,7 +135,7 @@ class Engine:
         if self.acc.is_main_process:
             check(bool(tensors), "No trainable weights in the gathered state dict; refusing to save an empty "
                   "checkpoint. Report this with your Accelerate config.")
-            _atomic_save(tensors, self.output_dir / BEST_STATE)
+            checkpoint.atomic_save_file(tensors, self.output_dir / BEST_STATE)
         self.acc.wait_for_everyone()
 
     def fit(self, resume: Path | None = None) -> FitResult:
@@ -184,62 +191,19 @@ class Engine:
         return self._finish(model, eval_loaders, state, runtime)
 
     def _resume(self, path: Path, model, optimizer, scheduler, state) -> dict:
-        """Put model, optimizer, scheduler, counters and data position back as they were at ``path``."""
-        acc = self.acc
-        ckpt = checkpoint.load(path, acc.process_index)
-        missing = sorted(self.trainable - set(ckpt["weights"]))
-        check(not missing, f"Checkpoint {str(path)!r} lacks trainable weights of this model (e.g. {missing[:3]}): "
-              "it was written for another model or strategy.")
-        acc.unwrap_model(model).load_state_dict(ckpt["weights"], strict=False)
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise PeftkitError(f"Checkpoint {str(path)!r} does not fit this run's optimizer ({exc}).") from exc
-        saved = ckpt["state"]
-        for key in ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples", "tokens", "history",
-                    "train_history", "skipped_steps"):
-            state[key] = saved[key]
-        state["runtime_before"], state["resumed_from"] = saved["train_runtime_s"], saved["step"]
-        if acc.is_main_process:  # the best weights as they were at that point, not what a later step wrote
-            if ckpt["best"] is not None:
-                _atomic_save(ckpt["best"], self.output_dir / BEST_STATE)
-            else:
-                (self.output_dir / BEST_STATE).unlink(missing_ok=True)
+        ckpt = checkpoint.restore(self.acc, path, self.output_dir, model, self.trainable, optimizer, scheduler, state)
         self.generator.set_state(ckpt["rng"]["data_epoch_start"])
         self.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
-        acc.wait_for_everyone()
         logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, state["step"], state["epoch"],
                     state["batches_in_epoch"])
         return ckpt
 
     def _checkpoint(self, model, optimizer, scheduler, state) -> Path | None:
-        """Every process takes part (gathering weights and RNG states); the main one writes."""
         if not self.checkpoints:
             return None
-        acc = self.acc
-        weights = gather_trainable(acc, model, self.trainable)
-        rngs = gather_objects(acc, checkpoint.rng_states(None, self.epoch_start_rng))
-        path, message = None, None
-        if acc.is_main_process:
-            saved = {k: state[k] for k in ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples",
-                                           "tokens", "history", "train_history", "skipped_steps")}
-            saved["train_runtime_s"] = state["runtime_before"] + time.perf_counter() - self.started
-            try:
-                path = checkpoint.write(self.output_dir, state["step"], weights, optimizer.state_dict(),
-                                        scheduler.state_dict(), rngs, saved)
-                checkpoint.rotate(self.output_dir, self.args.save_total_limit, protect=path)
-                logger.info("Checkpoint saved: %s", path)
-            except OSError as exc:  # a full disk, most often
-                earlier = checkpoint.list_checkpoints(self.output_dir)
-                message = (f"Could not write the checkpoint of step {state['step']} in {str(self.output_dir)!r}: "
-                           f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
-                           f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower "
-                           "--save_total_limit), then rerun with --resume_from_checkpoint latest.")
-        message = gather_objects(acc, message)[0]  # all processes stop together, none waits forever
-        if message:
-            raise PeftkitError(message)
-        return path
+        runtime = state["runtime_before"] + time.perf_counter() - self.started
+        return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, model, self.trainable, optimizer,
+                               scheduler, state | {"train_runtime_s": runtime}, self.epoch_start_rng)
 
     def _train_epoch(self, model, optimizer, scheduler, loader, eval_loaders, total, state, bar, stop, rng) -> None:
         args, acc = self.args, self.acc
@@ -367,9 +331,3 @@ class Engine:
                          step_time_median_s=statistics.median(times) if times else None,
                          skipped_steps=state["skipped_steps"], resumed_from_step=state["resumed_from"])
 
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.e2e
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def launch(extra: list[str], script_args: list[str]) -> subprocess.Popen:
+def launch(extra: list[str], script_args: list[str], strategy: str = "lora") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG, *extra,
-           "recipes/lora_text_cls.py", *script_args]
+           f"recipes/{strategy}_text_cls.py", *script_args]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -35,20 +35,26 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
+# head: the feature cache is built a part per process and exchanged, which must change nothing.
+@pytest.fixture(scope="module", params=["lora", "head"])
+def strategy(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def two_proc(tmp_path_factory):
+def two_proc(tmp_path_factory, strategy):
     """2 processes x 8 examples per step; returns (run dir, stdout)."""
-    out_dir = tmp_path_factory.mktemp("two_proc")
-    out = finish(launch([], [*COMMON, "--per_device_train_batch_size", "8", "--output_dir", str(out_dir)]))
+    out_dir = tmp_path_factory.mktemp(f"two_proc_{strategy}")
+    out = finish(launch([], [*COMMON, "--per_device_train_batch_size", "8", "--output_dir", str(out_dir)], strategy))
     return out_dir, out
 
 
 @pytest.fixture(scope="module")
-def one_proc(tmp_path_factory):
+def one_proc(tmp_path_factory, strategy):
     """1 process x 16 examples per step: the same global batch."""
-    out_dir = tmp_path_factory.mktemp("one_proc")
-    assert run_recipe("lora_text_cls.py", [*COMMON, "--per_device_train_batch_size", "16",
-                                           "--output_dir", str(out_dir)]) == 0
+    out_dir = tmp_path_factory.mktemp(f"one_proc_{strategy}")
+    assert run_recipe(f"{strategy}_text_cls.py", [*COMMON, "--per_device_train_batch_size", "16",
+                                                   "--output_dir", str(out_dir)]) == 0
     return out_dir
 
 
@@ -73,22 +79,25 @@ def test_evaluation_counts_every_example_once(two_proc, capsys):
     assert single["loss"] == pytest.approx(results["eval"]["loss"], abs=1e-5)
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(two_proc, one_proc):
+def test_two_processes_train_like_one_with_the_same_global_batch(two_proc, one_proc, strategy):
     two = json.loads((two_proc[0] / "results.json").read_text())
     one = json.loads((one_proc / "results.json").read_text())
+    assert two["feature_cache"] == one["feature_cache"] == (strategy == "head")
     assert [h["step"] for h in two["train_history"]] == [h["step"] for h in one["train_history"]] == list(range(1, 9))
     for a, b in zip(one["train_history"], two["train_history"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), a["step"]
         assert b["learning_rate"] == pytest.approx(a["learning_rate"], rel=1e-9)
     assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-5)
     assert two["eval"]["accuracy"] == one["eval"]["accuracy"]
-    w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (one_proc, two_proc[0]))
-    assert w1.keys() == w2.keys() and any("lora_B" in k for k in w1)
+    name = "adapter_model.safetensors" if strategy == "lora" else "model.safetensors"
+    w1, w2 = (load_file(str(d / name)) for d in (one_proc, two_proc[0]))
+    assert w1.keys() == w2.keys()
     for key in w1:
         # AdamW's first steps are close to lr * sign(gradient), which magnifies float noise; measured 6.5e-6.
         assert (w1[key] - w2[key]).abs().max() < 1e-4, key
-    # lora_B starts at zero: it must have moved far beyond the tolerance, or the comparison proves nothing.
-    assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3
+    if strategy == "lora":
+        # lora_B starts at zero: it must have moved far beyond the tolerance, or the comparison proves nothing.
+        assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3
 
 
 def free_port() -> int:
