@@ -23,8 +23,8 @@ class TrainingInterrupted(PeftkitError):
 class StopRequest:
     """Context manager that turns the first SIGINT/SIGTERM into a request the training loop polls.
 
-    A second signal stops at once (the usual meaning of pressing Ctrl-C twice). Outside the main thread
-    signals cannot be caught, and nothing is installed.
+    A second Ctrl-C stops at once (its usual meaning). Outside the main thread signals cannot be caught,
+    and nothing is installed.
     """
 
     def __init__(self) -> None:
@@ -44,8 +44,13 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum:
-            self.__exit__()
-            raise KeyboardInterrupt
+            # Ctrl-C pressed again: stop at once. Any other repeat is ignored: `torchrun` (behind `accelerate
+            # launch` with several processes) answers the user's Ctrl-C by sending its workers SIGTERM, and
+            # gives them 30 s before SIGKILL, time enough to finish the step and save.
+            if signum == signal.SIGINT:
+                self.__exit__()
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         logger.warning("%s received: finishing the current step and saving a checkpoint (send it again to stop "
                        "at once, without saving).", signal.Signals(signum).name)

@@ -79,6 +79,25 @@ def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
     )
 
 
+def use_idle_cores(acc: Accelerator) -> None:
+    """`accelerate launch` sets OMP_NUM_THREADS=1 in its child unless given --num_cpu_threads_per_process: right
+    for N processes sharing a machine, but a lone CPU process then leaves every other core idle. Give it them
+    back (PEFTKIT_CPU_THREADS sets the number; an OMP_NUM_THREADS other than 1 is respected)."""
+    if acc.device.type != "cpu" or acc.num_processes != 1:
+        return
+    wanted = os.environ.get("PEFTKIT_CPU_THREADS") or None
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1"
+    if wanted is None and not launched_by_accelerate:
+        return
+    check(wanted is None or (wanted.isdigit() and int(wanted) > 0),
+          f"PEFTKIT_CPU_THREADS must be a positive integer, got {wanted!r}.")
+    threads = int(wanted) if wanted else len(os.sched_getaffinity(0))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info("Using %d CPU threads (accelerate launch set OMP_NUM_THREADS=1; set PEFTKIT_CPU_THREADS to "
+                    "choose).", threads)
+
+
 def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, data_args, train_args,
                     lr: float) -> dict[str, Any]:
     training = dataclasses.asdict(train_args) | {"learning_rate": lr}
@@ -170,6 +189,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     load_config(model_args)  # fail fast on a wrong model path, before any data work
     output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
     acc = make_accelerator(train_args, output_dir)
+    use_idle_cores(acc)
     set_seed(train_args.seed)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

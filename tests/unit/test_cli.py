@@ -96,3 +96,44 @@ def test_missing_column_exits_cleanly(tmp_path, capsys):
 def test_not_a_run_directory(tmp_path, capsys):
     assert main(["predict", str(tmp_path)]) == 2
     assert "is not a peftkit run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ACCELERATE_DYNAMO_BACKEND": "NO", "OMP_NUM_THREADS": "1"}, "cores"),  # accelerate launch's default
+    ({"ACCELERATE_DYNAMO_BACKEND": "NO", "OMP_NUM_THREADS": "1", "PEFTKIT_CPU_THREADS": "1"}, 1),
+    ({"OMP_NUM_THREADS": "1"}, "unchanged"),  # the user's own choice outside accelerate launch
+])
+def test_a_lone_cpu_process_gets_the_cores_accelerate_launch_left_idle(monkeypatch, env, expected):
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from peftkit.runner import use_idle_cores
+
+    for key in ("ACCELERATE_DYNAMO_BACKEND", "OMP_NUM_THREADS", "PEFTKIT_CPU_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        use_idle_cores(SimpleNamespace(device=torch.device("cpu"), num_processes=1))
+        got = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    want = {"cores": len(os.sched_getaffinity(0)), "unchanged": 1}.get(expected, expected)
+    assert got == want
+
+
+def test_bad_thread_count_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from peftkit.errors import PeftkitError
+    from peftkit.runner import use_idle_cores
+
+    monkeypatch.setenv("PEFTKIT_CPU_THREADS", "two")
+    with pytest.raises(PeftkitError, match="PEFTKIT_CPU_THREADS must be a positive integer, got 'two'"):
+        use_idle_cores(SimpleNamespace(device=torch.device("cpu"), num_processes=1))
