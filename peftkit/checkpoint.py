@@ -194,10 +194,11 @@ def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer
                        f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
                        f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower "
                        "--save_total_limit), then rerun with --resume_from_checkpoint latest.")
-    message = gather_objects(acc, message)[0]  # all processes stop together; none waits forever
+    # All processes learn the outcome: they stop together on failure (none waits forever) and know the path.
+    message, where = gather_objects(acc, (message, str(path) if path else None))[0]
     if message:
         raise PeftkitError(message)
-    return path
+    return Path(where) if where else None
 
 
 def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer, scheduler,

@@ -47,8 +47,9 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     except PeftkitError as exc:
         if debug:
             raise
-        kind = "stopped" if type(exc).__name__ == "TrainingInterrupted" else "error"
-        print(f"peftkit: {kind}: {exc}", file=sys.stderr)
+        interrupted = type(exc).__name__ == "TrainingInterrupted"
+        if not interrupted or os.environ.get("RANK", "0") == "0":  # every process stops; one says so
+            print(f"peftkit: {'stopped' if interrupted else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("peftkit: interrupted.", file=sys.stderr)

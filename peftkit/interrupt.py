@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -44,10 +45,10 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum:
-            # Ctrl-C pressed again: stop at once. Any other repeat is ignored: `torchrun` (behind `accelerate
-            # launch` with several processes) answers the user's Ctrl-C by sending its workers SIGTERM, and
-            # gives them 30 s before SIGKILL, time enough to finish the step and save.
-            if signum == signal.SIGINT:
+            # Ctrl-C pressed again: stop at once. Not under torchrun (behind `accelerate launch` with several
+            # processes): it forwards the user's Ctrl-C to its workers, so each sees it twice, and it enforces
+            # its own deadline (SIGKILL after TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+            if signum == signal.SIGINT and "TORCHELASTIC_RUN_ID" not in os.environ:
                 self.__exit__()
                 raise KeyboardInterrupt
             return
