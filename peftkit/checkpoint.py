@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from peftkit.distributed import gather_objects, gather_trainable
+from peftkit.distributed import gather_objects, gather_trainable, on_main
 from peftkit.errors import PeftkitError, check
 
 logger = logging.getLogger(__name__)
@@ -176,29 +176,28 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer, scheduler,
-         state: dict[str, Any], epoch_start_rng: torch.Tensor) -> Path | None:
+         state: dict[str, Any], epoch_start_rng: torch.Tensor) -> Path:
     """Checkpoint the training state. Every process takes part (gathering weights and RNG states); the main one
-    writes. A failed write (a full disk, most often) stops every process with one message."""
+    writes. A failed write (a full disk, most often) stops every process with one message; all get the path."""
     weights = gather_trainable(acc, model, trainable)
     rngs = gather_objects(acc, rng_states(epoch_start_rng))
-    path, message = None, None
-    if acc.is_main_process:
+
+    def write_and_rotate() -> Path:
         try:
             path = write(output_dir, state["step"], weights, optimizer.state_dict(), scheduler.state_dict(), rngs,
                          {k: state[k] for k in STATE_KEYS})
-            rotate(output_dir, keep, protect=path)
-            logger.info("Checkpoint saved: %s", path)
         except OSError as exc:
             earlier = list_checkpoints(output_dir)
-            message = (f"Could not write the checkpoint of step {state['step']} in {str(output_dir)!r}: "
-                       f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
-                       f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower "
-                       "--save_total_limit), then rerun with --resume_from_checkpoint latest.")
-    # All processes learn the outcome: they stop together on failure (none waits forever) and know the path.
-    message, where = gather_objects(acc, (message, str(path) if path else None))[0]
-    if message:
-        raise PeftkitError(message)
-    return Path(where) if where else None
+            raise PeftkitError(
+                f"Could not write the checkpoint of step {state['step']} in {str(output_dir)!r}: "
+                f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
+                f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower --save_total_limit), "
+                "then rerun with --resume_from_checkpoint latest.") from exc
+        rotate(output_dir, keep, protect=path)
+        logger.info("Checkpoint saved: %s", path)
+        return path
+
+    return on_main(acc, write_and_rotate)
 
 
 def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer, scheduler,

@@ -74,3 +74,21 @@ def any_process(acc: Accelerator, flag: int) -> int:
 def gather_objects(acc: Accelerator, obj) -> list:
     """``obj`` from every process, in rank order (small picklable values only: RNG states)."""
     return gather_object([obj]) if acc.num_processes > 1 else [obj]
+
+
+def on_main(acc: Accelerator, fn):
+    """Run ``fn`` on the main process only (file checks and writes) and give every process its outcome: its
+    result (which must be picklable), or its PeftkitError, raised everywhere so that all processes stop
+    together rather than the others waiting forever at the next collective."""
+    from peftkit.errors import PeftkitError
+
+    result, message = None, None
+    if acc.is_main_process:
+        try:
+            result = fn()
+        except PeftkitError as exc:
+            message = str(exc)
+    result, message = gather_objects(acc, (result, message))[0]
+    if message is not None:
+        raise PeftkitError(message)
+    return result

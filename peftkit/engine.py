@@ -178,14 +178,12 @@ class Engine:
                 rng = None
                 if state["batches_in_epoch"] < self.batches_per_epoch:
                     break  # stopped inside the epoch: --max_steps or early stopping
-                if not state["history"] or state["history"][-1]["step"] != state["step"]:
-                    self._evaluate_and_select(model, eval_loaders, state)
+                self._evaluate_and_select(model, eval_loaders, state)
                 state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
                 self.epoch_start_rng = self.generator.get_state()
                 if state["step"] < total and not state["stop"]:
                     self._checkpoint(model, optimizer, scheduler, state)
-            if not state["history"] or state["history"][-1]["step"] != state["step"]:
-                self._evaluate_and_select(model, eval_loaders, state)
+            self._evaluate_and_select(model, eval_loaders, state)
         bar.close()
         runtime = state["runtime_before"] + time.perf_counter() - start
         return self._finish(model, eval_loaders, state, runtime)
@@ -290,6 +288,9 @@ class Engine:
                     "with --resume_from_checkpoint latest.", signum)
 
     def _evaluate_and_select(self, model, eval_loaders, state) -> None:
+        """Evaluate and keep the best weights, unless this step was already evaluated (--eval_steps)."""
+        if state["history"] and state["history"][-1]["step"] == state["step"]:
+            return
         try:
             self._select(model, eval_loaders, state)
         finally:

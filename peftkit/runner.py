@@ -20,9 +20,9 @@ from accelerate.utils import set_seed
 from peftkit import __version__, checkpoint
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
-from peftkit.distributed import gather_objects, save_model
+from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import check
 from peftkit.identity import fingerprint
 from peftkit.modeling import (
     count_parameters,
@@ -139,8 +139,9 @@ def existing_run(output_dir: Path) -> list[str]:
     return found + [p.name for p in checkpoint.list_checkpoints(output_dir)]
 
 
-def check_output_dir(output_dir: Path, train_args: TrainingArguments, config: dict[str, Any]) -> Path | None:
-    """Refuse to clobber a run; on resume, find the checkpoint and refuse changed settings. Returns the checkpoint."""
+def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: dict[str, Any]) -> Path | None:
+    """Refuse to clobber a run; on resume, find the checkpoint (returned) and refuse changed settings; with
+    --overwrite_output_dir, clear the previous run."""
     if train_args.resume_from_checkpoint:
         path = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
         saved = path.parent / CONFIG_FILE
@@ -156,6 +157,7 @@ def check_output_dir(output_dir: Path, train_args: TrainingArguments, config: di
           f"--output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:5])}). Pass "
           "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or choose "
           "another --output_dir.")
+    clear_run(output_dir)
     return None
 
 
@@ -167,19 +169,18 @@ def clear_run(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def on_main_first(acc: Accelerator, fn):
-    """Run ``fn`` on the main process; if it refuses (PeftkitError), every process stops with it, rather than
-    the others waiting forever at the next collective."""
-    result, message = None, None
-    if acc.is_main_process:
-        try:
-            result = fn()
-        except PeftkitError as exc:
-            message = str(exc)
-    message = gather_objects(acc, message)[0]
-    if message is not None:
-        raise PeftkitError(message)
-    return result
+def fit_results(fit) -> dict[str, Any]:
+    """What the training loop measured, as results.json reports it."""
+    return {
+        "eval": fit.eval, "test": fit.test,
+        "train_runtime_s": round(fit.train_runtime_s, 3),
+        "train_samples_per_s": round(fit.train_samples / fit.train_runtime_s, 3),
+        "train_tokens_per_s": round(fit.train_tokens / fit.train_runtime_s, 1),
+        "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
+        "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
+        "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
+        "resumed_from_step": fit.resumed_from_step, "history": fit.history, "train_history": fit.train_history,
+    }
 
 
 def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
@@ -196,11 +197,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     task = get_task(task_name)(data_args)
     lr = train_args.learning_rate or strategy.default_learning_rate
     config = resolved_config(task_name, strategy_name, strategy, model_args, data_args, train_args, lr)
-    resume = on_main_first(acc, lambda: check_output_dir(output_dir, train_args, config))
-    if resume is None and train_args.resume_from_checkpoint is None and acc.is_main_process:
-        clear_run(output_dir)  # only reached when empty or --overwrite_output_dir
-    if train_args.resume_from_checkpoint:  # every process reads the checkpoint (a shared disk on several machines)
-        resume = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
+    # Every process then reads the checkpoint itself (on several machines: from a shared disk).
+    resume = on_main(acc, lambda: prepare_output_dir(output_dir, train_args, config))
 
     with acc.main_process_first():
         raw, dataset_desc = load_raw_datasets(data_args, train_args.seed)
@@ -232,16 +230,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     results = {
         "strategy": strategy_name, "task": task_name, "model": model_args.model_name_or_path,
         "dataset": dataset_desc, "artifact_dir": str(output_dir.resolve()),
-        "eval": fit.eval, "test": fit.test, "labels": labels,
-        "trainable_params": trainable, "trainable_params_without_head": trainable - head_params,
-        "total_params": total,
-        "trainable_percent": round(100 * trainable / total, 4),
-        "train_runtime_s": round(fit.train_runtime_s, 3),
-        "train_samples_per_s": round(fit.train_samples / fit.train_runtime_s, 3),
-        "train_tokens_per_s": round(fit.train_tokens / fit.train_runtime_s, 1),
-        "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
-        "global_step": fit.global_step, "epochs": fit.epochs,
-        "stopped_early": fit.stopped_early, "feature_cache": fit.feature_cache,
+        "labels": labels, "trainable_params": trainable, "trainable_params_without_head": trainable - head_params,
+        "total_params": total, "trainable_percent": round(100 * trainable / total, 4), **fit_results(fit),
         "num_examples": {s: len(d) for s, d in data.items()},
         "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),
         "peak_memory_reserved_bytes": (int(torch.cuda.max_memory_reserved(acc.device))
@@ -249,10 +239,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "num_processes": acc.num_processes,
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
-        "base_fingerprint": config["base"]["fingerprint"],
-        "skipped_steps": fit.skipped_steps, "resumed_from_step": fit.resumed_from_step,
-        "learning_rate": lr, "seed": train_args.seed, "history": fit.history,
-        "train_history": fit.train_history, "versions": versions(),
+        "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
+        "versions": versions(),
     }
     if acc.is_main_process:
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))

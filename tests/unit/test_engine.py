@@ -7,11 +7,11 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
 from helpers import build, collate, examples
-from torch import nn
 
 from peftkit.config import TrainingArguments
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError
+from peftkit.modeling import disable_dropout
 from peftkit.tasks.text_cls import TextClassification
 
 
@@ -22,11 +22,7 @@ def data(n=16):
 
 def engine(tiny_model_dir, tmp_path, strategy="full", **overrides):
     model, task, _ = build("bert", strategy, tiny_model_dir)
-    for module in model.modules():  # no dropout anywhere: runs can then be compared exactly
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "dropout_prob", None), float):
-            module.dropout_prob = 0.0  # attention dropout is a float attribute, not a module
+    disable_dropout(model)  # runs can then be compared exactly
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **overrides)
     acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
     return Engine(acc, task, model, data(), collate, args, lr=1e-3, output_dir=tmp_path,
