@@ -27,21 +27,14 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
 
 
-def _quiet_known_noise() -> None:
-    """Silence import-time messages that are harmless here and only confuse users.
-
-    bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub (its built-in
-    kernels are used instead), and peft calls a transformers method that transformers deprecates.
-    """
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
 def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     """Run ``fn``; user mistakes become one clear line on stderr and a non-zero exit (traceback with --debug)."""
     debug = DEBUG_FLAG in argv
+    from peftkit.console import protect_standard_streams, quiet_known_noise
+
+    protect_standard_streams()  # before logging and progress bars take hold of the streams
     if not debug:
-        _quiet_known_noise()
+        quiet_known_noise()
     try:
         return fn()
     except PeftkitError as exc:

@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM during training: finish the current optimizer step, save a checkpoint, then stop."""
+"""SIGINT / SIGTERM / SIGHUP during training: finish the current optimizer step, save a checkpoint, then stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import threading
 from peftkit.errors import PeftkitError
 
 logger = logging.getLogger(__name__)
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal hung up (an ssh connection dropped). A signal the user chose to ignore (`nohup` ignores
+# SIGHUP) stays ignored: training then goes on to the end.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 class TrainingInterrupted(PeftkitError):
@@ -22,7 +24,7 @@ class TrainingInterrupted(PeftkitError):
 
 
 class StopRequest:
-    """Context manager that turns the first SIGINT/SIGTERM into a request the training loop polls.
+    """Context manager that turns the first SIGINT/SIGTERM/SIGHUP into a request the training loop polls.
 
     A second Ctrl-C stops at once (its usual meaning). Outside the main thread signals cannot be caught,
     and nothing is installed.
@@ -35,7 +37,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,5 +56,7 @@ class StopRequest:
                 raise KeyboardInterrupt
             return
         self.signum = signum
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # every process of a machine gets the signal; its first process says so for all
         logger.warning("%s received: finishing the current step and saving a checkpoint (send it again to stop "
                        "at once, without saving).", signal.Signals(signum).name)
