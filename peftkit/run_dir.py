@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from peftkit.config import DataArguments, ModelArguments
+from peftkit.console import quiet_known_noise, transformers_errors_only
 from peftkit.data import load_file, load_raw_datasets
 from peftkit.engine import evaluate
 from peftkit.errors import PeftkitError, check
@@ -46,6 +47,7 @@ def load_run(run_dir: str | Path):
     """``(model, tokenizer, config)`` of a run: a plain model, or the base with its adapter and head."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
+    quiet_known_noise()
     task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
     weights = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
     check(any((run_dir / name).is_file() for name in weights),
@@ -58,7 +60,8 @@ def load_run(run_dir: str | Path):
         strategy = get_strategy(cfg["strategy"]).build(**cfg["strategy_args"])
         model_args = ModelArguments(**cfg["model"])
         check_base(run_dir, cfg, model_args.model_name_or_path)
-        base, _ = load_model(task, strategy, model_args, cfg["labels"], tokenizer)
+        with transformers_errors_only():  # the base's head is reported as new; the run's own is loaded next
+            base, _ = load_model(task, strategy, model_args, cfg["labels"], tokenizer)
         try:
             model = PeftModel.from_pretrained(base, run_dir)
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -94,11 +97,19 @@ def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str
 
 def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None = None,
                   batch_size: int = 64) -> list[dict[str, Any]]:
-    """Label ``texts`` (and optional second texts) with a trained run; probabilities included."""
+    """Label ``texts`` (and, for a sentence-pair run, their second texts ``pairs``) with a trained run;
+    probabilities included. Labels come back with the type training saw (integers stay integers)."""
     check(bool(texts), "No texts to label: the input was empty.")
+    pair_column = read_config(run_dir)["data"].get("text_pair_column")
+    check(pairs is None or pair_column, "This run classifies single texts (trained without --text_pair_column): "
+          "it cannot label pairs. Pass the texts alone.")
+    check(pairs is not None or not pair_column, f"This run classifies sentence pairs (--text_pair_column "
+          f"{pair_column!r}): pass the second text of each pair too; a text alone would be scored wrongly.")
+    check(pairs is None or len(pairs) == len(texts), f"{len(texts)} texts but {len(pairs or [])} second texts.")
     model, tokenizer, cfg = load_run(run_dir)
     task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
-    id2label = dict(enumerate(cfg["labels"]))
+    as_int = cfg.get("label_type") == "int"
+    id2label = {i: int(label) if as_int else label for i, label in enumerate(cfg["labels"])}
     device = next(p.device for p in model.parameters())
     out: list[dict[str, Any]] = []
     for i in range(0, len(texts), batch_size):
@@ -107,6 +118,8 @@ def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None
         with torch.no_grad():
             logits = model(**enc.to(device)).logits
         out.extend(task.predictions(logits.cpu(), id2label))
-    for text, row in zip(texts, out, strict=True):
+    for i, (text, row) in enumerate(zip(texts, out, strict=True)):
         row["text"] = text
+        if pairs is not None:
+            row["text_pair"] = pairs[i]
     return out

@@ -12,7 +12,7 @@ from datasets import ClassLabel, DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from peftkit.config import DataArguments
-from peftkit.data import check_columns
+from peftkit.data import check_columns, where
 from peftkit.errors import PeftkitError, check
 
 METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
@@ -27,10 +27,13 @@ class TextClassification:
     auto_class = AutoModelForSequenceClassification
     peft_task_type = "SEQ_CLS"
     kind = "sequence-classification"
+    metric_names = ("accuracy", "f1", "precision", "recall", "loss")  # what compute_metrics returns
+    pipeline_tag = "text-classification"  # transformers' pipeline for the saved model, and the model card's tag
 
     def __init__(self, data_args: DataArguments):
         self.data_args = data_args
         self._metric = None
+        self.label_type = "str"
 
     # -- labels -----------------------------------------------------------------------------------
     def _label_values(self, raw: DatasetDict, split: str) -> list[Any]:
@@ -47,9 +50,9 @@ class TextClassification:
         check_columns(raw, {"text_column": self.data_args.text_column,
                             "text_pair_column": self.data_args.text_pair_column, "label_column": col})
         values = self._label_values(raw, "train")
-        missing = sum(v is None for v in values)
-        check(missing == 0, f"{missing} training example(s) have no value in label column {col!r}. "
-              "Fill or drop them.")
+        missing = [i for i, v in enumerate(values) if v is None]
+        check(not missing, f"{len(missing)} training example(s) have no value in label column {col!r} "
+              f"({where(raw['train'], missing)}). Fill or drop them.")
         kinds = {type(v) for v in values}
         if kinds & {float}:
             sample = next(v for v in values if isinstance(v, float))
@@ -57,6 +60,7 @@ class TextClassification:
                                "(strings or integers). For a numeric target, round or bin it into classes.")
         check(len(kinds) == 1, f"Label column {col!r} mixes types ({', '.join(sorted(k.__name__ for k in kinds))}). "
               "Use one type: all strings or all integers.")
+        self.label_type = "int" if kinds == {int} else "str"  # predict gives integer labels back as integers
         labels = sorted(set(values))
         check(len(labels) >= 2, f"Label column {col!r} has a single class ({labels[0]!r}) in training data: "
               "a classifier needs at least two.")
@@ -98,7 +102,7 @@ class TextClassification:
         out = DatasetDict()
         for split, ds in raw.items():
             for column in filter(None, (args.text_column, args.text_pair_column)):
-                self._check_texts(split, column, ds[column])
+                self._check_texts(split, column, ds)
             values = self._label_values(raw, split)
             ds = ds.remove_columns(args.label_column).add_column(args.label_column, [str(v) for v in values])
             out[split] = ds.map(convert, batched=True, remove_columns=ds.column_names,
@@ -111,14 +115,15 @@ class TextClassification:
         return out
 
     @staticmethod
-    def _check_texts(split: str, column: str, values: list[Any]) -> None:
+    def _check_texts(split: str, column: str, ds) -> None:
+        values = ds[column]
         bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
         check(not bad, f"Text column {column!r} of the {split} data holds {len(bad)} non-text value(s) (e.g. "
-              f"{values[bad[0]]!r}). Pick the right --text_column, or convert that column to text." if bad else "")
+              f"{values[bad[0]]!r} at {where(ds, bad, 1)}). Pick the right --text_column, or convert that column "
+              "to text." if bad else "")
         empty = [i for i, v in enumerate(values) if v is None or not v.strip()]
         check(not empty, f"Text column {column!r} of the {split} data holds {len(empty)} missing or empty text(s) "
-              f"(examples {', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''} of that split): no "
-              "label can be learnt or predicted from nothing. Drop or fill those rows.")
+              f"({where(ds, empty)}): no label can be learnt or predicted from nothing. Drop or fill those rows.")
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
