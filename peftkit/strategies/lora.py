@@ -28,8 +28,9 @@ class LoRA:
     lora_dropout: float = field(default=0.1, metadata={"help": "lora: dropout on the adapter input."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "lora: module names to adapt. Default: peft's choice for the architecture "
-                  "(query/value for BERT, q_proj/v_proj for Llama)."},
+        metadata={"help": "lora: module names to adapt, or all-linear (every linear layer but the output "
+                  "head). Default: peft's choice for the architecture (query/value for BERT, q_proj/v_proj for "
+                  "Llama)."},
     )
     use_dora: bool = field(default=False, metadata={"help": "lora: weight-decomposed LoRA (DoRA)."})
     quantization: str | None = field(
@@ -93,12 +94,15 @@ class LoRA:
     def peft_config(self, task: Any, head_names: list[str]):
         from peft import LoraConfig
 
+        targets = self.lora_target_modules
+        if targets is not None and len(targets) == 1 and targets[0].lower() == "all-linear":
+            targets = "all-linear"  # peft's shorthand is a string; as a one-element list it names a module
         return LoraConfig(
             task_type=task.peft_task_type,
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
-            target_modules=self.lora_target_modules,
+            target_modules=targets,
             use_dora=self.use_dora,
             modules_to_save=head_names,
         )
@@ -114,6 +118,8 @@ class LoRA:
         try:
             return get_peft_model(model, self.peft_config(task, head_names))
         except ValueError as exc:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-            raise PeftkitError(f"LoRA could not be applied: {exc}. Pass --lora_target_modules with names of "
-                               f"linear layers in this model, e.g. {' '.join(linear[:8])}.") from exc
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, nn.Linear) and n.split(".")[0] not in head_names})
+            raise PeftkitError(f"LoRA could not be applied: {str(exc).rstrip('. ')}. Pass --lora_target_modules with "
+                               f"names of linear layers in this model (e.g. {' '.join(linear[:8])}), or "
+                               "all-linear.") from exc

@@ -137,3 +137,29 @@ def test_disable_dropout_makes_training_mode_forward_deterministic(arch, name, t
     assert not torch.equal(model(**b).logits, model(**b).logits)
     assert disable_dropout(model) > 0
     assert torch.equal(model(**b).logits, model(**b).logits)
+
+
+def lora_on_tiny_bert(tiny_model_dir, **lora_args):
+    from peftkit.strategies.lora import LoRA
+
+    task, strategy = TextClassification(DataArguments()), LoRA(lora_r=R, **lora_args)
+    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir("bert")), LABELS,
+                              SimpleNamespace(pad_token_id=0))
+    return strategy.prepare(model, task, heads)
+
+
+def adapted(model) -> set[str]:
+    return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+
+
+def test_all_linear_is_peft_shorthand_not_a_module_name(tiny_model_dir):
+    from peftkit.errors import PeftkitError
+
+    assert adapted(lora_on_tiny_bert(tiny_model_dir)) == {"query", "value"}  # peft's default for BERT
+    model = lora_on_tiny_bert(tiny_model_dir, lora_target_modules=["all-linear"])
+    assert adapted(model) == {"query", "key", "value", "dense"}  # attention, MLP and pooler projections
+    assert not any("classifier" in n and "lora" in n for n, _ in model.named_parameters())  # the head trains whole
+    with pytest.raises(PeftkitError) as info:
+        lora_on_tiny_bert(tiny_model_dir, lora_target_modules=["no_such_layer"])
+    message = str(info.value)
+    assert ".." not in message and "or all-linear" in message and "classifier" not in message.split("e.g.")[1]
