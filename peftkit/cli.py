@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 
+from peftkit import hf_flags
 from peftkit.errors import PeftkitError, check
 
 DEBUG_FLAG = "--debug"
@@ -49,19 +49,29 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
         return 130
 
 
-def build_train_parser(strategy_name: str, prog: str | None = None):
+def build_train_parser(strategy_name: str, prog: str | None = None, task_name: str = "text_cls"):
     """HfArgumentParser over the shared dataclasses plus the strategy's own, with its preset applied."""
     from transformers import HfArgumentParser
 
     from peftkit.config import ARGUMENT_CLASSES
-    from peftkit.strategies import get_strategy
+    from peftkit.strategies import available, get_strategy
+    from peftkit.tasks import TASKS
 
     spec = get_strategy(strategy_name)
-    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls), prog=prog,
-                              description=f"Fine-tune with the {strategy_name!r} strategy.")
+    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls), prog=prog, allow_abbrev=False,
+                              description=f"Fine-tune with the {strategy_name!r} strategy. Trainer habits also "
+                              "work: --fp16/--bf16, --optim, --eval_strategy, --save_strategy, --do_train/--do_eval.")
     parser.add_argument("--config", default=None, help="YAML or JSON file of flag values; flags given on "
                         "the command line override it.")
+    if prog == "peftkit train":  # chosen by `peftkit train` before this parser runs; listed for --help
+        parser.add_argument("--strategy", default=strategy_name, help=f"how the model is adapted: "
+                            f"{', '.join(available())} (each adds its own flags to this list)")
+        parser.add_argument("--task", default=task_name, help=f"what is learned: {', '.join(sorted(TASKS))}")
     parser.set_defaults(**spec.preset)
+    for action in parser._actions:  # HfArgumentParser's --no_X flags show the default of X, which misleads
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            action.help = f"turn off --{action.option_strings[0][5:]} (on by default)"
+            action.default = argparse.SUPPRESS
     return parser, spec
 
 
@@ -70,9 +80,10 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
     from peftkit.config import load_config_file
 
     parser, spec = build_train_parser(strategy_name, prog)
-    pre, _ = parser.parse_known_args(list(argv))
+    argv = hf_flags.rewrite_argv(list(argv))
+    pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        values = load_config_file(pre.config)
+        values = hf_flags.rewrite_config(load_config_file(pre.config))
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - known - {"strategy", "task"})
         check(not unknown, f"Unknown key(s) in {pre.config}: {', '.join(unknown)}. Keys are flag names "
@@ -81,8 +92,10 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
         check(chosen == strategy_name, f"{pre.config} sets strategy {chosen!r}, but this run is "
               f"{strategy_name!r}. Use the {chosen} recipe (or `peftkit train --strategy {chosen}`).")
         parser.set_defaults(**{k: v for k, v in values.items() if k in known})
-    *outputs, rest = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
-    check(not rest, f"Unrecognised arguments: {' '.join(rest)}. See --help.")
+    *outputs, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    flags = [a.option_strings[0][2:] for a in parser._actions if a.option_strings]
+    check(not rest, f"Unrecognised arguments: {' '.join(rest)}.{hf_flags.suggest(rest, flags)} See --help for "
+          "every flag.")
     return tuple(outputs[:4])  # the fifth output is the namespace holding --config
 
 
@@ -110,25 +123,39 @@ def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, p
     return _guard(run, argv)
 
 
-def _read_texts(path: str | None, text_column: str) -> list[str]:
-    if path is None or path == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if path.endswith(".txt"):
-        with open(path) as fh:
-            return [line.rstrip("\n") for line in fh if line.strip()]
+def _read_inputs(path: str | None, text_column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
+    """Texts (and second texts, for a sentence-pair run) from stdin, a .txt file or a data file.
+
+    Lines of stdin or .txt are one text each; for a pair run, ``text<TAB>second text``."""
+    if path is None or path == "-" or path.endswith(".txt"):
+        if path is None or path == "-":
+            lines = [(i, line.rstrip("\n")) for i, line in enumerate(sys.stdin, 1)]
+        else:
+            with open(path) as fh:
+                lines = [(i, line.rstrip("\n")) for i, line in enumerate(fh, 1)]
+        lines = [(i, line) for i, line in lines if line.strip()]
+        if pair_column is None:
+            return [line for _, line in lines], None
+        bad = [i for i, line in lines if line.count("\t") != 1]
+        where = "stdin" if path in (None, "-") else path
+        check(not bad, f"This run classifies sentence pairs (--text_pair_column {pair_column!r}): each input line "
+              f"must be `text<TAB>second text`, but line(s) {', '.join(map(str, bad[:10]))}"
+              f"{' and more' if len(bad) > 10 else ''} of {where} are not. Or pass a CSV/JSON file with both columns.")
+        pairs = [line.split("\t") for _, line in lines]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    from datasets import DatasetDict
+
     from peftkit.data import check_columns, load_file
 
     ds = load_file(path)
-    from datasets import DatasetDict
-
-    check_columns(DatasetDict({"input": ds}), {"text_column": text_column})
-    return list(ds[text_column])
+    check_columns(DatasetDict({"input": ds}), {"text_column": text_column, "text_pair_column": pair_column})
+    return list(ds[text_column]), list(ds[pair_column]) if pair_column else None
 
 
 def _bench(argv: list[str]) -> int:
     """The suite lives in the repository's benchmarks/ (it compares against a stock-Trainer script there).
 
-    peftkit never imports it: this runs `python -m benchmarks` from the checkout peftkit is installed from.
+    peftkit never imports it: this runs `python -m benchmarks` of the checkout peftkit is installed from.
     """
     import subprocess
     from pathlib import Path
@@ -138,7 +165,9 @@ def _bench(argv: list[str]) -> int:
         print("peftkit: error: the benchmark suite runs from a peftkit source checkout (its benchmarks/ folder); "
               "install peftkit with `pip install -e .` from a clone.", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, "-m", "benchmarks", *argv], cwd=checkout)
+    # From the user's directory (relative paths mean what they typed), with the checkout importable.
+    path = os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))
+    return subprocess.call([sys.executable, "-m", "benchmarks", *argv], env={**os.environ, "PYTHONPATH": path})
 
 
 def _command_parser() -> argparse.ArgumentParser:
@@ -151,13 +180,14 @@ def _command_parser() -> argparse.ArgumentParser:
     for name, help_text in (("eval", "evaluate a trained run"), ("predict", "label texts with a trained run")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="the --output_dir of a finished run")
-        p.add_argument("--text_column", default=None, help="text column of a CSV/JSON input")
+        p.add_argument("--text_column", default=None, help="text column of a CSV/JSON input (default: the run's)")
+        p.add_argument("--text_pair_column", default=None,
+                       help="second text column, for a sentence-pair run (default: the run's)")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
     e = sub.choices["eval"]
     e.add_argument("--split", default="test", help="split of the run's data to evaluate (test or validation)")
     e.add_argument("--eval_file", default=None, help="evaluate on this file instead of the run's data")
     e.add_argument("--label_column", default=None)
-    e.add_argument("--text_pair_column", default=None)
     e.add_argument("--max_eval_samples", type=int, default=None)
     e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
     sub.add_parser("bench", help="run the benchmark suite (from a source checkout; see --help)", add_help=False)
@@ -173,8 +203,8 @@ def _command_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     m.add_argument("--debug", action="store_true", help="show full tracebacks")
     p = sub.choices["predict"]
-    p.add_argument("--input_file", default=None, help=".txt (one text per line), CSV/JSON/JSONL/parquet; "
-                   "default: stdin, one text per line")
+    p.add_argument("--input_file", default=None, help=".txt (one text per line; for a sentence-pair run "
+                   "`text<TAB>second text`), CSV/JSON/JSONL/parquet; default: stdin, read like .txt")
     p.add_argument("--output_file", default=None, help="write JSON lines here instead of stdout")
     return parser
 
@@ -217,8 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
             return 0
         cfg = run_dir.read_config(ns.run_dir)
-        texts = _read_texts(ns.input_file, ns.text_column or cfg["data"]["text_column"])
-        rows = run_dir.predict_texts(ns.run_dir, texts)
+        trained_pair = cfg["data"].get("text_pair_column")
+        check(not ns.text_pair_column or trained_pair, f"--text_pair_column {ns.text_pair_column!r}: this run "
+              "classifies single texts (it was trained without --text_pair_column), so it cannot label pairs.")
+        texts, pairs = _read_inputs(ns.input_file, ns.text_column or cfg["data"]["text_column"],
+                                    ns.text_pair_column or trained_pair)
+        rows = run_dir.predict_texts(ns.run_dir, texts, pairs)
         lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
         if ns.output_file:
             with open(ns.output_file, "w") as fh:

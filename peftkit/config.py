@@ -88,9 +88,16 @@ class TrainingArguments:
         default="linear", metadata={"help": "Schedule after warmup: linear, cosine or constant."}
     )
     warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps spent warming up."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Warm up over this many optimizer steps (overrides --warmup_ratio if > 0)."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm (0 = no clipping)."})
     mixed_precision: str | None = field(
-        default=None, metadata={"help": "no, fp16 or bf16. Default: what `accelerate config` chose (no on CPU)."}
+        default=None, metadata={"help": "no, fp16, bf16 or fp8 (--fp16 and --bf16 also work). Default: what "
+                                "`accelerate config` or `accelerate launch --mixed_precision` chose (no on CPU)."}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "Worker processes that collate batches (0 = in the training process)."}
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory by recomputing activations."}
@@ -111,6 +118,9 @@ class TrainingArguments:
         default=0, metadata={"help": "Also evaluate every N optimizer steps (0 = once per epoch only)."}
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    logging_dir: str | None = field(
+        default=None, metadata={"help": "Where tracker logs (e.g. TensorBoard events) go. Default: <output_dir>/logs."}
+    )
     save_steps: int = field(
         default=500,
         metadata={"help": "Write a checkpoint (full training state) every N optimizer steps and at the end of each "
@@ -123,6 +133,12 @@ class TrainingArguments:
         default=None,
         metadata={"help": "Continue a run exactly: `latest` (the newest complete checkpoint in --output_dir) or a "
                   "checkpoint directory. Use the same flags as the interrupted run."},
+    )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Keep the checkpoint-N directories after the run finishes. They hold the whole training "
+                  "state (optimizer included) and serve only to resume an interrupted run, so by default they are "
+                  "deleted once the final model and results.json are written."},
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a run already in --output_dir (its checkpoints and results)."}
@@ -140,6 +156,7 @@ class TrainingArguments:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8")
 
 
 def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
@@ -184,6 +201,11 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
           "pass one of them.")
     check(train_args.early_stopping_patience >= 0 and train_args.eval_steps >= 0,
           "--early_stopping_patience and --eval_steps must be >= 0.")
+    check(train_args.warmup_steps >= 0 and train_args.dataloader_num_workers >= 0,
+          "--warmup_steps and --dataloader_num_workers must be >= 0.")
+    check(train_args.mixed_precision in MIXED_PRECISION,
+          f"--mixed_precision must be one of {', '.join(p for p in MIXED_PRECISION if p)}, got "
+          f"{train_args.mixed_precision!r}.")
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -100,7 +100,8 @@ class Engine:
         # across processes, so N processes see the global batches that one process would, and drawing
         # it does not move the global RNG that initialisation and dropout use.
         generator = torch.Generator().manual_seed(self.args.seed) if train else None
-        return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator, generator=generator)
+        return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator, generator=generator,
+                          num_workers=self.args.dataloader_num_workers)
 
     def _build_cache(self) -> None:
         """Run the frozen backbone once per split. Under N processes each computes a contiguous 1/N of every
@@ -157,7 +158,8 @@ class Engine:
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
         scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                  num_warmup_steps=math.ceil(args.warmup_ratio * total), num_training_steps=total)
+                                  num_warmup_steps=args.warmup_steps or math.ceil(args.warmup_ratio * total),
+                                  num_training_steps=total)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
         self.checkpoints = args.save_steps >= 0 and not sharded(acc)

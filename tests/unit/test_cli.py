@@ -137,3 +137,61 @@ def test_bad_thread_count_is_refused(monkeypatch):
     monkeypatch.setenv("PEFTKIT_CPU_THREADS", "two")
     with pytest.raises(PeftkitError, match="PEFTKIT_CPU_THREADS must be a positive integer, got 'two'"):
         use_idle_cores(SimpleNamespace(device=torch.device("cpu"), num_processes=1))
+
+
+def test_trainer_flags_users_type_by_habit_map_onto_peftkits(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("bf16: true\nsave_strategy: 'no'\n")
+    _, _, args, _ = parse_train_args(["--fp16", "--optim", "adamw_torch", "--eval_strategy", "steps", "--eval_steps",
+                                      "50", "--save_strategy=epoch", "--do_train", "--do_eval", "--warmup_steps", "5",
+                                      "--logging_dir", "tb", "--dataloader_num_workers", "2"], "lora")
+    assert (args.mixed_precision, args.optimizer, args.eval_steps, args.save_steps) == ("fp16", "adamw", 50, 0)
+    assert (args.warmup_steps, args.logging_dir, args.dataloader_num_workers) == (5, "tb", 2)
+    _, _, args, _ = parse_train_args(["--config", str(cfg)], "lora")
+    assert (args.mixed_precision, args.save_steps) == ("bf16", -1)
+    _, _, args, _ = parse_train_args(["--fp16", "false", "--do_eval", "false"], "lora")
+    assert args.mixed_precision is None
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--push_to_hub"], "peftkit does not upload to the Hub"),
+    (["--optim", "adafactor"], "pass --optimizer adamw or --optimizer sgd"),
+    (["--eval_strategy", "steps"], "needs --eval_steps N"),
+    (["--save_strategy", "best"], "use --save_steps N"),
+    (["--learning_rat", "0.1"], "Unrecognised arguments: --learning_rat 0.1. Did you mean --learning_rate?"),
+    (["--metric_for_best_model", "acc"], "'acc' is not a metric of task text_cls. Choose one of: accuracy, f1"),
+    (["--mixed_precision", "banana"], "--mixed_precision must be one of no, fp16, bf16, fp8, got 'banana'"),
+])
+def test_flag_mistakes_are_named_before_any_work(flags, message, capsys, tmp_path):
+    out = tmp_path / "o"
+    code = train_main([*flags, "--output_dir", str(out)], task="text_cls", strategy="lora")
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()  # refused before the output directory, the data or the model were touched
+
+
+def test_peftkit_train_help_lists_strategy_and_says_what_no_flags_do(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--strategy", "qlora", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "--strategy STRATEGY how the model is adapted: dora, full, head, lora, partial, qlora" in text
+    assert "turn off --bnb_4bit_use_double_quant (on by default)" in text
+    assert "(default: False)" not in text.split("--no_bnb_4bit_use_double_quant")[2][:80]
+
+
+def test_an_existing_runs_file_list_says_how_many_it_leaves_out(tmp_path):
+    from peftkit.errors import PeftkitError
+    from peftkit.runner import prepare_output_dir
+
+    for name in ("results.json", "peftkit_config.json", "adapter_config.json", "adapter_model.safetensors"):
+        (tmp_path / name).write_text("{}")
+    for step in (5, 10, 15):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    args = parse_train_args(["--output_dir", str(tmp_path)], "lora")[2]
+    with pytest.raises(PeftkitError, match=r"\(peftkit_config.json, results.json, .* and 2 more\). It has finished"):
+        prepare_output_dir(tmp_path, args, {})
+    args.resume_from_checkpoint = "latest"  # a finished run is not trained again from its last checkpoint
+    with pytest.raises(PeftkitError, match="has finished .*nothing to resume"):
+        prepare_output_dir(tmp_path, args, {})

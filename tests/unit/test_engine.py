@@ -137,3 +137,14 @@ def test_metrics_are_computed_over_all_examples():
     assert metrics["f1"] == pytest.approx(0.5)
     expected_loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1, 1])).item()
     assert metrics["loss"] == pytest.approx(expected_loss)
+
+
+def test_warmup_steps_override_the_ratio_and_workers_collate_the_same_batches(tiny_model_dir, tmp_path):
+    common = dict(per_device_train_batch_size=4, max_steps=8, logging_steps=1)
+    torch.manual_seed(0)
+    fit = engine(tiny_model_dir, tmp_path / "a", warmup_steps=4, **common).fit()
+    lrs = [round(h["learning_rate"] / 1e-3, 6) for h in fit.train_history]
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0.0]  # 4 warm-up steps, then linear decay
+    torch.manual_seed(0)
+    workers = engine(tiny_model_dir, tmp_path / "b", warmup_steps=4, dataloader_num_workers=1, **common).fit()
+    assert [h["loss"] for h in workers.train_history] == [h["loss"] for h in fit.train_history]
