@@ -44,7 +44,8 @@ def parse(argv: list[str]) -> BenchConfig:
     if args.repeats < 1 or min(args.num_processes) < 1:
         ap.error("--repeats and --num_processes must be >= 1")
     settings = {k: v for k in ("max_train_samples", "num_train_epochs") if (v := getattr(args, k)) is not None}
-    return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir), quick=args.quick,
+    # Resolved against the directory the user ran from: the runs themselves start in the checkout.
+    return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir).resolve(), quick=args.quick,
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
                        settings=settings)

@@ -36,14 +36,19 @@ def test_quick_suite(tmp_path):
     table = (tmp_path / "results.md").read_text()
     for name in rows:
         assert f"| {name} |" in table
+    assert table.startswith("# peftkit benchmark - SMOKE RUN (--quick): not results")  # 32 test examples
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[6/6] reference" in proc.stdout  # a progress line per run
 
 
 def test_a_failing_strategy_is_reported_and_the_rest_runs(tmp_path):
-    proc = run_bench("--quick", "--no_reference", "--strategies", "head", "lora", "--model_name_or_path",
-                     str(tmp_path / "no_such_model"), "--output_dir", str(tmp_path))
-    assert proc.returncode == 1
+    # Through `peftkit bench`, from the user's own directory: a relative --output_dir lands there.
+    proc = subprocess.run([sys.executable, "-m", "peftkit", "bench", "--quick", "--no_reference", "--strategies",
+                           "head", "lora", "--model_name_or_path", str(tmp_path / "no_such_model"), "--output_dir",
+                           "mine"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    tmp_path = tmp_path / "mine"
+    assert f"Wrote {tmp_path}/results.json" in proc.stdout
     rows = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "no_such_model" in rows[0]["error"]
