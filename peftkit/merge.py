@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from peftkit.checkpoint import share_files
 from peftkit.config import DataArguments, ModelArguments
 from peftkit.data import load_raw_datasets
 from peftkit.errors import PeftkitError, check
@@ -239,6 +240,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         disk_logits, _ = logits_of(reloaded, loader)
         check_parity(report, gold, ref_logits, mem_logits, disk_logits)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        share_files(tmp)
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a failure or an interruption: nothing half-written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,9 @@ def test_lora_merge_matches_plain_peft(runs, tmp_path, builtin_model_dir):
     assert report["adapter_vs_merged_reloaded"]["prediction_agreement"] == 1.0
     assert json.loads((out / "merge_report.json").read_text()) == report
     assert list(out.glob("*.safetensors")) and not (out / "adapter_config.json").exists()
+    umask = os.umask(0)
+    os.umask(umask)  # a server running as another user can read the merged weights (safetensors writes 0600)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in out.glob("*.safetensors"))
     base = AutoModelForSequenceClassification.from_pretrained(builtin_model_dir, num_labels=2)
     adapter = PeftModel.from_pretrained(base, runs["lora"]).eval()
     enc = AutoTokenizer.from_pretrained(runs["lora"])(TEXTS, return_tensors="pt", padding=True)
