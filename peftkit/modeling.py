@@ -13,15 +13,17 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from peftkit import assets
-from peftkit.config import BUILTIN_MODEL, ModelArguments
+from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, ModelArguments
 from peftkit.errors import PeftkitError, check
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the built-in alias to its directory; anything else is a Hub name or local path."""
-    return str(assets.builtin_model_path()) if name == BUILTIN_MODEL else name
+    """Map the built-in aliases to their directories; anything else is a Hub name or local path."""
+    if name == BUILTIN_MODEL:
+        return str(assets.builtin_model_path())
+    return str(assets.builtin_lm_path()) if name == BUILTIN_LM else name
 
 
 @functools.cache
