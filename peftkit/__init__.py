@@ -4,7 +4,9 @@ __version__ = "0.1.0"
 
 
 def load_run(run_dir):
-    """Load a trained run directory: ``(model, tokenizer, config)``; see :mod:`peftkit.run_dir`."""
+    """Load a trained run directory: ``(model, processor, config)`` (the processor is the tokenizer for text
+    tasks); see :mod:`peftkit.run_dir`."""
     from peftkit.run_dir import load_run as _load_run
 
-    return _load_run(run_dir)
+    model, processor, config, _ = _load_run(run_dir)
+    return model, processor, config

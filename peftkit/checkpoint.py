@@ -8,8 +8,9 @@ A checkpoint is ``output_dir/checkpoint-<step>/`` holding
 - ``rng_state.safetensors``: each process's torch (and CUDA) generator and the data-order generator as it
   was when the epoch began;
 - ``best_trainable.safetensors``: the best evaluation's weights so far (a hard link where the disk allows);
-- ``trainer_state.json``: step, epoch, batches consumed in the epoch, best metric, histories, counters, and
-  the Python and NumPy generator states. Written last: a directory without it is not a checkpoint.
+- ``trainer_state.json``: the :class:`~peftkit.train_state.TrainState` (step, epoch, batches consumed in the
+  epoch, best metric, histories, counters) and the Python and NumPy generator states. Written last: a
+  directory without it is not a checkpoint.
 
 It is built in a hidden ``.checkpoint-<step>.tmp`` directory and renamed into place, so a crash, a kill or
 a full disk leaves the previous checkpoints untouched and never a half-written "latest".
@@ -33,12 +34,13 @@ from safetensors.torch import load_file, save_file
 
 from peftkit.distributed import gather_objects, gather_trainable, on_main
 from peftkit.errors import PeftkitError, check
+from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 WEIGHTS, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
-RNG, STATE, BEST = "rng_state.safetensors", "trainer_state.json", "best_trainable.safetensors"
+RNG, STATE, BEST = "rng_state.safetensors", "trainer_state.json", BEST_FILE
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -111,12 +113,7 @@ def write(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimiz
         torch.save(scheduler_state, tmp / SCHEDULER)
         rng_tensors = {f"rank{r}.{k}": v for r, s in enumerate(rng_per_process) for k, v in s["tensors"].items()}
         save_file(rng_tensors, str(tmp / RNG))
-        best = Path(output_dir) / BEST
-        if best.is_file():
-            try:
-                os.link(best, tmp / BEST)  # the best file is replaced by rename, so the link keeps this version
-            except OSError:
-                shutil.copy2(best, tmp / BEST)
+        BestWeights(output_dir).copy_into(tmp)
         state = state | {"rng": [s["json"] for s in rng_per_process], "num_processes": len(rng_per_process)}
         (tmp / STATE).write_text(json.dumps(state, indent=1))
         share_files(tmp)
@@ -161,13 +158,9 @@ def load(path: Path, rank: int) -> dict[str, Any]:
           "number of processes (the data order and global batch depend on it).")
     prefix = f"rank{rank}."
     rng = {k[len(prefix):]: v for k, v in rng_all.items() if k.startswith(prefix)}
-    best = load_file(str(path / BEST)) if (path / BEST).is_file() else None
+    best = BestWeights.read_from(path)
     return {"state": state, "weights": weights, "optimizer": optimizer, "scheduler": scheduler,
             "rng": rng, "rng_json": state["rng"][rank], "best": best}
-
-
-STATE_KEYS = ("step", "epoch", "batches_in_epoch", "best", "bad_evals", "samples", "tokens", "history",
-              "train_history", "skipped_steps", "train_runtime_s")
 
 
 def share_files(directory: Path) -> None:
@@ -181,15 +174,8 @@ def share_files(directory: Path) -> None:
             path.chmod(mode)
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
 def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer, scheduler,
-         state: dict[str, Any], epoch_start_rng: torch.Tensor) -> Path:
+         state: TrainState, epoch_start_rng: torch.Tensor) -> Path:
     """Checkpoint the training state. Every process takes part (gathering weights and RNG states); the main one
     writes. A failed write (a full disk, most often) stops every process with one message; all get the path."""
     weights = gather_trainable(acc, model, trainable)
@@ -197,12 +183,12 @@ def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer
 
     def write_and_rotate() -> Path:
         try:
-            path = write(output_dir, state["step"], weights, optimizer.state_dict(), scheduler.state_dict(), rngs,
-                         {k: state[k] for k in STATE_KEYS})
+            path = write(output_dir, state.step, weights, optimizer.state_dict(), scheduler.state_dict(), rngs,
+                         state.to_json())
         except OSError as exc:
             earlier = list_checkpoints(output_dir)
             raise PeftkitError(
-                f"Could not write the checkpoint of step {state['step']} in {str(output_dir)!r}: "
+                f"Could not write the checkpoint of step {state.step} in {str(output_dir)!r}: "
                 f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
                 f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower --save_total_limit), "
                 "then rerun with --resume_from_checkpoint latest.") from exc
@@ -213,9 +199,10 @@ def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer
     return on_main(acc, write_and_rotate)
 
 
-def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer, scheduler,
-            state: dict[str, Any]) -> dict:
-    """Put weights, optimizer, scheduler, counters and the best-so-far back as they were at ``path``."""
+def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer,
+            scheduler) -> tuple[TrainState, dict]:
+    """Put weights, optimizer, scheduler and the best-so-far back as they were at ``path``; return the training
+    state then and the checkpoint (for its random generator states)."""
     ckpt = load(path, acc.process_index)
     missing = sorted(trainable - set(ckpt["weights"]))
     check(not missing, f"Checkpoint {str(path)!r} lacks trainable weights of this model (e.g. {missing[:3]}): it "
@@ -226,14 +213,7 @@ def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optim
         scheduler.load_state_dict(ckpt["scheduler"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise PeftkitError(f"Checkpoint {str(path)!r} does not fit this run's optimizer ({exc}).") from exc
-    saved = ckpt["state"]
-    state.update({k: saved[k] for k in STATE_KEYS if k != "train_runtime_s"})
-    state["runtime_before"], state["resumed_from"] = saved["train_runtime_s"], saved["step"]
-    best = Path(output_dir) / BEST
     if acc.is_main_process:  # the best weights as they were then, not what a later step may have written
-        if ckpt["best"] is not None:
-            atomic_save_file(ckpt["best"], best)
-        else:
-            best.unlink(missing_ok=True)
+        BestWeights(output_dir).restore(ckpt["best"])
     acc.wait_for_everyone()
-    return ckpt
+    return TrainState.from_json(ckpt["state"]), ckpt

@@ -55,19 +55,22 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
 
     from peftkit.config import ARGUMENT_CLASSES
     from peftkit.strategies import available, get_strategy
-    from peftkit.tasks import TASKS
+    from peftkit.tasks import available as available_tasks
+    from peftkit.tasks import get_task
 
-    spec = get_strategy(strategy_name)
-    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls), prog=prog, allow_abbrev=False,
-                              description=f"Fine-tune with the {strategy_name!r} strategy. Trainer habits also "
-                              "work: --fp16/--bf16, --optim, --eval_strategy, --save_strategy, --do_train/--do_eval.")
+    spec, task_spec = get_strategy(strategy_name), get_task(task_name)
+    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls, task_spec.cls), prog=prog, allow_abbrev=False,
+                              description=f"Fine-tune for task {task_name!r} with the {strategy_name!r} strategy. "
+                              "Trainer habits also work: --fp16/--bf16, --optim, --eval_strategy, --save_strategy, "
+                              "--do_train/--do_eval.")
     parser.add_argument("--config", default=None, help="YAML or JSON file of flag values; flags given on "
                         "the command line override it.")
     if prog == "peftkit train":  # chosen by `peftkit train` before this parser runs; listed for --help
         parser.add_argument("--strategy", default=strategy_name, help=f"how the model is adapted: "
                             f"{', '.join(available())} (each adds its own flags to this list)")
-        parser.add_argument("--task", default=task_name, help=f"what is learned: {', '.join(sorted(TASKS))}")
-    parser.set_defaults(**spec.preset)
+        parser.add_argument("--task", default=task_name, help=f"what is learned: {', '.join(available_tasks())} "
+                            "(each sets its own defaults and adds its own flags)")
+    parser.set_defaults(**getattr(task_spec.cls, "training_defaults", {}), **task_spec.preset, **spec.preset)
     for action in parser._actions:  # HfArgumentParser's --no_X flags show the default of X, which misleads
         if action.option_strings and action.option_strings[0].startswith("--no_"):
             action.help = f"turn off --{action.option_strings[0][5:]} (on by default)"
@@ -75,11 +78,11 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
     return parser, spec
 
 
-def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None = None):
-    """``(model_args, data_args, train_args, strategy)`` from flags and an optional config file."""
+def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None = None, task_name: str = "text_cls"):
+    """``(model_args, data_args, train_args, strategy, task)`` from flags and an optional config file."""
     from peftkit.config import load_config_file
 
-    parser, spec = build_train_parser(strategy_name, prog)
+    parser, spec = build_train_parser(strategy_name, prog, task_name)
     argv = hf_flags.rewrite_argv(list(argv))
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
@@ -91,12 +94,17 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
         chosen = values.get("strategy", strategy_name)
         check(chosen == strategy_name, f"{pre.config} sets strategy {chosen!r}, but this run is "
               f"{strategy_name!r}. Use the {chosen} recipe (or `peftkit train --strategy {chosen}`).")
+        chosen = values.get("task", task_name)
+        check(chosen == task_name, f"{pre.config} sets task {chosen!r}, but this run is {task_name!r}. Use a "
+              f"{chosen} recipe (or `peftkit train --task {chosen}`).")
         parser.set_defaults(**{k: v for k, v in values.items() if k in known})
     *outputs, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     flags = [a.option_strings[0][2:] for a in parser._actions if a.option_strings]
     check(not rest, f"Unrecognised arguments: {' '.join(rest)}.{hf_flags.suggest(rest, flags)} See --help for "
           "every flag.")
-    return tuple(outputs[:4])  # the fifth output is the namespace holding --config
+    model_args, data_args, train_args, strategy, task = outputs[:5]  # the last holds --config
+    task.data = data_args
+    return model_args, data_args, train_args, strategy, task
 
 
 def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, prog: str | None = None) -> int:
@@ -106,50 +114,19 @@ def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, p
     def run() -> int:
         from peftkit import runner
 
-        model_args, data_args, train_args, strat = parse_train_args(argv, strategy, prog)
+        model_args, data_args, train_args, strat, task_obj = parse_train_args(argv, strategy, prog, task)
         _setup_logging(train_args.debug)
-        results = runner.train(task, strategy, strat, model_args, data_args, train_args)
+        results = runner.train(task, strategy, strat, model_args, data_args, train_args, task_obj)
         from accelerate import PartialState
 
         if PartialState().is_main_process:
-            test = results["test"] or {}
-            print(f"\n{strategy} on {results['dataset']}: validation accuracy {results['eval']['accuracy']:.4f}"
-                  + (f", test accuracy {test['accuracy']:.4f}" if test else "")
+            print(f"\n{strategy} on {results['dataset']}: {task_obj.headline(results)}"
                   + f" | trainable {results['trainable_params']:,} of {results['total_params']:,}"
                   f" ({results['trainable_percent']:.2f}%) | {results['train_runtime_s']:.0f} s"
                   f"\nSaved to {results['artifact_dir']} (results.json, peftkit_config.json, weights)")
         return 0
 
     return _guard(run, argv)
-
-
-def _read_inputs(path: str | None, text_column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
-    """Texts (and second texts, for a sentence-pair run) from stdin, a .txt file or a data file.
-
-    Lines of stdin or .txt are one text each; for a pair run, ``text<TAB>second text``."""
-    if path is None or path == "-" or path.endswith(".txt"):
-        if path is None or path == "-":
-            lines = [(i, line.rstrip("\n")) for i, line in enumerate(sys.stdin, 1)]
-        else:
-            with open(path) as fh:
-                lines = [(i, line.rstrip("\n")) for i, line in enumerate(fh, 1)]
-        lines = [(i, line) for i, line in lines if line.strip()]
-        if pair_column is None:
-            return [line for _, line in lines], None
-        bad = [i for i, line in lines if line.count("\t") != 1]
-        where = "stdin" if path in (None, "-") else path
-        check(not bad, f"This run classifies sentence pairs (--text_pair_column {pair_column!r}): each input line "
-              f"must be `text<TAB>second text`, but line(s) {', '.join(map(str, bad[:10]))}"
-              f"{' and more' if len(bad) > 10 else ''} of {where} are not. Or pass a CSV/JSON file with both columns.")
-        pairs = [line.split("\t") for _, line in lines]
-        return [a for a, _ in pairs], [b for _, b in pairs]
-    from datasets import DatasetDict
-
-    from peftkit.data import check_columns, load_file
-
-    ds = load_file(path)
-    check_columns(DatasetDict({"input": ds}), {"text_column": text_column, "text_pair_column": pair_column})
-    return list(ds[text_column]), list(ds[pair_column]) if pair_column else None
 
 
 def _bench(argv: list[str]) -> int:
@@ -173,11 +150,13 @@ def _bench(argv: list[str]) -> int:
 def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="fine-tune a model (see `peftkit train --strategy NAME --help`)",
+    t = sub.add_parser("train", help="fine-tune a model (see `peftkit train --task T --strategy S --help`)",
                        add_help=False)
     t.add_argument("--strategy", default="lora")
     t.add_argument("--task", default="text_cls")
-    for name, help_text in (("eval", "evaluate a trained run"), ("predict", "label texts with a trained run")):
+    uses = (("eval", "evaluate a trained run"),
+            ("predict", "use a trained run on new inputs (labels; generated answers for causal_lm)"))
+    for name, help_text in uses:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="the --output_dir of a finished run")
         p.add_argument("--text_column", default=None, help="text column of a CSV/JSON input (default: the run's)")
@@ -203,8 +182,9 @@ def _command_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     m.add_argument("--debug", action="store_true", help="show full tracebacks")
     p = sub.choices["predict"]
-    p.add_argument("--input_file", default=None, help=".txt (one text per line; for a sentence-pair run "
-                   "`text<TAB>second text`), CSV/JSON/JSONL/parquet; default: stdin, read like .txt")
+    p.add_argument("--input_file", default=None, help=".txt (one text or prompt per line; for a sentence-pair "
+                   "run `text<TAB>second text`), CSV/JSON/JSONL/parquet (for causal_lm: a messages or prompt column); "
+                   "default: stdin, read like .txt")
     p.add_argument("--output_file", default=None, help="write JSON lines here instead of stdout")
     return parser
 
@@ -234,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             diff = report["adapter_vs_merged_reloaded"]
             print(f"\nMerged into {ns.output_dir}: max |logit difference| {diff['max_abs_logit_diff']:.2e}, "
                   f"prediction agreement {diff['prediction_agreement']:.4f} on {report['parity_samples']} examples; "
-                  f"accuracy {report['accuracy']}")
+                  f"{report['metric']} {report[report['metric']]}")
             return 0
         if ns.command == "eval":
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",
@@ -246,13 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fh.write(text + "\n")
             print(text)
             return 0
+        from peftkit.config import DataArguments
+        from peftkit.tasks import build_from_config
+
         cfg = run_dir.read_config(ns.run_dir)
-        trained_pair = cfg["data"].get("text_pair_column")
-        check(not ns.text_pair_column or trained_pair, f"--text_pair_column {ns.text_pair_column!r}: this run "
-              "classifies single texts (it was trained without --text_pair_column), so it cannot label pairs.")
-        texts, pairs = _read_inputs(ns.input_file, ns.text_column or cfg["data"]["text_column"],
-                                    ns.text_pair_column or trained_pair)
-        rows = run_dir.predict_texts(ns.run_dir, texts, pairs)
+        task = build_from_config(cfg, DataArguments(**cfg["data"]))
+        inputs = task.read_inputs(ns.input_file, {k: getattr(ns, k) for k in ("text_column", "text_pair_column")})
+        check(bool(inputs), "No inputs: " + ("stdin" if ns.input_file in (None, "-") else ns.input_file)
+              + " held none.")
+        rows = run_dir.predict(ns.run_dir, inputs)
         lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
         if ns.output_file:
             with open(ns.output_file, "w") as fh:

@@ -109,8 +109,9 @@ class TrainingArguments:
         metadata={"help": "Set every dropout probability to 0 (backbone, adapters, head): deterministic steps, "
                   "e.g. to check that N processes train like one."},
     )
-    metric_for_best_model: str = field(
-        default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint (loss: lower wins)."}
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Validation metric that picks the best checkpoint (loss and perplexity: lower "
+                                "wins). Default: the task's (accuracy for text_cls, loss for causal_lm)."}
     )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after N evaluations without improvement (0 = never)."}

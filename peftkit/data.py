@@ -36,8 +36,9 @@ def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
     return ", ".join(names) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict, str]:
-    """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description."""
+def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None) -> tuple[DatasetDict, str]:
+    """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
+    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews."""
     if data_args.train_file:
         check(not data_args.dataset_name, "Pass either --dataset_name or --train_file, not both.")
         files = {"train": data_args.train_file, "validation": data_args.validation_file,
@@ -45,10 +46,10 @@ def load_raw_datasets(data_args: DataArguments, seed: int) -> tuple[DatasetDict,
         raw = DatasetDict({split: load_file(path) for split, path in files.items() if path})
         description = Path(data_args.train_file).name
     else:
-        builtin = data_args.dataset_name in (None, BUILTIN_DATASET)
-        raw = builtin_rotten_tomatoes() if builtin else load_hub_dataset(data_args.dataset_name,
-                                                                         data_args.dataset_config_name)
-        description = BUILTIN_DATASET if builtin else data_args.dataset_name
+        use_builtin = data_args.dataset_name in (None, BUILTIN_DATASET)
+        raw = (builtin or builtin_rotten_tomatoes)() if use_builtin else load_hub_dataset(
+            data_args.dataset_name, data_args.dataset_config_name)
+        description = BUILTIN_DATASET if use_builtin else data_args.dataset_name
         raw = DatasetDict({split: with_origin(ds, f"{description} {split}") for split, ds in raw.items()})
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if "validation" not in raw:
@@ -85,6 +86,22 @@ def load_file(path: str) -> Dataset:
     check(len(ds) > 0, f"Data file {path!r} holds no examples.")
     unit, first = ROW_NAMES[suffixes[-1]]
     return with_origin(ds, p.name, unit, first)
+
+
+def read_lines(path: str | None) -> list[tuple[int, str]] | None:
+    """Non-blank lines (with their 1-based numbers) of stdin (``None`` or ``-``) or a .txt file; ``None`` for
+    any other file, which is a data file for :func:`load_file`."""
+    import sys
+
+    if path is None or path == "-":
+        lines = list(enumerate(sys.stdin, 1))
+    elif path.endswith(".txt"):
+        check(Path(path).is_file(), f"Input file {path!r} does not exist. Check the path.")
+        with open(path, encoding="utf-8") as fh:
+            lines = list(enumerate(fh, 1))
+    else:
+        return None
+    return [(i, line.rstrip("\n")) for i, line in lines if line.strip()]
 
 
 def load_hub_dataset(name: str, config_name: str | None) -> DatasetDict:

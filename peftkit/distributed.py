@@ -92,3 +92,12 @@ def on_main(acc: Accelerator, fn):
     if message is not None:
         raise PeftkitError(message)
     return result
+
+
+def sum_processes(acc: Accelerator, value: int) -> int:
+    """``value`` summed over all processes (e.g. the supervised tokens of one optimizer step)."""
+    if acc.num_processes == 1:
+        return value
+    total = torch.tensor(value, device=acc.device, dtype=torch.long)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return int(total.item())

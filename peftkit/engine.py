@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -14,21 +15,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from peftkit import checkpoint
 from peftkit.config import TrainingArguments
-from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded
+from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check
+from peftkit.evaluation import evaluate
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
+from peftkit.tasks import metric_is_better
+from peftkit.train_state import BestWeights, TrainState
 
 logger = logging.getLogger(__name__)
-BEST_STATE = checkpoint.BEST
 MAX_SKIP_STREAK = 10
+IGNORE_INDEX = -100  # the label transformers' losses skip
 
 
 @dataclass
@@ -62,23 +65,13 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float) 
     return torch.optim.AdamW(groups, lr=lr)
 
 
-@torch.no_grad()
-def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward=None) -> dict[str, float]:
-    """Task metrics over every example exactly once, however many processes share the work."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        out = forward(model, batch) if forward else model(**batch)
-        lg, lb = acc.gather_for_metrics((out.logits.float(), batch["labels"]))
-        logits.append(lg.cpu())
-        labels.append(lb.cpu())
-    model.train(was_training)
-    return task.compute_metrics(torch.cat(logits), torch.cat(labels))
-
-
 class Engine:
-    """Trains ``model`` on ``data['train']``, selects on ``data['validation']``, reports ``data['test']``."""
+    """Trains ``model`` on ``data['train']``, selects on ``data['validation']``, reports ``data['test']``.
+
+    Read top to bottom: :meth:`fit` prepares, then loops over epochs (:meth:`_train_epoch`), each a sequence of
+    optimizer steps (:meth:`_optimizer_step` over --gradient_accumulation_steps micro-batches), each followed
+    by logging, evaluation and checkpointing (:meth:`_after_step`). Progress lives in ``self.state``.
+    """
 
     def __init__(self, accelerator: Accelerator, task, model, data: DatasetDict, collator,
                  args: TrainingArguments, lr: float, output_dir: Path, use_feature_cache: bool):
@@ -92,7 +85,9 @@ class Engine:
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         self.prepared = None
         self.skip_streak = 0
-        self.greater_is_better = not args.metric_for_best_model.endswith("loss")
+        self.metric = args.metric_for_best_model or task.default_metric
+        self.best_weights = BestWeights(output_dir)
+        self.state = TrainState()
 
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
         size = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
@@ -125,134 +120,171 @@ class Engine:
     def evaluate(self, model, loader: DataLoader, split: str) -> dict[str, float]:
         return evaluate(self.acc, self.task, model, loader, lambda m, b: self._forward(m, b, split))
 
-    def _is_better(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value > best if self.greater_is_better else value < best
-
-    def _save_best(self, model) -> None:
+    def _save_best(self) -> None:
         """Keep the trainable weights of the best evaluation on disk (written whole, then renamed)."""
-        tensors = gather_trainable(self.acc, model, self.trainable)
+        tensors = gather_trainable(self.acc, self.prepared, self.trainable)
         if self.acc.is_main_process:
             check(bool(tensors), "No trainable weights in the gathered state dict; refusing to save an empty "
                   "checkpoint. Report this with your Accelerate config.")
-            checkpoint.atomic_save_file(tensors, self.output_dir / BEST_STATE)
+            self.best_weights.save(tensors)
         self.acc.wait_for_everyone()
 
     def fit(self, resume: Path | None = None) -> FitResult:
         args, acc = self.args, self.acc
-        self.started = start = time.perf_counter()
+        self.started = time.perf_counter()
         if self.cache is not None:
             self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
         self.generator = train_loader.generator
         eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
         optimizer = build_optimizer(self.model, args, self.lr)
-        model, optimizer, train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
-                                                               *eval_loaders.values())
-        eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
+        model, self.optimizer, self.train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
+                                                                          *eval_loaders.values())
+        self.eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
         self.prepared = model
-        self.batches_per_epoch = len(train_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-        total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        self.batches_per_epoch = len(self.train_loader)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        self.total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                  num_warmup_steps=args.warmup_steps or math.ceil(args.warmup_ratio * total),
-                                  num_training_steps=total)
-        logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_training_steps=self.total,
+                                       num_warmup_steps=args.warmup_steps or math.ceil(args.warmup_ratio * self.total))
+        logger.info("%d optimizer steps (%d per epoch), effective batch %d", self.total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
         self.checkpoints = args.save_steps >= 0 and not sharded(acc)
         if args.save_steps >= 0 and sharded(acc):
             logger.warning("Checkpoints and --resume_from_checkpoint are not supported under FSDP or DeepSpeed yet: "
                            "this run writes none.")
-        state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "bad_evals": 0, "samples": 0,
-                 "tokens": 0, "history": [], "train_history": [], "stop": False, "skipped_steps": 0,
-                 "runtime_before": 0.0, "resumed_from": None}
+        self.state = TrainState()
         self.epoch_start_rng = self.generator.get_state()
-        rng = self._resume(resume, model, optimizer, scheduler, state) if resume else None
+        rng = self._resume(resume) if resume else None
+        self.runtime_before = self.state.train_runtime_s
         self.timing = {"step_times": [], "last": time.perf_counter()}
-        bar = tqdm(total=total, initial=state["step"], desc="Training", disable=not acc.is_local_main_process)
-        with StopRequest() as stop:
-            while state["step"] < total and not state["stop"]:
-                self._train_epoch(model, optimizer, scheduler, train_loader, eval_loaders, total, state, bar,
-                                  stop, rng)
+        state = self.state
+        self.bar = tqdm(total=self.total, initial=state.step, desc="Training", disable=not acc.is_local_main_process)
+        with StopRequest() as self.stop:
+            while state.step < self.total and not state.stop:
+                self._train_epoch(rng)
                 rng = None
-                if state["batches_in_epoch"] < self.batches_per_epoch:
+                if state.batches_in_epoch < self.batches_per_epoch:
                     break  # stopped inside the epoch: --max_steps or early stopping
-                self._evaluate_and_select(model, eval_loaders, state)
-                state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+                self._evaluate_and_select()
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self.epoch_start_rng = self.generator.get_state()
-                if state["step"] < total and not state["stop"]:
-                    self._checkpoint(model, optimizer, scheduler, state)
-            self._evaluate_and_select(model, eval_loaders, state)
-        bar.close()
-        runtime = state["runtime_before"] + time.perf_counter() - start
-        return self._finish(model, eval_loaders, state, runtime)
+                if state.step < self.total and not state.stop:
+                    self._checkpoint()
+            self._evaluate_and_select()
+        self.bar.close()
+        return self._finish(self.runtime_before + time.perf_counter() - self.started)
 
-    def _resume(self, path: Path, model, optimizer, scheduler, state) -> dict:
-        ckpt = checkpoint.restore(self.acc, path, self.output_dir, model, self.trainable, optimizer, scheduler, state)
+    def _resume(self, path: Path) -> dict:
+        self.state, ckpt = checkpoint.restore(self.acc, path, self.output_dir, self.prepared, self.trainable,
+                                              self.optimizer, self.scheduler)
         self.generator.set_state(ckpt["rng"]["data_epoch_start"])
         self.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
-        logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, state["step"], state["epoch"],
-                    state["batches_in_epoch"])
+        logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, self.state.step,
+                    self.state.epoch, self.state.batches_in_epoch)
         return ckpt
 
-    def _checkpoint(self, model, optimizer, scheduler, state) -> Path | None:
+    def _checkpoint(self) -> Path | None:
         if not self.checkpoints:
             return None
-        runtime = state["runtime_before"] + time.perf_counter() - self.started
-        return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, model, self.trainable, optimizer,
-                               scheduler, state | {"train_runtime_s": runtime}, self.epoch_start_rng)
+        self.state.train_runtime_s = self.runtime_before + time.perf_counter() - self.started
+        return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, self.prepared, self.trainable,
+                               self.optimizer, self.scheduler, self.state, self.epoch_start_rng)
 
-    def _train_epoch(self, model, optimizer, scheduler, loader, eval_loaders, total, state, bar, stop, rng) -> None:
-        args, acc = self.args, self.acc
-        model.train()
+    def _train_epoch(self, rng: dict | None) -> None:
+        """The epoch's remaining optimizer steps. ``rng``: the checkpoint being resumed, in its first epoch."""
+        acc, state = self.acc, self.state
+        self.prepared.train()
         if rng is None:
             self.generator.set_state(self.epoch_start_rng)  # no-op in a straight run; exact after a resume
-        skip = state["batches_in_epoch"]
+        skip = state.batches_in_epoch
         if rng is not None and not skip:  # saved at an epoch's end, before the next epoch's iterator was made
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
-        batches = iter(acc.skip_first_batches(loader, skip) if skip else loader)
+        batches = iter(acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader)
         if rng is not None and skip:  # saved inside the epoch, after its iterator had drawn its seeds
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
-        nonfinite = 0
+        window: list[dict] = []
         for batch in batches:
-            with acc.accumulate(model):
-                state["batches_in_epoch"] += 1
-                state["samples"] += len(batch["labels"]) * acc.num_processes
-                if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
-                    state["tokens"] += int(batch["attention_mask"].sum()) * acc.num_processes
-                loss = self._forward(model, batch, "train").loss
-                acc.backward(loss)  # even when not finite: every process must reach the same collectives
-                nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))
-                if acc.sync_gradients:
-                    norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
-                    # Under fp16 the grad scaler expects and skips overflowing steps itself.
-                    if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):
-                        nonfinite = 1
-                    if nonfinite:
-                        self._nonfinite(loss, state)
-                    else:
-                        optimizer.step()
-                        self.skip_streak = 0
-                optimizer.zero_grad()
-            if not acc.sync_gradients:
+            window.append(batch)
+            if len(window) < self.args.gradient_accumulation_steps and state.batches_in_epoch + len(window) < \
+                    self.batches_per_epoch:
                 continue
-            nonfinite = 0
-            scheduler.step()
-            self._after_step(model, optimizer, scheduler, loss, eval_loaders, total, state, bar, stop)
-            if state["step"] >= total or state["stop"]:
+            loss = self._optimizer_step(window)
+            window = []
+            self.scheduler.step()
+            self._after_step(loss)
+            if state.step >= self.total or state.stop:
                 return
 
-    def _nonfinite(self, loss, state) -> None:
+    def _optimizer_step(self, window: list[dict]) -> float:
+        """Forward and backward over the step's micro-batches, then one optimizer update (or a skip).
+
+        The loss is normalised by the loss units (examples, supervised tokens) of the whole step, over every
+        micro-batch and process: each micro-batch's mean loss is weighted by its share of them. Accelerate
+        divides by --gradient_accumulation_steps and data parallelism averages over processes; the weight
+        undoes both, so N processes and accumulation train exactly like one large batch. With equal micro-
+        batches the weight is exactly 1 (text classification at full batches is unchanged).
+        Returns the step's mean loss."""
+        acc, args, state, model = self.acc, self.args, self.state, self.prepared
+        self._ignore_repeats(window[-1], state.batches_in_epoch + len(window))
+        units = [self.task.loss_units(batch) for batch in window]
+        step_units = sum_processes(acc, sum(units))
+        scale = acc.num_processes * args.gradient_accumulation_steps
+        weighted, nonfinite = 0.0, 0
+        for i, (batch, n) in enumerate(zip(window, units, strict=True)):
+            last = i == len(window) - 1
+            acc.gradient_state._set_sync_gradients(last)  # as Accelerator.accumulate does, per window
+            with contextlib.nullcontext() if last else acc.no_sync(model):
+                state.batches_in_epoch += 1
+                state.samples += len(batch["labels"]) * acc.num_processes
+                if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
+                    state.tokens += int(batch["attention_mask"].sum()) * acc.num_processes
+                out = self._forward(model, batch, "train")
+                # A micro-batch of repeats only (see _ignore_repeats) has no loss of its own (its mean is 0/0);
+                # it still takes part in the backward pass that every process must make.
+                loss = out.loss if n else out.logits.float().sum() * 0.0
+                weight = n * scale / step_units if step_units else 0.0
+                acc.backward(loss if weight == 1.0 else loss * weight)  # even when not finite: every process
+                weighted += loss.detach().float() * n                   # must reach the same collectives
+                nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))
+        norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+        # Under fp16 the grad scaler expects and skips overflowing steps itself.
+        if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):
+            nonfinite = 1
+        if nonfinite:
+            self._nonfinite(loss)
+        else:
+            self.optimizer.step()
+            self.skip_streak = 0
+        self.optimizer.zero_grad()
+        if len(window) == 1 and acc.num_processes == 1:
+            return loss.detach().float()
+        return acc.reduce(weighted, "sum") / max(step_units, 1)
+
+    def _ignore_repeats(self, batch: dict, position: int) -> None:
+        """Under N processes, Accelerate completes an epoch's last global batch with repeats of its first
+        examples, so that every process gets a full batch (``even_batches``). Their labels become -100, which
+        transformers' losses ignore and ``loss_units`` does not count: N processes then train exactly like one,
+        whatever the data size. ``position``: the batch's 1-based index in the epoch."""
+        acc = self.acc
+        if acc.num_processes == 1 or position != self.batches_per_epoch:
+            return
+        size = self.args.per_device_train_batch_size
+        real_in_last_step = len(self.data["train"]) % (size * acc.num_processes)
+        if real_in_last_step:  # processes take the last step's batches in rank order
+            real = min(max(real_in_last_step - acc.process_index * size, 0), size)
+            batch["labels"][real:] = IGNORE_INDEX
+
+    def _nonfinite(self, loss) -> None:
         """Skip the step (--on_nonfinite skip, up to MAX_SKIP_STREAK in a row) or stop with the likely causes."""
-        step = state["step"] + 1
+        state, step = self.state, self.state.step + 1
         if self.args.on_nonfinite == "skip" and self.skip_streak < MAX_SKIP_STREAK:
             self.skip_streak += 1
-            state["skipped_steps"] += 1
+            state.skipped_steps += 1
             logger.warning("Step %d: loss %.4g or its gradients not finite; update skipped (%d so far).", step,
-                           loss.item(), state["skipped_steps"])
+                           loss.item(), state.skipped_steps)
             return
         latest = checkpoint.list_checkpoints(self.output_dir)
         streak = (f" {MAX_SKIP_STREAK} steps in a row were skipped, so skipping will not help."
@@ -263,74 +295,75 @@ class Engine:
             "--learning_rate, try --mixed_precision bf16/no, or pass --on_nonfinite skip to drop such steps. "
             + (f"The last good checkpoint is {latest[-1]}." if latest else "No checkpoint had been written yet."))
 
-    def _after_step(self, model, optimizer, scheduler, loss, eval_loaders, total, state, bar, stop) -> None:
-        args, acc = self.args, self.acc
+    def _after_step(self, loss) -> None:
+        """Count the step; log, evaluate and checkpoint when due; stop cleanly on a signal."""
+        args, acc, state = self.args, self.acc, self.state
         now = time.perf_counter()
         self.timing["step_times"].append(now - self.timing["last"])  # one optimizer step, all its micro-batches
         self.timing["last"] = now
-        state["step"] += 1
-        bar.update(1)
-        if state["step"] % args.logging_steps == 0 or state["step"] == total:
-            mean_loss = acc.gather(loss.detach()).mean().item()
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            lr = scheduler.get_last_lr()[0]
-            state["train_history"].append({"step": state["step"], "loss": mean_loss, "learning_rate": lr})
-            acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state["step"])
-        if args.eval_steps and state["step"] % args.eval_steps == 0:
-            self._evaluate_and_select(model, eval_loaders, state)
-        signum = any_process(acc, stop.signum)
-        if args.save_steps > 0 and state["step"] % args.save_steps == 0 or signum:
-            path = self._checkpoint(model, optimizer, scheduler, state)
+        state.step += 1
+        self.bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == self.total:
+            mean_loss = acc.gather(loss.reshape(1)).mean().item()
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}")
+            lr = self.scheduler.get_last_lr()[0]
+            state.train_history.append({"step": state.step, "loss": mean_loss, "learning_rate": lr})
+            acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state.step)
+        if args.eval_steps and state.step % args.eval_steps == 0:
+            self._evaluate_and_select()
+        signum = any_process(acc, self.stop.signum)
+        if args.save_steps > 0 and state.step % args.save_steps == 0 or signum:
+            path = self._checkpoint()
             self.timing["last"] = time.perf_counter()
             if signum:
                 name = signal.Signals(signum).name
                 where = f"Checkpoint saved at {path}" if path else "No checkpoint could be saved under this setup"
                 raise TrainingInterrupted(
-                    f"Stopped by {name} after step {state['step']}. {where}. To continue, run the same command "
+                    f"Stopped by {name} after step {state.step}. {where}. To continue, run the same command "
                     "with --resume_from_checkpoint latest.", signum)
 
-    def _evaluate_and_select(self, model, eval_loaders, state) -> None:
+    def _evaluate_and_select(self) -> None:
         """Evaluate and keep the best weights, unless this step was already evaluated (--eval_steps)."""
-        if state["history"] and state["history"][-1]["step"] == state["step"]:
+        if self.state.history and self.state.history[-1]["step"] == self.state.step:
             return
         try:
-            self._select(model, eval_loaders, state)
+            self._select()
         finally:
             self.timing["last"] = time.perf_counter()  # evaluation time is not step time
 
-    def _select(self, model, eval_loaders, state) -> None:
-        metrics = self.evaluate(model, eval_loaders["validation"], "validation")
-        name = self.args.metric_for_best_model
+    def _select(self) -> None:
+        state, name = self.state, self.metric
+        metrics = self.evaluate(self.prepared, self.eval_loaders["validation"], "validation")
         check(name in metrics, f"--metric_for_best_model {name!r} is not a validation metric. "
               f"Choose one of: {', '.join(metrics)}.")
-        epoch = state["epoch"] + state["batches_in_epoch"] / self.batches_per_epoch
-        state["history"].append({"step": state["step"], "epoch": round(epoch, 3), **metrics})
-        self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=state["step"])
-        logger.info("step %d: %s", state["step"], {k: round(v, 4) for k, v in metrics.items()})
-        if self._is_better(metrics[name], state["best"]):
-            state["best"], state["bad_evals"] = metrics[name], 0
-            self._save_best(model)
+        epoch = state.epoch + state.batches_in_epoch / self.batches_per_epoch
+        state.history.append({"step": state.step, "epoch": round(epoch, 3), **metrics})
+        self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+        logger.info("step %d: %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
+        if metric_is_better(self.task, name, metrics[name], state.best):
+            state.best, state.bad_evals = metrics[name], 0
+            self._save_best()
         else:
-            state["bad_evals"] += 1
+            state.bad_evals += 1
             patience = self.args.early_stopping_patience
-            if patience and state["bad_evals"] >= patience:
+            if patience and state.bad_evals >= patience:
                 logger.info("Early stopping: no %s improvement in %d evaluations.", name, patience)
-                state["stop"] = True
+                state.stop = True
 
-    def _finish(self, model, eval_loaders, state, runtime: float) -> FitResult:
-        best_path = self.output_dir / BEST_STATE
-        best = load_file(str(best_path)) if self.acc.is_main_process else {}
-        restore_trainable(self.acc, model, self.trainable, best)
-        results = {split: self.evaluate(model, loader, split) for split, loader in eval_loaders.items()}
+    def _finish(self, runtime: float) -> FitResult:
+        """Put the best evaluation's weights back and report validation and test metrics with them."""
+        state = self.state
+        best = self.best_weights.load() if self.acc.is_main_process else {}
+        restore_trainable(self.acc, self.prepared, self.trainable, best)
+        results = {split: self.evaluate(self.prepared, loader, split) for split, loader in self.eval_loaders.items()}
         if self.cache is not None:
             self.cache.detach()
         if self.acc.is_main_process:
-            best_path.unlink(missing_ok=True)
+            self.best_weights.remove()
         times = self.timing["step_times"]
-        return FitResult(eval=results["validation"], test=results.get("test"), global_step=state["step"],
-                         epochs=state["epoch"], train_runtime_s=runtime, train_samples=state["samples"],
-                         history=state["history"], train_history=state["train_history"], stopped_early=state["stop"],
-                         feature_cache=self.cache is not None, train_tokens=state["tokens"],
+        return FitResult(eval=results["validation"], test=results.get("test"), global_step=state.step,
+                         epochs=state.epoch, train_runtime_s=runtime, train_samples=state.samples,
+                         history=state.history, train_history=state.train_history, stopped_early=state.stop,
+                         feature_cache=self.cache is not None, train_tokens=state.tokens,
                          step_time_median_s=statistics.median(times) if times else None,
-                         skipped_steps=state["skipped_steps"], resumed_from_step=state["resumed_from"])
-
+                         skipped_steps=state.skipped_steps, resumed_from_step=state.resumed_from)

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
 
 from peftkit.checkpoint import share_files
 from peftkit.config import DataArguments, ModelArguments
-from peftkit.data import load_raw_datasets
 from peftkit.errors import PeftkitError, check
+from peftkit.evaluation import evaluate
 from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
-from peftkit.run_dir import read_config
+from peftkit.run_dir import eval_data, load_adapter, read_config
 from peftkit.strategies import get_strategy
-from peftkit.tasks import get_task
+from peftkit.tasks import build_from_config
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "merge_report.json"
@@ -83,11 +83,11 @@ def check_base(sources: list[Source], base_override: str | None) -> str:
     return base
 
 
-def check_labels(sources: list[Source]) -> list[str]:
-    labels = sources[0].config["labels"]
+def check_labels(sources: list[Source]) -> list[str] | None:
+    labels = sources[0].config.get("labels")
     for s in sources[1:]:
-        check(s.config["labels"] == labels, f"Label sets differ: {sources[0].run_dir} has {labels}, {s.run_dir} "
-              f"has {s.config['labels']}. Only runs with the same labels can be merged together.")
+        check(s.config.get("labels") == labels, f"Label sets differ: {sources[0].run_dir} has {labels}, "
+              f"{s.run_dir} has {s.config.get('labels')}. Only runs with the same labels can be merged together.")
     return labels
 
 
@@ -99,29 +99,29 @@ def full_precision_strategy(config: dict[str, Any]):
     return get_strategy(config["strategy"]).build(**args)
 
 
-def parity_data(source: Source, tokenizer, samples: int | None):
-    """The run's validation split (at most ``samples`` examples), tokenized, as a DataLoader."""
+def parity_data(source: Source, processor, samples: int | None):
+    """The run's validation split (at most ``samples`` examples), preprocessed, as a DataLoader; and the task."""
     cfg = source.config
-    data_args = DataArguments(**(cfg["data"] | {"max_eval_samples": samples or cfg["data"]["max_eval_samples"]}))
-    task = get_task(cfg["task"])(data_args)
-    raw, _ = load_raw_datasets(data_args, cfg["training"]["seed"])
-    from datasets import DatasetDict
-
-    raw = DatasetDict({"validation": raw["validation"]})
-    label2id = {label: i for i, label in enumerate(cfg["labels"])}
-    data = task.preprocess(raw, tokenizer, label2id)["validation"]
-    return DataLoader(data, batch_size=64, collate_fn=task.collator(tokenizer)), task
+    task = build_from_config(cfg, DataArguments(**(cfg["data"] | {
+        "max_eval_samples": samples or cfg["data"]["max_eval_samples"]})))
+    _, data = eval_data(task, cfg, processor, "validation")
+    size = cfg["training"].get("per_device_eval_batch_size", 64)
+    return DataLoader(data["validation"], batch_size=size, collate_fn=task.collator(processor)), task
 
 
-@torch.no_grad()
-def logits_of(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    device = next(model.parameters()).device
-    outs, labels = [], []
+def on_device(loader: DataLoader, device: torch.device):
     for batch in loader:
-        labels.append(batch.pop("labels"))
-        outs.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-    return torch.cat(outs), torch.cat(labels)
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+def score(task, model, loader: DataLoader) -> tuple[dict[str, float], torch.Tensor]:
+    """The task's metrics (the shared evaluation loop) and the logits a merge must reproduce, on the CPU."""
+    model.eval()
+    kept: list[torch.Tensor] = []
+    device = next(model.parameters()).device
+    metrics = evaluate(Accelerator(), task, model, on_device(loader, device),
+                       collect=lambda out, batch: kept.append(task.parity_logits(out, batch).cpu()))
+    return metrics, torch.cat(kept)
 
 
 def compare(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
@@ -129,25 +129,19 @@ def compare(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
             "prediction_agreement": float((reference.argmax(-1) == other.argmax(-1)).float().mean())}
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return round(float((logits.argmax(-1) == labels).float().mean()), 6)
-
-
 def load_reference(sources: list[Source], base: str, weights: list[float], combination: str, density: float):
     """The float32 model the merge must reproduce: a plain run's model, or base + adapter(s) + head."""
     cfg = sources[0].config
-    task = get_task(cfg["task"])(DataArguments(**cfg["data"]))
+    task = build_from_config(cfg, DataArguments(**cfg["data"]))
     if not sources[0].is_adapter:
-        return task.auto_class.from_pretrained(sources[0].run_dir, dtype=torch.float32), task
-    from peft import PeftModel
-
+        return task.auto_class.from_pretrained(sources[0].run_dir, dtype=torch.float32)
     strategy = full_precision_strategy(cfg)
-    model_args = ModelArguments(**(cfg["model"] | {"model_name_or_path": base}))
-    tokenizer = AutoTokenizer.from_pretrained(sources[0].run_dir)
-    base_model, _ = load_model(task, strategy, model_args, cfg["labels"], tokenizer)
+    processor = task.load_processor(sources[0].run_dir)
     if len(sources) == 1:
-        return PeftModel.from_pretrained(base_model, sources[0].run_dir), task
-    return combine_adapters(base_model, sources, weights, combination, density), task
+        return load_adapter(sources[0].run_dir, cfg, task, processor, strategy, base)
+    model_args = ModelArguments(**(cfg["model"] | {"model_name_or_path": base}))
+    base_model, _ = load_model(task, strategy, model_args, processor)
+    return combine_adapters(base_model, sources, weights, combination, density)
 
 
 def combine_adapters(base_model, sources: list[Source], weights: list[float], combination: str, density: float):
@@ -211,34 +205,39 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     base = check_base(sources, base_model_name_or_path) if sources[0].is_adapter else None
     labels = check_labels(sources)
 
-    tokenizer = AutoTokenizer.from_pretrained(sources[0].run_dir)
-    loader, task = parity_data(sources[0], tokenizer, parity_samples)
-    reference, _ = load_reference(sources, base, weights, combination, density)
-    ref_logits, gold = logits_of(reference, loader)
+    processor = build_from_config(sources[0].config, DataArguments(**sources[0].config["data"])).load_processor(
+        sources[0].run_dir)
+    loader, task = parity_data(sources[0], processor, parity_samples)
+    metric = task.default_metric  # the score each model's line of the report shows
+    reference = load_reference(sources, base, weights, combination, density)
+    ref_metrics, ref_logits = score(task, reference, loader)
     report: dict[str, Any] = {
         "runs": [str(s.run_dir.resolve()) for s in sources], "strategy": sources[0].config["strategy"],
         "base": base or sources[0].base["model_name_or_path"], "dtype": dtype,
         "combination": combination if len(sources) > 1 else None, "weights": weights if len(sources) > 1 else None,
-        "labels": labels, "parity_samples": len(gold), "accuracy": {"adapter_model": accuracy(ref_logits, gold)},
+        "labels": labels, "parity_samples": len(loader.dataset), "parity_rows": len(ref_logits), "metric": metric,
+        metric: {"adapter_model": round(ref_metrics[metric], 6)},
     }
     if sources[0].config["strategy_args"].get("quantization"):
         from peftkit.run_dir import load_run
 
-        trained, _, _ = load_run(sources[0].run_dir)  # the quantized base it was trained on, plus adapter
-        report["accuracy"]["quantized_base_adapter_model"] = accuracy(logits_of(trained, loader)[0], gold)
+        trained, *_ = load_run(sources[0].run_dir)  # the quantized base it was trained on, plus adapter
+        report[metric]["quantized_base_adapter_model"] = round(score(task, trained, loader)[0][metric], 6)
         del trained
 
     merged = reference.merge_and_unload() if sources[0].is_adapter else reference
     merged = merged.to(getattr(torch, dtype))
-    mem_logits, _ = logits_of(merged, loader)
+    mem_metrics, mem_logits = score(task, merged, loader)
     tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
         reloaded = task.auto_class.from_pretrained(tmp, dtype=getattr(torch, dtype))
-        disk_logits, _ = logits_of(reloaded, loader)
-        check_parity(report, gold, ref_logits, mem_logits, disk_logits)
+        disk_metrics, disk_logits = score(task, reloaded, loader)
+        report[metric] |= {"merged_in_memory": round(mem_metrics[metric], 6),
+                           "merged_reloaded": round(disk_metrics[metric], 6)}
+        check_parity(report, ref_logits, mem_logits, disk_logits)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         share_files(tmp)
         publish(tmp, out)
@@ -247,10 +246,8 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     return report
 
 
-def check_parity(report: dict[str, Any], gold, ref_logits, mem_logits, disk_logits) -> None:
+def check_parity(report: dict[str, Any], ref_logits, mem_logits, disk_logits) -> None:
     """Fill in the comparisons; raise (so nothing is published) when they exceed the dtype's tolerance."""
-    report["accuracy"] |= {"merged_in_memory": accuracy(mem_logits, gold),
-                           "merged_reloaded": accuracy(disk_logits, gold)}
     report["adapter_vs_merged_in_memory"] = compare(ref_logits, mem_logits)
     report["adapter_vs_merged_reloaded"] = compare(ref_logits, disk_logits)
     max_diff, min_agreement = TOLERANCE[report["dtype"]]

@@ -34,6 +34,21 @@ def _metrics_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _final_table(results: dict[str, Any]) -> list[str]:
+    """The task's final evaluation (e.g. generation scores) of the base model and of the fine-tuned one."""
+    final = results.get("final_evaluation")
+    if not final or not final.get("fine_tuned"):
+        return []
+    keys = [k for k, v in final["fine_tuned"].items() if isinstance(v, int | float)]
+    rows = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("base", "fine_tuned"):
+        if final.get(name):
+            rows.append(f"| {name.replace('_', '-')} | " + " | ".join(f"{final[name].get(k, float('nan')):.4f}"
+                                                                     for k in keys) + " |")
+    return ["Final evaluation (held-out prompts, greedy generation; the base is the model before training):", "",
+            *rows, ""]
+
+
 def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: bool) -> str:
     base = config["model"]["model_name_or_path"]
     name = hub_name(base)
@@ -44,7 +59,7 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
     meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag]
     load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter else
             f"from transformers import pipeline\nclassify = pipeline(\"{task.pipeline_tag}\", \"RUN_DIR\")")
-    labels = ", ".join(f"`{label}`" for label in config["labels"])
+    labels = ", ".join(f"`{label}`" for label in config.get("labels") or [])
     counts = ", ".join(f"{split} {n:,}" for split, n in results["num_examples"].items())
     return "\n".join([
         "---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
@@ -52,7 +67,7 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         f"`{config['strategy']}` fine-tune of `{name or base}` for `{config['task']}`, trained with peftkit "
         f"{config['peftkit_version']}.", "",
         f"- **Base model:** `{base}`" + (f" ({name})" if name and name != base else ""),
-        f"- **Labels:** {labels}",
+        *([f"- **Labels:** {labels}"] if labels else []),
         f"- **Data:** `{results['dataset']}` ({counts} examples)",
         f"- **Trainable parameters:** {results['trainable_params']:,} of {results['total_params']:,} "
         f"({results['trainable_percent']:.2f}%)",
@@ -60,8 +75,8 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         f"learning rate {results['learning_rate']}, seed {results['seed']}, {results['train_runtime_s']:.0f} s "
         f"on {results['num_processes']} process(es) ({results['device']})",
         f"- **Command:** `{results['command']}`", "",
-        "## Results", "", _metrics_table(results), "",
-        "The checkpoint was selected on validation " + f"`{config['training']['metric_for_best_model']}`; the test "
+        "## Results", "", _metrics_table(results), "", *_final_table(results),
+        "The checkpoint was selected on validation " + f"`{results.get('metric_for_best_model')}`; the test "
         "split was never used for selection. Full settings: `peftkit_config.json`; all figures: `results.json`.", "",
         "## Use", "", "```python", load, "```", "",
         "or `peftkit predict RUN_DIR` / `peftkit eval RUN_DIR`" + (", and `peftkit merge RUN_DIR --output_dir DIR` for "

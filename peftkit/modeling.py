@@ -137,11 +137,14 @@ def load_config(model_args: ModelArguments, **config_kwargs: Any):
                            f"is reachable). Detail: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def load_tokenizer(model_args: ModelArguments):
-    path = resolve_model_path(model_args.tokenizer_name or model_args.model_name_or_path)
+def load_tokenizer(source: ModelArguments | str | Path):
+    """The tokenizer of a model (``ModelArguments``) or of a saved run directory."""
+    if isinstance(source, ModelArguments):
+        path, trust = resolve_model_path(source.tokenizer_name or source.model_name_or_path), source.trust_remote_code
+    else:
+        path, trust = str(source), False
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
-                                                  **source_kwargs(path))
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **source_kwargs(path))
     except Exception as exc:  # noqa: BLE001
         raise PeftkitError(f"Cannot load a tokenizer from {path!r}: {str(exc).splitlines()[0][:200]}. "
                            "Pass --tokenizer_name with a directory that has one.") from exc
@@ -157,18 +160,19 @@ def planned_head_names(task: Any, config) -> list[str]:
     """
     with torch.device("meta"):
         skeleton = task.auto_class.from_config(config)
-    return head_module_names(skeleton)
+    return task.new_modules(skeleton)
 
 
-def load_model(task: Any, strategy: Any, model_args: ModelArguments, labels: list[str], tokenizer):
-    """Load the pretrained model with a fresh task head for ``labels``, ready for the strategy."""
-    config = load_config(model_args, **task.model_kwargs(labels))
+def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=None):
+    """Load the pretrained model with the task's new modules (a head for its labels), ready for the strategy;
+    returns ``(model, names of the new modules)``."""
+    config = load_config(model_args, **task.model_kwargs())
     try:
         task.auto_class._model_mapping[type(config)]  # noqa: B018 - a lookup that raises when missing
     except KeyError:
         raise PeftkitError(
-            f"Model type {config.model_type!r} has no {task.kind} head class in transformers, so it cannot be "
-            f"used for task {task.name!r}. Pick a model with one (e.g. BERT, RoBERTa, Llama)."
+            f"Model type {config.model_type!r} has no {getattr(task, 'kind', task.name)} class in transformers, so "
+            f"it cannot be used for task {task.name!r}. Pick a model with one (e.g. BERT, RoBERTa, Llama)."
         ) from None
     head_names = planned_head_names(task, config)
     path = resolve_model_path(model_args.model_name_or_path)
@@ -176,6 +180,7 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, labels: lis
         path, config=config, trust_remote_code=model_args.trust_remote_code, **source_kwargs(path),
         **strategy.load_kwargs(head_names)
     )
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    pad = getattr(processor, "pad_token_id", None)
+    if getattr(model.config, "pad_token_id", None) is None and pad is not None:
+        model.config.pad_token_id = pad
     return model, head_names

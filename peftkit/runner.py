@@ -25,15 +25,9 @@ from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
-from peftkit.modeling import (
-    count_parameters,
-    disable_dropout,
-    load_config,
-    load_model,
-    load_tokenizer,
-    resolve_model_path,
-)
-from peftkit.tasks import get_task
+from peftkit.modeling import count_parameters, disable_dropout, load_config, load_model, resolve_model_path
+from peftkit.tasks import get_task, task_fields
+from peftkit.train_state import BEST_FILE
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "peftkit_config.json"
@@ -109,11 +103,12 @@ def use_idle_cores(acc: Accelerator) -> None:
                     "choose).", threads)
 
 
-def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, data_args, train_args,
+def resolved_config(task: Any, strategy_name: str, strategy: Any, model_args, data_args, train_args,
                     lr: float) -> dict[str, Any]:
     training = dataclasses.asdict(train_args) | {"learning_rate": lr}
     base_path = resolve_model_path(model_args.model_name_or_path)
-    return {"task": task, "strategy": strategy_name, "strategy_args": dataclasses.asdict(strategy),
+    return {"task": task.name, "task_args": task_fields(task), "strategy": strategy_name,
+            "strategy_args": dataclasses.asdict(strategy),
             "model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
             "training": training, "peftkit_version": __version__,
             # What the adapter or model was trained from: merging onto another base is refused.
@@ -126,14 +121,15 @@ def resolved_config(task: str, strategy_name: str, strategy: Any, model_args, da
 RESUMABLE_CHANGES = {"resume_from_checkpoint", "overwrite_output_dir", "debug", "report_to", "logging_steps",
                      "save_steps", "save_total_limit", "per_device_eval_batch_size", "on_nonfinite", "output_dir",
                      "keep_checkpoints", "logging_dir", "dataloader_num_workers"}
-PEFTKIT_FILES = (CONFIG_FILE, RESULTS_FILE, "best_trainable.safetensors", "adapter_config.json",
-                 "adapter_model.safetensors", "model.safetensors", "config.json")
+BASELINE_FILE = "baseline.json"  # the untrained model's final evaluation, kept for a resumed run
+PEFTKIT_FILES = (CONFIG_FILE, RESULTS_FILE, BEST_FILE, BASELINE_FILE, "adapter_config.json",
+                 "adapter_model.safetensors", "model.safetensors", "config.json", "predictions.jsonl")
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting that differs, except those a resumption may change."""
     changes = []
-    for section in ("task", "strategy", "strategy_args", "model", "data", "training"):
+    for section in ("task", "task_args", "strategy", "strategy_args", "model", "data", "training"):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
@@ -206,13 +202,16 @@ def fit_results(fit) -> dict[str, Any]:
 
 
 def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
-          data_args: DataArguments, train_args: TrainingArguments) -> dict[str, Any]:
-    """Train, save the artefact and return (and write) the results dict."""
+          data_args: DataArguments, train_args: TrainingArguments, task: Any = None) -> dict[str, Any]:
+    """Train, save the artefact and return (and write) the results dict. ``task``: the task with its flags
+    (default: task ``task_name`` with its defaults)."""
     validate(model_args, data_args, train_args)
-    task = get_task(task_name)(data_args)
-    check(train_args.metric_for_best_model in task.metric_names,
-          f"--metric_for_best_model {train_args.metric_for_best_model!r} is not a metric of task {task_name}. "
-          f"Choose one of: {', '.join(task.metric_names)} (loss: lower is better; the others: higher).")
+    task = task if task is not None else get_task(task_name).build(data_args)
+    task.data = data_args
+    metric = train_args.metric_for_best_model or task.default_metric
+    check(metric in task.metrics, f"--metric_for_best_model {metric!r} is not a metric of task {task_name}. "
+          f"Choose one of: {', '.join(task.metrics)} ("
+          + "; ".join(f"{k}: {'lower' if v == 'min' else 'higher'} is better" for k, v in task.metrics.items()) + ").")
     load_config(model_args)  # fail fast on a wrong model path, before any data work
     output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
     acc = make_accelerator(train_args, output_dir)
@@ -221,16 +220,21 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     lr = train_args.learning_rate or strategy.default_learning_rate
-    config = resolved_config(task_name, strategy_name, strategy, model_args, data_args, train_args, lr)
+    config = resolved_config(task, strategy_name, strategy, model_args, data_args, train_args, lr)
     # Every process then reads the checkpoint itself (on several machines: from a shared disk).
     resume = on_main(acc, lambda: prepare_output_dir(output_dir, train_args, config))
 
     with acc.main_process_first():
-        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed)
-        labels = task.discover_labels(raw)
-        tokenizer = load_tokenizer(model_args)
-        data = task.preprocess(raw, tokenizer, task.model_kwargs(labels)["label2id"])
-    model, head_names = load_model(task, strategy, model_args, labels, tokenizer)
+        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset)
+        task_state = task.discover(raw)
+        processor = task.load_processor(model_args)
+        data = task.preprocess(raw, processor)
+    model, head_names = load_model(task, strategy, model_args, processor)
+    # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
+    # read packed rows (--packing) as several examples. Put back before saving.
+    use_cache = getattr(model.config, "use_cache", None)
+    if use_cache:
+        model.config.use_cache = False
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = strategy.prepare(model, task, head_names)
@@ -241,22 +245,28 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
                       if p.requires_grad and set(n.split(".")) & set(head_names))
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
+    config |= {"labels": task_state.get("labels"), "task_state": task_state}
     if acc.is_main_process and resume is None:
-        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"labels": labels, "label_type": task.label_type},
-                                                               indent=2))
+        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"label_type": task_state.get("label_type")},
+                                                         indent=2))
     acc.init_trackers(logging_dir(train_args, output_dir).name, config={k: v for k, v in config["training"].items()
                                           if isinstance(v, int | float | str | bool)})
 
-    engine = Engine(acc, task, model, data, task.collator(tokenizer), train_args, lr, output_dir,
+    baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)
+    engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
                     use_feature_cache=getattr(strategy, "cache_features", False))
     fit = engine.fit(resume)
-    save_model(acc, engine.prepared, output_dir, tokenizer)
+    final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
+    if use_cache:
+        acc.unwrap_model(engine.prepared).config.use_cache = use_cache
+    save_model(acc, engine.prepared, output_dir, processor)
     acc.end_training()
 
     results = {
         "strategy": strategy_name, "task": task_name, "model": model_args.model_name_or_path,
         "dataset": dataset_desc, "artifact_dir": str(output_dir.resolve()),
-        "labels": labels, "trainable_params": trainable, "trainable_params_without_head": trainable - head_params,
+        "labels": task_state.get("labels"), "trainable_params": trainable,
+        "trainable_params_without_head": trainable - head_params,
         "total_params": total, "trainable_percent": round(100 * trainable / total, 4), **fit_results(fit),
         "num_examples": {s: len(d) for s, d in data.items()},
         "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),
@@ -266,12 +276,30 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
+        "metric_for_best_model": metric,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+    if final is not None:
+        results["final_evaluation"] = {"base": baseline, "fine_tuned": final}
     if acc.is_main_process:
         checkpoint.share_files(output_dir)
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        model_card.write(output_dir, config | {"labels": labels}, results, task)
+        model_card.write(output_dir, config, results, task)
+        (output_dir / BASELINE_FILE).unlink(missing_ok=True)
         if not train_args.keep_checkpoints:  # they only serve to resume, and a finished run is not resumed
             remove_checkpoints(output_dir)
     return results
+
+
+def final_evaluation(acc: Accelerator, task: Any, model, processor, raw, output_dir: Path, stage: str,
+                     resumed: bool) -> dict[str, Any] | None:
+    """The task's evaluation after training (e.g. generation on held-out prompts), or of the untrained model
+    (``stage="base"``, kept in BASELINE_FILE so that a resumed run need not recompute it). Every process takes
+    part; tasks without one return None."""
+    path = output_dir / BASELINE_FILE
+    if stage == "base" and resumed and path.is_file():
+        return json.loads(path.read_text())
+    out = task.final_evaluation(acc, model, processor, raw, output_dir, stage)
+    if out is not None and stage == "base" and acc.is_main_process:
+        path.write_text(json.dumps(out))
+    return out

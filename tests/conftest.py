@@ -48,6 +48,30 @@ def builtin_model_dir() -> str:
     return str(builtin_model_path())
 
 
+@pytest.fixture(scope="session")
+def builtin_lm_dir() -> str:
+    """The built-in SmolLM2-135M-Instruct directory (converted from its GGUF once per cache)."""
+    from peftkit.assets import builtin_lm_path
+
+    return str(builtin_lm_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, builtin_lm_dir):
+    """A tiny random Llama causal LM with SmolLM2's tokenizer and chat template: the whole SFT path in seconds."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_lm_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+                         **(TINY | {"max_position_embeddings": 512, "initializer_range": 0.02}))
+    path = tmp_path_factory.mktemp("tiny_lm")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

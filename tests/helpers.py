@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from peftkit.config import DataArguments, ModelArguments
+from peftkit.config import ModelArguments
 from peftkit.feature_cache import INDEX_KEY
 from peftkit.modeling import load_model
 from peftkit.strategies import get_strategy
@@ -22,14 +22,20 @@ STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA
                  "dora": {"lora_r": LORA_R}}
 
 
+def text_task(labels=LABELS):
+    """The text_cls task with a known label space (as after discovery or loading a run)."""
+    task = TextClassification()
+    task.restore({"labels": labels})
+    return task
+
+
 def build(arch, name, tiny_model_dir):
     """A tiny model with a fresh head, prepared by strategy ``name``; the same weights on every call."""
     path = tiny_model_dir(arch)  # may create the model, which draws random numbers: do it before seeding
     torch.manual_seed(0)
-    task = TextClassification(DataArguments())
+    task = text_task()
     strategy = get_strategy(name).build(**STRATEGY_ARGS.get(name, {}))
-    model, heads = load_model(task, strategy, ModelArguments(path), LABELS,
-                              SimpleNamespace(pad_token_id=0))
+    model, heads = load_model(task, strategy, ModelArguments(path), SimpleNamespace(pad_token_id=0))
     return strategy.prepare(model, task, heads), task, strategy
 
 

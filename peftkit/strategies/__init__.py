@@ -13,16 +13,13 @@ entry point's name.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from torch import nn
 
-from peftkit.errors import PeftkitError
+from peftkit.registry import Registry
 
-logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "peftkit.strategies"
 
 
@@ -44,40 +41,22 @@ class StrategySpec:
         return self.cls(**{**self.preset, **overrides})
 
 
-_REGISTRY: dict[str, StrategySpec] = {}
-_entry_points_loaded = False
+REGISTRY = Registry("strategy", ENTRY_POINT_GROUP)
 
 
 def register(name: str, cls: type, **preset: Any) -> None:
     """Register strategy class ``cls`` under ``name``, with ``preset`` field values as its defaults."""
-    _REGISTRY[name] = StrategySpec(name, cls, preset)
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue  # built-ins win; a plug-in cannot silently replace them
-        try:
-            register(ep.name, ep.load())
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break peftkit
-            logger.warning("Could not load strategy plug-in %r (%s): %s", ep.name, ep.value, exc)
+    REGISTRY.register(name, cls, **preset)
 
 
 def get_strategy(name: str) -> StrategySpec:
     """The registered strategy ``name`` (built-in or plug-in)."""
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise PeftkitError(f"Unknown strategy {name!r}. Available: {', '.join(available())}.")
-    return _REGISTRY[name]
+    spec = REGISTRY.get(name)
+    return StrategySpec(spec.name, spec.cls, spec.preset)
 
 
 def available() -> list[str]:
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return REGISTRY.available()
 
 
 from peftkit.strategies.freezing import Full, Head, Partial  # noqa: E402

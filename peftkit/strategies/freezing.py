@@ -46,6 +46,9 @@ class Head:
         return {}
 
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        check(bool(head_names), f"The head strategy trains only the new output layer a task adds to a pretrained "
+              f"model, and task {task.name!r} adds none (a language model's output layer is pretrained). Use lora, "
+              "qlora or dora (adapters), partial (the top layers) or full.")
         _unfreeze_head(model, head_names)
         return model
 

@@ -68,7 +68,7 @@ class LoRA:
         if self.quantization == "int8":
             check(not fsdp_enabled(), "FSDP cannot shard 8-bit bitsandbytes weights; use --quantization nf4 "
                   "(FSDP-QLoRA) or a DDP / DeepSpeed config.")
-            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=head_names)
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=head_names or None)
         else:
             config = BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -80,7 +80,8 @@ class LoRA:
                 bnb_4bit_quant_storage=self.compute_dtype() if fsdp_enabled() else torch.uint8,
                 # The freshly initialised head must stay in full precision: it trains, and 4-bit would
                 # both break its forward and round away its updates.
-                llm_int8_skip_modules=head_names,
+                # With no new head (an LM), None lets transformers keep the output layer unquantized.
+                llm_int8_skip_modules=head_names or None,
             )
         kwargs: dict[str, Any] = {"quantization_config": config}
         if fsdp_enabled():  # FSDP places and shards the weights itself; one dtype across each shard group
@@ -104,7 +105,7 @@ class LoRA:
             lora_dropout=self.lora_dropout,
             target_modules=targets,
             use_dora=self.use_dora,
-            modules_to_save=head_names,
+            modules_to_save=head_names or None,
         )
 
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:

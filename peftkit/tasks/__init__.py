@@ -1,15 +1,102 @@
-"""Task registry: what is learned (model class, batches, metrics)."""
+"""Task registry: what is learned (model class, processor, batches, evaluation, prediction).
+
+A task is a small dataclass whose fields are its own flags (none for text_cls; the column names and
+generation settings for causal_lm), registered by name like a strategy, with presets for variants.
+Third-party packages add tasks through the entry-point group ``peftkit.tasks``. Nothing outside
+``peftkit/tasks/`` knows which task runs: the engine, the runner, ``load_run``, ``eval``/``predict``, merge
+parity and the benchmark suite go through the contract below.
+
+Class attributes::
+
+    name, auto_class, peft_task_type, pipeline_tag
+    metrics: dict[str, str]      # every metric compute_metrics returns -> "max" or "min" (which is better)
+    default_metric: str          # what selects the best checkpoint unless --metric_for_best_model says
+
+Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`)::
+
+    load_processor(model_args or run_dir)   # tokenizer / image processor; saved beside the weights
+    discover(raw) -> dict                   # check columns, find the label space; saved in the run
+    restore(state)                          # put a saved label space back (loading a run)
+    model_kwargs() -> dict                  # config overrides (num_labels, id2label, ...)
+    new_modules(model) -> list[str]         # modules created for the task and trained fully (none for an LM)
+    preprocess(raw, processor) -> DatasetDict ; collator(processor)
+    loss_units(batch) -> int                # what the model's own loss averages over (examples, tokens)
+    eval_rows(outputs, batch) -> dict[str, Tensor]   # small per-example rows, gathered across processes
+    compute_metrics(rows) -> dict[str, float]        # once, from every example's rows
+    parity_logits(outputs, batch) -> Tensor          # the logits a merge must reproduce, as (n, classes)
+    final_evaluation(acc, model, processor, raw, output_dir, stage) -> dict | None
+                                            # after training, and of the base before it (e.g. generation)
+    read_inputs(path, columns) -> list[dict] ; check_inputs(inputs)   # what `peftkit predict` reads
+    predict(model, processor, inputs) -> list[dict]
+    headline(results) -> str                # the line the CLI prints at the end of a run
+"""
 
 from __future__ import annotations
 
-from peftkit.errors import PeftkitError
-from peftkit.tasks.text_cls import TextClassification
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
-TASKS = {TextClassification.name: TextClassification}
+from peftkit.registry import Registry
+
+ENTRY_POINT_GROUP = "peftkit.tasks"
 
 
-def get_task(name: str):
-    """The task class registered under ``name``."""
-    if name not in TASKS:
-        raise PeftkitError(f"Unknown task {name!r}. Available: {', '.join(sorted(TASKS))}.")
-    return TASKS[name]
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    cls: type
+    preset: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, data_args, **overrides: Any):
+        """The task with its flags (preset, then ``overrides``) and the run's data arguments."""
+        fields = {f.name for f in dataclasses.fields(self.cls)} if dataclasses.is_dataclass(self.cls) else set()
+        task = self.cls(**{k: v for k, v in {**self.preset, **overrides}.items() if k in fields})
+        task.data = data_args
+        return task
+
+
+REGISTRY = Registry("task", ENTRY_POINT_GROUP)
+
+
+def register(name: str, cls: type, **preset: Any) -> None:
+    """Register task class ``cls`` under ``name``, with ``preset`` field values as its defaults."""
+    REGISTRY.register(name, cls, **preset)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task ``name`` (built-in or plug-in)."""
+    spec = REGISTRY.get(name)
+    return TaskSpec(spec.name, spec.cls, spec.preset)
+
+
+def available() -> list[str]:
+    return REGISTRY.available()
+
+
+def task_fields(task) -> dict[str, Any]:
+    """A task's flag values, as saved in the run's config."""
+    return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else {}
+
+
+def build_from_config(cfg: dict[str, Any], data_args):
+    """The task of a saved run, its label space restored."""
+    task = get_task(cfg["task"]).build(data_args, **cfg.get("task_args", {}))
+    state = cfg.get("task_state")
+    if state is None:  # runs from before task_state was recorded (text_cls only)
+        state = {"labels": cfg.get("labels"), "label_type": cfg.get("label_type", "str")}
+    task.restore(state)
+    return task
+
+
+def metric_is_better(task, name: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if task.metrics.get(name, "max") == "min" else value > best
+
+
+from peftkit.tasks.causal_lm import CausalLM  # noqa: E402
+from peftkit.tasks.text_cls import TextClassification  # noqa: E402
+
+register("text_cls", TextClassification)
+register("causal_lm", CausalLM)

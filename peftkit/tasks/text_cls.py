@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,43 +13,50 @@ from datasets import ClassLabel, DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from peftkit.config import DataArguments
-from peftkit.data import check_columns, where
+from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
+from peftkit.modeling import head_module_names, load_tokenizer
 
 METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class TextClassification:
     """Sequence classification with any number of classes; labels are discovered from the data."""
 
-    name = "text_cls"
-    auto_class = AutoModelForSequenceClassification
-    peft_task_type = "SEQ_CLS"
-    kind = "sequence-classification"
-    metric_names = ("accuracy", "f1", "precision", "recall", "loss")  # what compute_metrics returns
-    pipeline_tag = "text-classification"  # transformers' pipeline for the saved model, and the model card's tag
+    name: ClassVar[str] = "text_cls"
+    auto_class: ClassVar[type] = AutoModelForSequenceClassification
+    peft_task_type: ClassVar[str] = "SEQ_CLS"
+    kind: ClassVar[str] = "sequence-classification head"
+    pipeline_tag: ClassVar[str] = "text-classification"  # transformers' pipeline for the saved model
+    metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
+                                         "loss": "min"}
+    default_metric: ClassVar[str] = "accuracy"
+    training_defaults: ClassVar[dict[str, Any]] = {}  # flag defaults of this task (none: the global ones)
+    builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
 
-    def __init__(self, data_args: DataArguments):
-        self.data_args = data_args
+    def __post_init__(self) -> None:
+        self.data = DataArguments()
         self._metric = None
+        self.labels: list[str] = []
         self.label_type = "str"
 
     # -- labels -----------------------------------------------------------------------------------
     def _label_values(self, raw: DatasetDict, split: str) -> list[Any]:
         ds = raw[split]
-        feature = ds.features[self.data_args.label_column]
-        values = ds[self.data_args.label_column]
+        feature = ds.features[self.data.label_column]
+        values = ds[self.data.label_column]
         if isinstance(feature, ClassLabel):
             return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
         return values
 
     def discover_labels(self, raw: DatasetDict) -> list[str]:
         """Sorted label names from the training split; every evaluation label must be among them."""
-        col = self.data_args.label_column
-        check_columns(raw, {"text_column": self.data_args.text_column,
-                            "text_pair_column": self.data_args.text_pair_column, "label_column": col})
+        col = self.data.label_column
+        check_columns(raw, {"text_column": self.data.text_column,
+                            "text_pair_column": self.data.text_pair_column, "label_column": col})
         values = self._label_values(raw, "train")
         missing = [i for i, v in enumerate(values) if v is None]
         check(not missing, f"{len(missing)} training example(s) have no value in label column {col!r} "
@@ -64,34 +72,53 @@ class TextClassification:
         labels = sorted(set(values))
         check(len(labels) >= 2, f"Label column {col!r} has a single class ({labels[0]!r}) in training data: "
               "a classifier needs at least two.")
-        labels = [str(v) for v in labels]
-        self.check_known_labels(DatasetDict({s: d for s, d in raw.items() if s != "train"}), set(labels))
-        return labels
+        self.labels = [str(v) for v in labels]
+        self.check_known_labels(DatasetDict({s: d for s, d in raw.items() if s != "train"}))
+        return self.labels
 
-    def check_known_labels(self, raw: DatasetDict, known: set[str]) -> None:
+    def discover(self, raw: DatasetDict) -> dict[str, Any]:
+        """The label space of the training data, checked against every other split; saved in the run."""
+        self.discover_labels(raw)
+        return {"labels": self.labels, "label_type": self.label_type}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.labels, self.label_type = list(state["labels"]), state.get("label_type", "str")
+
+    def check_known_labels(self, raw: DatasetDict) -> None:
         """Evaluation data may only hold labels the model was trained on."""
-        check_columns(raw, {"text_column": self.data_args.text_column,
-                            "text_pair_column": self.data_args.text_pair_column,
-                            "label_column": self.data_args.label_column})
+        check_columns(raw, {"text_column": self.data.text_column,
+                            "text_pair_column": self.data.text_pair_column,
+                            "label_column": self.data.label_column})
         for split in raw:
             values = self._label_values(raw, split)
             check(all(v is not None for v in values),
-                  f"Some {split} examples have no value in label column {self.data_args.label_column!r}.")
+                  f"Some {split} examples have no value in label column {self.data.label_column!r}.")
+            known = set(self.labels)
             unseen = sorted({str(v) for v in values} - known)
             check(not unseen, f"The {split} data has label(s) {unseen[:10]} that training never saw "
                   f"(training labels: {sorted(known)[:20]}). Add examples of them to training or drop them.")
 
-    def model_kwargs(self, labels: list[str]) -> dict[str, Any]:
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {label: i for i, label in enumerate(labels)}}
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)), "label2id": self.label2id}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def new_modules(self, model) -> list[str]:
+        """The classification head (``classifier``, ``score``, ...): created for the task, trained fully."""
+        return head_module_names(model)
+
+    def load_processor(self, source):
+        return load_tokenizer(source)
 
     # -- batches ----------------------------------------------------------------------------------
     def encode(self, tokenizer, texts: list[str], pairs: list[str] | None = None, **kwargs: Any):
-        return tokenizer(texts, pairs, truncation=True, max_length=self.data_args.max_seq_length, **kwargs)
+        return tokenizer(texts, pairs, truncation=True, max_length=self.data.max_seq_length, **kwargs)
 
-    def preprocess(self, raw: DatasetDict, tokenizer, label2id: dict[str, int]) -> DatasetDict:
+    def preprocess(self, raw: DatasetDict, tokenizer) -> DatasetDict:
         """Tokenize every split (no padding: the collator pads each batch) and map labels to ids."""
-        args = self.data_args
+        args, label2id = self.data, self.label2id
 
         def convert(batch: dict[str, list]) -> dict[str, list]:
             texts, pairs = batch[args.text_column], batch[args.text_pair_column] if args.text_pair_column else None
@@ -128,19 +155,91 @@ class TextClassification:
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
 
-    # -- metrics ----------------------------------------------------------------------------------
-    def compute_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """The model's loss is a mean over the batch's examples (those not labelled -100)."""
+        return int((batch["labels"] != -100).sum())
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits, labels = outputs.logits.float(), batch["labels"].long()
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return {"prediction": logits.argmax(-1), "label": labels, "loss": loss}
+
+    def compute_metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         """Loss, accuracy and macro F1/precision/recall over all examples (computed once, not averaged)."""
         import evaluate
 
         if self._metric is None:
             self._metric = evaluate.load(str(METRIC_MODULE), keep_in_memory=True)
-        logits, labels = logits.float(), labels.long()
-        loss = torch.nn.functional.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-        scores = self._metric.compute(predictions=logits.argmax(-1).tolist(), references=labels.tolist())
+        loss = rows["loss"].double().mean().item() if len(rows["loss"]) else float("nan")
+        scores = self._metric.compute(predictions=rows["prediction"].tolist(), references=rows["label"].tolist())
         return {"loss": loss, **scores}
 
-    def predictions(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[dict[str, Any]]:
-        probs = torch.softmax(logits.float(), dim=-1).numpy()
-        return [{"label": id2label[int(np.argmax(p))],
-                 "probabilities": {id2label[i]: round(float(x), 6) for i, x in enumerate(p)}} for p in probs]
+    def parity_logits(self, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs.logits.float()
+
+    def final_evaluation(self, acc, model, tokenizer, raw, output_dir, stage: str) -> dict[str, Any] | None:
+        return None  # the evaluation loop's metrics say it all
+
+    # -- using a trained run ----------------------------------------------------------------------
+    def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, str]]:
+        """Texts (and second texts, for a sentence-pair run) from stdin, a .txt file or a data file.
+
+        Lines of stdin or .txt are one text each; for a pair run, ``text<TAB>second text``."""
+        text_column = columns.get("text_column") or self.data.text_column
+        pair_column = columns.get("text_pair_column") or self.data.text_pair_column
+        check(not columns.get("text_pair_column") or self.data.text_pair_column,
+              f"--text_pair_column {columns.get('text_pair_column')!r}: this run classifies single texts (it was "
+              "trained without --text_pair_column), so it cannot label pairs.")
+        lines = read_lines(path)
+        if lines is not None:
+            if pair_column is None:
+                return [{"text": line} for _, line in lines]
+            bad = [i for i, line in lines if line.count("\t") != 1]
+            source = "stdin" if path in (None, "-") else path
+            check(not bad, f"This run classifies sentence pairs (--text_pair_column {pair_column!r}): each input "
+                  f"line must be `text<TAB>second text`, but line(s) {', '.join(map(str, bad[:10]))}"
+                  f"{' and more' if len(bad) > 10 else ''} of {source} are not. Or pass a CSV/JSON file with both "
+                  "columns.")
+            return [dict(zip(("text", "text_pair"), line.split("\t"), strict=True)) for _, line in lines]
+        ds = load_file(path)
+        check_columns(DatasetDict({"input": ds}), {"text_column": text_column, "text_pair_column": pair_column})
+        texts = list(ds[text_column])
+        if not pair_column:
+            return [{"text": t} for t in texts]
+        return [{"text": t, "text_pair": p} for t, p in zip(texts, ds[pair_column], strict=True)]
+
+    def check_inputs(self, inputs: list[dict[str, str]]) -> None:
+        """Before any model is loaded: single texts for a single-text run, pairs for a pair run."""
+        check(bool(inputs), "No texts to label: the input was empty.")
+        has_pairs = "text_pair" in inputs[0]
+        pair_column = self.data.text_pair_column
+        check(not has_pairs or pair_column, "This run classifies single texts (trained without "
+              "--text_pair_column): it cannot label pairs. Pass the texts alone.")
+        check(has_pairs or not pair_column, f"This run classifies sentence pairs (--text_pair_column "
+              f"{pair_column!r}): pass the second text of each pair too; a text alone would be scored wrongly.")
+
+    @torch.no_grad()
+    def predict(self, model, tokenizer, inputs: list[dict[str, str]], batch_size: int = 64) -> list[dict[str, Any]]:
+        """The label and class probabilities of each input (``text``, and ``text_pair`` for a pair run).
+        Labels come back with the type training saw (integers stay integers)."""
+        self.check_inputs(inputs)
+        has_pairs = "text_pair" in inputs[0]
+        as_int = self.label_type == "int"
+        id2label = {i: int(label) if as_int else label for i, label in enumerate(self.labels)}
+        device = next(p.device for p in model.parameters())
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(inputs), batch_size):
+            chunk = inputs[i:i + batch_size]
+            pairs = [row["text_pair"] for row in chunk] if has_pairs else None
+            enc = self.encode(tokenizer, [row["text"] for row in chunk], pairs, padding=True, return_tensors="pt")
+            probs = torch.softmax(model(**enc.to(device)).logits.float(), dim=-1).cpu().numpy()
+            for row, p in zip(chunk, probs, strict=True):
+                out.append({"label": id2label[int(np.argmax(p))],
+                            "probabilities": {id2label[k]: round(float(x), 6) for k, x in enumerate(p)}, **row})
+        return out
+
+    def headline(self, results: dict[str, Any]) -> str:
+        test = results["test"] or {}
+        return (f"validation accuracy {results['eval']['accuracy']:.4f}"
+                + (f", test accuracy {test['accuracy']:.4f}" if test else ""))

@@ -119,3 +119,31 @@ def test_two_machines_on_loopback_complete_and_write_one_result(tmp_path):
     assert results["global_step"] == 2
     assert [o.count("Saved to") for o in outputs] == [1, 0]  # machine 0 holds the main process
     assert (out_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_sft_on_two_processes_trains_like_one(tmp_path, tiny_lm_dir, packing):
+    """Micro-batches of different supervised-token counts on each process: the loss is normalised by the tokens
+    of the whole step across processes, so the curve is the single process's with the same global batch."""
+    common = ["--model_name_or_path", tiny_lm_dir, "--max_train_samples", "64", "--max_eval_samples", "16",
+              "--max_generation_samples", "4", "--generation_max_new_tokens", "4", "--num_train_epochs", "1",
+              "--disable_dropout", "--logging_steps", "1", "--report_to", "none", "--learning_rate", "1e-3",
+              *(["--packing", "--max_seq_length", "160"] if packing else [])]
+    size = 2 if packing else 8
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    proc = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG,
+                             "recipes/lora_sft.py", *common, "--per_device_train_batch_size", str(size),
+                             "--output_dir", str(two_dir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    finish(proc)
+    assert run_recipe("lora_sft.py", [*common, "--per_device_train_batch_size", str(2 * size),
+                                      "--output_dir", str(one_dir)]) == 0
+    two, one = (json.loads((d / "results.json").read_text()) for d in (two_dir, one_dir))
+    assert two["num_processes"] == 2 and len(two["train_history"]) == len(one["train_history"]) >= 3
+    for a, b in zip(one["train_history"], two["train_history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), a["step"]
+    assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-5)
+    w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (one_dir, two_dir))
+    for key in w1:
+        assert (w1[key] - w2[key]).abs().max() < 1e-4, key
+    assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3

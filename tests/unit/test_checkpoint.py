@@ -36,9 +36,9 @@ class Crash(Exception):
 def crash_after(eng, step):
     real = eng._after_step
 
-    def after_step(model, optimizer, scheduler, loss, eval_loaders, total, state, *rest):
-        real(model, optimizer, scheduler, loss, eval_loaders, total, state, *rest)
-        if state["step"] == step:
+    def after_step(loss):
+        real(loss)
+        if eng.state.step == step:
             raise Crash
 
     eng._after_step = after_step

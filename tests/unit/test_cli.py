@@ -14,7 +14,7 @@ SMALL = ["--max_train_samples", "16", "--max_eval_samples", "8", "--max_steps", 
 def test_config_file_then_flags_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("learning_rate: 0.01\nlora_r: 4\nnum_train_epochs: 2\nlora_target_modules: [query, key]\n")
-    model_args, data_args, train_args, strategy = parse_train_args(
+    model_args, data_args, train_args, strategy, _ = parse_train_args(
         ["--config", str(cfg), "--lora_r", "16"], "lora")
     assert train_args.learning_rate == 0.01 and train_args.num_train_epochs == 2
     assert strategy.lora_r == 16 and strategy.lora_target_modules == ["query", "key"]
@@ -28,9 +28,9 @@ def test_config_file_for_another_strategy_is_refused(tmp_path, capsys):
 
 
 def test_qlora_is_lora_plus_a_preset():
-    *_, strategy = parse_train_args([], "qlora")
+    strategy = parse_train_args([], "qlora")[3]
     assert type(strategy).__name__ == "LoRA" and strategy.quantization == "nf4"
-    *_, strategy = parse_train_args(["--quantization", "int8"], "qlora")
+    strategy = parse_train_args(["--quantization", "int8"], "qlora")[3]
     assert strategy.quantization == "int8"
 
 
@@ -142,14 +142,14 @@ def test_bad_thread_count_is_refused(monkeypatch):
 def test_trainer_flags_users_type_by_habit_map_onto_peftkits(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("bf16: true\nsave_strategy: 'no'\n")
-    _, _, args, _ = parse_train_args(["--fp16", "--optim", "adamw_torch", "--eval_strategy", "steps", "--eval_steps",
+    _, _, args, *_ = parse_train_args(["--fp16", "--optim", "adamw_torch", "--eval_strategy", "steps", "--eval_steps",
                                       "50", "--save_strategy=epoch", "--do_train", "--do_eval", "--warmup_steps", "5",
                                       "--logging_dir", "tb", "--dataloader_num_workers", "2"], "lora")
     assert (args.mixed_precision, args.optimizer, args.eval_steps, args.save_steps) == ("fp16", "adamw", 50, 0)
     assert (args.warmup_steps, args.logging_dir, args.dataloader_num_workers) == (5, "tb", 2)
-    _, _, args, _ = parse_train_args(["--config", str(cfg)], "lora")
+    _, _, args, *_ = parse_train_args(["--config", str(cfg)], "lora")
     assert (args.mixed_precision, args.save_steps) == ("bf16", -1)
-    _, _, args, _ = parse_train_args(["--fp16", "false", "--do_eval", "false"], "lora")
+    _, _, args, *_ = parse_train_args(["--fp16", "false", "--do_eval", "false"], "lora")
     assert args.mixed_precision is None
 
 

@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from peftkit.config import DataArguments
 from peftkit.data import load_raw_datasets
 from peftkit.errors import PeftkitError
-from peftkit.tasks.text_cls import TextClassification
+from peftkit.tasks import get_task
 
 
 def write_csv(path, header, rows):
@@ -22,7 +22,7 @@ def load(tmp_path, rows, header="review,sentiment", **kwargs):
     args = DataArguments(train_file=write_csv(tmp_path / "train.csv", header, rows), text_column="review",
                          label_column="sentiment", **kwargs)
     raw, _ = load_raw_datasets(args, seed=0)
-    return raw, TextClassification(args)
+    return raw, get_task("text_cls").build(args)
 
 
 def test_string_labels_are_discovered_sorted_and_validation_is_carved(tmp_path):
@@ -38,14 +38,14 @@ def test_int_labels_keep_their_names(tmp_path):
     raw, task = load(tmp_path, [f"t{i},{i % 4}" for i in range(20)])
     labels = task.discover_labels(raw)
     assert labels == ["0", "1", "2", "3"]
-    assert task.model_kwargs(labels)["id2label"] == {0: "0", 1: "1", 2: "2", 3: "3"}
+    assert task.model_kwargs()["id2label"] == {0: "0", 1: "1", 2: "2", 3: "3"}
 
 
 def test_classlabel_feature_uses_its_names():
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     raw = DatasetDict({s: Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, 1]}, features=features)
                        for s in ("train", "validation")})
-    assert TextClassification(DataArguments()).discover_labels(raw) == ["neg", "pos"]
+    assert get_task("text_cls").build(DataArguments()).discover_labels(raw) == ["neg", "pos"]
 
 
 def test_pairs_and_json_lines(tmp_path):
@@ -53,14 +53,14 @@ def test_pairs_and_json_lines(tmp_path):
     path.write_text("\n".join(json.dumps({"q": f"q{i}", "a": f"a{i}", "label": i % 2 == 0}) for i in range(10)))
     args = DataArguments(train_file=str(path), text_column="q", text_pair_column="a")
     raw, _ = load_raw_datasets(args, seed=0)
-    task = TextClassification(args)
-    labels = task.discover_labels(raw)
+    task = get_task("text_cls").build(args)
+    task.discover_labels(raw)
     from transformers import AutoTokenizer
 
     from peftkit.assets import builtin_model_path
 
     tok = AutoTokenizer.from_pretrained(builtin_model_path())
-    data = task.preprocess(raw, tok, task.model_kwargs(labels)["label2id"])
+    data = task.preprocess(raw, tok)
     first = data["train"][0]
     assert first["token_type_ids"].count(1) > 0  # the pair is encoded as a second segment
     assert set(data["train"]["labels"]) <= {0, 1}
@@ -80,7 +80,7 @@ def test_builtin_rotten_tomatoes_is_split_deterministically():
     assert sum(sizes.values()) == 12752  # 12,808 fresh/rotten rows less 56 duplicate texts
     assert sizes == {"train": 10186, "validation": 1258, "test": 1308}  # fixed by a hash of each text
     assert not set(raw["train"]["text"]) & set(raw["test"]["text"])
-    assert TextClassification(DataArguments()).discover_labels(raw) == ["fresh", "rotten"]
+    assert get_task("text_cls").build(DataArguments()).discover_labels(raw) == ["fresh", "rotten"]
 
 
 @pytest.mark.parametrize("rows,message", [
@@ -96,7 +96,7 @@ def test_bad_labels(tmp_path, rows, message):
 def test_mixed_label_types(monkeypatch):
     # Arrow columns hold one type, so mixed labels reach us only from Python objects; simulate that.
     raw = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]})})
-    task = TextClassification(DataArguments())
+    task = get_task("text_cls").build(DataArguments())
     monkeypatch.setattr(task, "_label_values", lambda r, s: [1, "y"])
     with pytest.raises(PeftkitError, match="mixes types"):
         task.discover_labels(raw)
@@ -107,7 +107,7 @@ def test_unseen_evaluation_labels_are_named(tmp_path):
                          validation_file=write_csv(tmp_path / "va.csv", "text,label", ["c,x", "d,z"]))
     raw, _ = load_raw_datasets(args, seed=0)
     with pytest.raises(PeftkitError, match=r"validation data has label\(s\) \['z'\] that training never saw"):
-        TextClassification(args).discover_labels(raw)
+        get_task("text_cls").build(args).discover_labels(raw)
 
 
 def test_missing_column_lists_the_columns_there_are(tmp_path):

@@ -97,9 +97,9 @@ def test_nan_steps_are_skipped_by_flag_and_leave_the_weights_alone(tiny_model_di
     seen = []
     real_step = eng._after_step
 
-    def after_step(model, *args):
-        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
-        return real_step(model, *args)
+    def after_step(loss):
+        seen.append({n: p.detach().clone() for n, p in eng.model.named_parameters() if p.requires_grad})
+        return real_step(loss)
 
     eng._after_step = after_step
     fit = eng.fit()
@@ -126,10 +126,12 @@ def test_metric_for_best_model_must_exist(tiny_model_dir, tmp_path):
 
 
 def test_metrics_are_computed_over_all_examples():
-    task = TextClassification.__new__(TextClassification)
-    task._metric = None
+    from types import SimpleNamespace
+
+    task = TextClassification()
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
-    metrics = task.compute_metrics(logits, torch.tensor([0, 1, 1, 1]))
+    rows = task.eval_rows(SimpleNamespace(logits=logits), {"labels": torch.tensor([0, 1, 1, 1])})
+    metrics = task.compute_metrics(rows)
     assert metrics["accuracy"] == 0.5
     # class 0: precision 1/3, recall 1, F1 1/2; class 1: precision 1, recall 1/3, F1 1/2
     assert metrics["precision"] == pytest.approx((1 / 3 + 1) / 2)

@@ -17,7 +17,7 @@ from peftkit.cli import parse_train_args
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
 from peftkit.errors import PeftkitError
-from peftkit.tasks.text_cls import TextClassification
+from peftkit.tasks import get_task
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 anything_numeric = st.one_of(st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True, width=32))
@@ -103,7 +103,7 @@ def test_loading_splits_every_row_exactly_once_or_says_why_not(tmp_path, data, p
     args = DataArguments(train_file=str(path), validation_split_percentage=pct, max_train_samples=max_train)
     try:
         raw, _ = load_raw_datasets(args, seed)
-        labels = TextClassification(args).discover_labels(raw)
+        labels = get_task("text_cls").build(args).discover_labels(raw)
     except PeftkitError:
         return
     train = list(zip(raw["train"]["text"], raw["train"]["label"], strict=True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pytest
@@ -35,16 +35,21 @@ class FakeEntryPoint:
         return self._obj
 
 
+def fresh(monkeypatch, module):
+    """``module``'s registry as it is now, with its entry points read again, restored after the test."""
+    monkeypatch.setattr(module.REGISTRY, "specs", dict(module.REGISTRY.specs))
+    monkeypatch.setattr(module.REGISTRY, "loaded", False)
+
+
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    fresh(monkeypatch, registry)
 
 
 def test_entry_point_strategy_is_available(fresh_registry, monkeypatch, caplog):
     eps = [FakeEntryPoint("bitfit", BiasOnly), FakeEntryPoint("broken", ImportError("no module x")),
            FakeEntryPoint("lora", BiasOnly)]
-    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "peftkit.strategies" else [])
+    monkeypatch.setattr("peftkit.registry.entry_points", lambda group: eps if group == "peftkit.strategies" else [])
     assert "bitfit" in registry.available()
     assert isinstance(registry.get_strategy("bitfit").build(), BiasOnly)
     assert registry.get_strategy("lora").cls.__name__ == "LoRA"  # a plug-in cannot replace a built-in
@@ -52,22 +57,90 @@ def test_entry_point_strategy_is_available(fresh_registry, monkeypatch, caplog):
 
 
 def test_plugin_strategy_gets_its_flags_and_trains(fresh_registry, tiny_model_dir):
-    from helpers import LABELS, batch
+    from helpers import batch, text_task
 
     from peftkit.cli import parse_train_args
 
     registry.register("bitfit", BiasOnly)
-    *_, strategy = parse_train_args([], "bitfit")
+    strategy = parse_train_args([], "bitfit")[3]
     from types import SimpleNamespace
 
-    from peftkit.config import DataArguments, ModelArguments
+    from peftkit.config import ModelArguments
     from peftkit.modeling import count_parameters, load_model
-    from peftkit.tasks.text_cls import TextClassification
 
-    task = TextClassification(DataArguments())
-    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir("bert")), LABELS,
+    task = text_task()
+    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir("bert")),
                               SimpleNamespace(pad_token_id=0))
     model = strategy.prepare(model, task, heads)
     trainable, _ = count_parameters(model)
     assert trainable == sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
     assert model(**batch()).loss.isfinite()
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------
+import peftkit.tasks as task_registry  # noqa: E402
+
+
+@dataclass
+class KeywordTask:
+    """A toy third-party task: text classification whose texts get a prefix (its own flag). It reuses the
+    built-in task by composition, as a plug-in author would, and overrides what it needs."""
+
+    keyword_prefix: str = field(default="review: ", metadata={"help": "keyword: prefix added to every text."})
+    name: ClassVar[str] = "keyword"
+    default_metric: ClassVar[str] = "f1"
+
+    def __post_init__(self):
+        from peftkit.tasks.text_cls import TextClassification
+
+        self.inner = TextClassification()
+
+    def __getattr__(self, attr):  # everything not defined here is the built-in task's
+        return getattr(self.__dict__["inner"], attr)
+
+    def __setattr__(self, attr, value):
+        if attr == "data":
+            self.inner.data = value
+        object.__setattr__(self, attr, value)
+
+    def preprocess(self, raw, tokenizer):
+        from datasets import DatasetDict
+
+        column = self.inner.data.text_column
+        raw = DatasetDict({split: ds.map(lambda b: {column: [self.keyword_prefix + t for t in b[column]]},
+                                         batched=True) for split, ds in raw.items()})
+        return self.inner.preprocess(raw, tokenizer)
+
+
+@pytest.fixture
+def fresh_tasks(monkeypatch):
+    fresh(monkeypatch, task_registry)
+
+
+def test_entry_point_task_is_available_and_cannot_replace_a_builtin(fresh_tasks, monkeypatch, caplog):
+    eps = [FakeEntryPoint("keyword", KeywordTask), FakeEntryPoint("broken", ImportError("no module y")),
+           FakeEntryPoint("causal_lm", KeywordTask)]
+    monkeypatch.setattr("peftkit.registry.entry_points", lambda group: eps if group == "peftkit.tasks" else [])
+    assert {"keyword", "text_cls", "causal_lm"} <= set(task_registry.available())
+    assert task_registry.get_task("causal_lm").cls.__name__ == "CausalLM"
+    assert "broken" not in task_registry.available() and "no module y" in caplog.text
+
+
+def test_a_plugin_task_gets_its_flags_and_trains_through_the_engine(fresh_tasks, tmp_path, builtin_model_dir,
+                                                                      capsys):
+    import json
+
+    from peftkit.cli import main
+
+    task_registry.register("keyword", KeywordTask)
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
+    code = main(["train", "--task", "keyword", "--strategy", "lora", "--keyword_prefix", "note: ",
+                 "--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--max_steps", "2",
+                 "--output_dir", str(tmp_path / "run"),
+                 "--report_to", "none", "--per_device_train_batch_size", "8"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    cfg = json.loads((tmp_path / "run" / "peftkit_config.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert cfg["task"] == "keyword" and cfg["task_args"] == {"keyword_prefix": "note: "}
+    assert results["metric_for_best_model"] == "f1" and set(results["eval"]) >= {"accuracy", "f1"}

@@ -6,13 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import LABELS, batch, build
+from helpers import batch, build, text_task
 
-from peftkit.config import DataArguments, ModelArguments, TrainingArguments
+from peftkit.config import ModelArguments, TrainingArguments
 from peftkit.engine import build_optimizer
 from peftkit.modeling import count_parameters, head_module_names, load_model
 from peftkit.strategies import available, get_strategy
-from peftkit.tasks.text_cls import TextClassification
 
 H, FF, L, C, R = 64, 128, 2, 3, 4  # hidden, intermediate, layers, classes, lora rank (see conftest.TINY)
 
@@ -90,8 +89,8 @@ def test_save_reload_gives_identical_logits(arch, name, tiny_model_dir, tmp_path
     if (tmp_path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base, _ = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)), LABELS,
-                             SimpleNamespace(pad_token_id=0))  # a fresh, differently initialised head
+        base, _ = load_model(task, strategy, ModelArguments(tiny_model_dir(arch)),
+                              SimpleNamespace(pad_token_id=0))  # a fresh, differently initialised head
         reloaded = PeftModel.from_pretrained(base, tmp_path)
     else:
         reloaded = task.auto_class.from_pretrained(tmp_path)
@@ -114,9 +113,9 @@ def test_partial_rejects_more_layers_than_the_model_has(tiny_model_dir):
 
     with pytest.raises(PeftkitError, match="exceeds the model's 2 layers"):
         build_partial = get_strategy("partial").build(num_trainable_layers=5)
-        task = TextClassification(DataArguments())
-        model, heads = load_model(task, build_partial, ModelArguments(tiny_model_dir("bert")), LABELS,
-                                  SimpleNamespace(pad_token_id=0))
+        task = text_task()
+        model, heads = load_model(task, build_partial, ModelArguments(tiny_model_dir("bert")),
+                              SimpleNamespace(pad_token_id=0))
         build_partial.prepare(model, task, heads)
 
 
@@ -142,8 +141,8 @@ def test_disable_dropout_makes_training_mode_forward_deterministic(arch, name, t
 def lora_on_tiny_bert(tiny_model_dir, **lora_args):
     from peftkit.strategies.lora import LoRA
 
-    task, strategy = TextClassification(DataArguments()), LoRA(lora_r=R, **lora_args)
-    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir("bert")), LABELS,
+    task, strategy = text_task(), LoRA(lora_r=R, **lora_args)
+    model, heads = load_model(task, strategy, ModelArguments(tiny_model_dir("bert")),
                               SimpleNamespace(pad_token_id=0))
     return strategy.prepare(model, task, heads)
 

@@ -1,0 +1,36 @@
+"""The one evaluation loop: training-time selection, `peftkit eval` and merge parity all run it.
+
+Each batch becomes a few small per-example rows (the task decides which: prediction, label, summed loss
+and token count, ...). Rows, not logits, are gathered across processes, with the duplicates that even
+batches add dropped, and the task computes its metrics once over every example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+
+@torch.no_grad()
+def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callable | None = None,
+             collect: Callable | None = None) -> dict[str, float]:
+    """Task metrics over every example of ``loader`` exactly once, however many processes share the work.
+
+    ``forward(model, batch)`` replaces ``model(**batch)`` (the feature cache uses it); ``collect(outputs,
+    batch)`` sees every batch's outputs (merge parity keeps the logits it compares)."""
+    was_training = model.training
+    model.eval()
+    rows: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        labels = {k: v for k, v in batch.items() if k == "labels"}  # the forward may consume the batch
+        out = forward(model, batch) if forward else model(**batch)
+        part = acc.gather_for_metrics(task.eval_rows(out, batch | labels))
+        for key, value in part.items():
+            rows.setdefault(key, []).append(value.detach().cpu())
+        if collect is not None:
+            collect(out, batch | labels)
+    model.train(was_training)
+    return task.compute_metrics({key: torch.cat(parts) for key, parts in rows.items()})

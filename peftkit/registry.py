@@ -1,0 +1,57 @@
+"""Registries of plug-ins (strategies, tasks): built-ins registered by name, third parties through an
+entry-point group, variants as presets of one class."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from peftkit.errors import PeftkitError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered class and the field values its name presets."""
+
+    name: str
+    cls: type
+    preset: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Plug-ins of one kind. Entry points of ``group`` are read on first use; a broken one is reported and
+    skipped, and none can replace a built-in."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind, self.group = kind, group
+        self.specs: dict[str, Spec] = {}
+        self.loaded = False
+
+    def register(self, name: str, cls: type, **preset: Any) -> None:
+        self.specs[name] = Spec(name, cls, preset)
+
+    def _load_entry_points(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name in self.specs:
+                continue  # built-ins win; a plug-in cannot silently replace them
+            try:
+                self.register(ep.name, ep.load())
+            except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break peftkit
+                logger.warning("Could not load %s plug-in %r (%s): %s", self.kind, ep.name, ep.value, exc)
+
+    def get(self, name: str) -> Spec:
+        self._load_entry_points()
+        if name not in self.specs:
+            raise PeftkitError(f"Unknown {self.kind} {name!r}. Available: {', '.join(self.available())}.")
+        return self.specs[name]
+
+    def available(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self.specs)
