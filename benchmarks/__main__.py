@@ -4,6 +4,7 @@
     python -m benchmarks --output_dir benchmarks/results --repeats 3
     python -m benchmarks --strategies lora qlora full --num_processes 2
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
+    python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
 
 Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
 """
@@ -20,22 +21,28 @@ from benchmarks.suite import BenchConfig, run_suite
 
 
 def parse(argv: list[str]) -> BenchConfig:
+    from benchmarks.suite import STRATEGIES
     from peftkit.strategies import available
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    ap.add_argument("--strategies", nargs="+", default=["full", "head", "partial", "lora", "qlora"],
-                    help=f"strategies to run, or `all` for every registered one ({', '.join(available())})")
+    ap.add_argument("--task", default="text_cls", choices=sorted(STRATEGIES), help="what the strategies learn")
+    ap.add_argument("--strategies", nargs="+", default=None,
+                    help=f"strategies to run, or `all` for every registered one ({', '.join(available())}); default: "
+                    + "; ".join(f"{t}: {' '.join(s)}" for t, s in STRATEGIES.items()))
     ap.add_argument("--output_dir", default="runs/bench", help="where results.json/.md/.png go")
-    ap.add_argument("--quick", action="store_true", help="64 training examples, 1 epoch: a smoke run")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: a tiny subset (64 training examples; 32 for causal_lm), 1 epoch")
     ap.add_argument("--repeats", type=int, default=1, help="seeds per strategy, for mean and spread")
     ap.add_argument("--seed", type=int, default=42, help="first seed; repeats use seed, seed+1, ...")
     ap.add_argument("--num_processes", type=int, nargs="+", default=[1],
                     help="processes per run (Accelerate); several counts add a throughput scaling table")
-    ap.add_argument("--no_reference", action="store_true", help="skip the stock Trainer + peft reference")
-    ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM")
+    ap.add_argument("--no_reference", action="store_true",
+                    help="skip the stock reference (transformers Trainer + peft; TRL SFTTrainer for causal_lm)")
+    ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM (SmolLM2 for causal_lm)")
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--num_train_epochs", type=float, default=None)
     args = ap.parse_args(argv)
+    args.strategies = args.strategies or STRATEGIES[args.task]
     if args.strategies == ["all"]:
         args.strategies = available()  # built-ins and installed plug-ins alike
     unknown = sorted(set(args.strategies) - set(available()))
@@ -48,7 +55,7 @@ def parse(argv: list[str]) -> BenchConfig:
     return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir).resolve(), quick=args.quick,
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
-                       settings=settings)
+                       settings=settings, task=args.task)
 
 
 def main(argv: list[str] | None = None) -> int:

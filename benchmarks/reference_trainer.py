@@ -11,37 +11,21 @@ O/results.json with the keys the suite reads. It deliberately imports nothing fr
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import load_dataset
 from peft import LoraConfig, TaskType, get_peft_model
+from reference_common import StepTimer, parser, peak_memory_bytes, training_settings  # beside this script
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
 )
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self.last = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.last = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.last)
 
 
 def macro_f1(preds: np.ndarray, refs: np.ndarray) -> float:
@@ -60,17 +44,7 @@ def compute_metrics(pred):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data_dir", required=True)
-    ap.add_argument("--output_dir", required=True)
-    ap.add_argument("--model_name_or_path", required=True)
-    ap.add_argument("--learning_rate", type=float, default=2e-3)
-    ap.add_argument("--num_train_epochs", type=float, default=2)
-    ap.add_argument("--per_device_train_batch_size", type=int, default=32)
-    ap.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    ap.add_argument("--max_seq_length", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
+    args = parser(__doc__.splitlines()[0], epochs=2, batch=32, eval_batch=64, max_seq_length=128).parse_args()
 
     files = {s: str(Path(args.data_dir) / f"{s}.csv") for s in ("train", "validation", "test")}
     raw = load_dataset("csv", data_files=files)
@@ -88,15 +62,8 @@ def main() -> int:
         args.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
     timer = StepTimer()
-    training_args = TrainingArguments(
-        output_dir=args.output_dir, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        # warmup_steps below 1 is a ratio in transformers 5 (warmup_ratio is gone).
-        per_device_eval_batch_size=args.per_device_eval_batch_size, weight_decay=0.01, warmup_steps=0.06,
-        lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, eval_strategy="epoch",
-        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy",
-        logging_steps=10, report_to=[], disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
-    )
+    training_args = TrainingArguments(**training_settings(args), metric_for_best_model="accuracy", logging_steps=10,
+                                      disable_tqdm=False)
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
                       callbacks=[timer])
@@ -104,8 +71,7 @@ def main() -> int:
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
     model.save_pretrained(args.output_dir)
     tokens = sum(len(ids) for ids in data["train"]["input_ids"]) * args.num_train_epochs
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+    peak = peak_memory_bytes()
     results = {
         "strategy": "reference", "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"],
                                           "loss": test["test_loss"]},

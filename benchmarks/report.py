@@ -10,8 +10,11 @@ SMOKE_NOTE = ("**Smoke run.** --quick trains on 64 examples for one epoch and te
               "strategy runs end to end and that the report is made. Its accuracies are near chance and its times "
               "are dominated by start-up; compare nothing here. Run without --quick for figures.")
 MARKERS = "osD^vP*Xh<>p"
-METRICS = ("accuracy", "f1", "peak_memory_bytes", "train_runtime_s", "samples_per_s", "tokens_per_s",
-           "step_time_median_s", "trainable_params", "trainable_params_without_head", "artifact_bytes",
+# What the accuracy and f1 columns hold for each task (see suite.SCORES), as table and axis labels.
+NAMES = {"text_cls": ("test acc", "macro F1", "test accuracy (%)"),
+         "causal_lm": ("exact match", "token F1", "held-out exact match (%)")}
+METRICS = ("accuracy", "f1", "base_accuracy", "eval_loss", "peak_memory_bytes", "train_runtime_s", "samples_per_s",
+           "tokens_per_s", "step_time_median_s", "trainable_params", "trainable_params_without_head", "artifact_bytes",
            "merge_time_s")
 
 
@@ -82,26 +85,34 @@ def markdown(results: dict[str, Any]) -> str:
     full = summary.get("full", {}).get("mean", {})
     cfg = results["config"]
     smoke = cfg["quick"]
+    task = cfg.get("task", "text_cls")
+    score, f1, _ = NAMES[task]
+    lm = task == "causal_lm"
     lines = [
         "# peftkit benchmark" + (" - SMOKE RUN (--quick): not results" if smoke else ""),
         "",
         *([SMOKE_NOTE, ""] if smoke else []),
-        f"Task: text classification on {cfg['dataset']} with {cfg['model_name_or_path']}; settings "
+        f"Task: {task} on {cfg['dataset']} with {cfg['model_name_or_path']}, scored by "
+        f"{cfg.get('score', 'test accuracy and macro F1')}; settings "
         f"{cfg['settings']}; {cfg['repeats']} seed(s) from {cfg['seed']}; {process_counts(results)[0]} process(es) "
         "(the reference always 1); "
         f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
-        "(lower is lighter), speed x = full's training time / this one's (higher is faster), accuracy delta in "
-        "points of test accuracy. Values are means over seeds (+- sample standard deviation).",
+        f"(lower is lighter), speed x = full's training time / this one's (higher is faster), delta in points of "
+        f"{score}. Values are means over seeds (+- sample standard deviation)."
+        + (" base = the same score of the model before training; val loss = validation loss per supervised token."
+           if lm else ""),
         "",
-        "| strategy | test acc | macro F1 | acc delta vs full (pt) | peak mem (MiB) | memory x | train time (s) | "
-        "speed x | samples/s | median step (s) | trainable | trainable w/o head | artefact (MiB) | merge (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| strategy | {score} | {f1} | delta vs full (pt) | " + ("base | val loss | " if lm else "")
+        + "peak mem (MiB) | memory x | train time (s) | "
+        "speed x | samples/s | tokens/s | median step (s) | trainable | trainable w/o head | artefact (MiB) | "
+        "merge (s) |",
+        "|---|---|---|---|" + ("---|---|" if lm else "") + "---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for strategy, entry in summary.items():
         if not entry["ok"]:
-            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * 12)
+            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * (15 if lm else 13))
             continue
         m, sd = entry["mean"], entry["std"]
         acc_delta = 100 * (m["accuracy"] - full["accuracy"]) if "accuracy" in full else None
@@ -109,8 +120,10 @@ def markdown(results: dict[str, Any]) -> str:
         speed_x = full["train_runtime_s"] / m["train_runtime_s"] if "train_runtime_s" in full else None
         lines.append(
             f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
-            f"{m['peak_memory_bytes'] / 2**20:.0f} | {_fmt(mem_x, '.2f')} | {m['train_runtime_s']:.1f} | "
-            f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('step_time_median_s'), '.4f')} | "
+            + (f"{_fmt(m.get('base_accuracy'), '.4f')} | {_fmt(m.get('eval_loss'), '.4f')} | " if lm else "")
+            + f"{m['peak_memory_bytes'] / 2**20:.0f} | {_fmt(mem_x, '.2f')} | {m['train_runtime_s']:.1f} | "
+            f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
+            f"{_fmt(m.get('step_time_median_s'), '.4f')} | "
             f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
             f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
@@ -138,7 +151,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.errorbar(x, y, yerr=100 * entry["std"]["accuracy"], fmt=MARKERS[i % len(MARKERS)], capsize=3,
                         markersize=7, label=strategy, color=f"C{i}")
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(NAMES[results["config"].get("task", "text_cls")][2])
         ax.grid(alpha=0.3)
         if smoke:  # a smoke run's accuracies are noise: show them on the whole scale, marked as such
             ax.set_ylim(0, 100)

@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK = {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1, "per_device_train_batch_size": 16}
-FULL = {"num_train_epochs": 2, "per_device_train_batch_size": 32}  # the recipes' defaults, whole dataset
+QUICK = {"text_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1,
+                      "per_device_train_batch_size": 16},
+         "causal_lm": {"max_train_samples": 32, "max_eval_samples": 16, "max_generation_samples": 16,
+                       "num_train_epochs": 1, "per_device_train_batch_size": 8}}
+# The recipes' defaults on the whole built-in data.
+FULL = {"text_cls": {"num_train_epochs": 2, "per_device_train_batch_size": 32},
+        "causal_lm": {"num_train_epochs": 1, "per_device_train_batch_size": 8}}
+STRATEGIES = {"text_cls": ["full", "head", "partial", "lora", "qlora"], "causal_lm": ["full", "lora", "qlora", "dora"]}
+# Each task's held-out score, in the columns the report calls accuracy and f1.
+SCORES = {"text_cls": "test accuracy and macro F1",
+          "causal_lm": "exact match and token F1 of greedy answers to the held-out (test) prompts"}
 
 
 @dataclass
@@ -31,9 +40,10 @@ class BenchConfig:
     reference: bool = True
     model_name_or_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    task: str = "text_cls"
 
     def __post_init__(self):
-        self.settings = {**(QUICK if self.quick else FULL), **self.settings}
+        self.settings = {**(QUICK if self.quick else FULL)[self.task], **self.settings}
 
 
 def flags(settings: dict[str, Any]) -> list[str]:
@@ -92,15 +102,15 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
-    cmd = [*launcher(cfg, num_processes), "train", "--strategy", strategy, "--output_dir", str(run_dir),
-           "--seed", str(seed), "--report_to", "none", *model, *flags(cfg.settings)]
+    cmd = [*launcher(cfg, num_processes), "train", "--task", cfg.task, "--strategy", strategy, "--output_dir",
+           str(run_dir), "--seed", str(seed), "--report_to", "none", *model, *flags(cfg.settings)]
     code, wall = run_command(cmd, run_dir / "train.log", thread_env(num_processes))
     row: dict[str, Any] = {"strategy": strategy, "seed": seed, "num_processes": num_processes, "command": cmd,
                            "wall_s": round(wall, 2)}
     if code != 0 or not (run_dir / "results.json").is_file():
         return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
     res = json.loads((run_dir / "results.json").read_text())
-    row |= {"status": "ok", "accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
+    row |= {"status": "ok", **scores(cfg.task, res),
             "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
             "peak_memory_reserved_bytes": res.get("peak_memory_reserved_bytes"),
             "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
@@ -117,22 +127,39 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     return row
 
 
+def scores(task: str, res: dict[str, Any]) -> dict[str, Any]:
+    """A run's held-out scores under the report's names (see SCORES)."""
+    if task == "text_cls":
+        return {"accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"]}
+    final = res["final_evaluation"]
+    return {"accuracy": final["fine_tuned"]["exact_match"], "f1": final["fine_tuned"]["token_f1"],
+            "base_accuracy": final["base"]["exact_match"], "eval_loss": res["eval"]["loss"]}
+
+
 def export_data(cfg: BenchConfig, seed: int) -> Path:
-    """The exact splits peftkit trains on, as CSV, for the reference script (which must not use peftkit)."""
+    """The exact splits peftkit trains on, for the reference script (which must not use peftkit): CSV of
+    text,label for text_cls; JSONL of conversational prompt/completion for causal_lm."""
     from peftkit.config import DataArguments
     from peftkit.data import load_raw_datasets
+    from peftkit.tasks import get_task
 
     keys = ("max_train_samples", "max_eval_samples")
-    raw, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed)
+    builtin = get_task(cfg.task).cls.builtin_dataset
+    raw, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed,
+                               builtin=builtin)
     out = cfg.output_dir / "data" / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     for split, ds in raw.items():
-        ds.select_columns(["text", "label"]).to_csv(str(out / f"{split}.csv"), index=False)
+        if cfg.task == "text_cls":
+            ds.select_columns(["text", "label"]).to_csv(str(out / f"{split}.csv"), index=False)
+        else:
+            rows = [{"prompt": turns[:-1], "completion": turns[-1:]} for turns in ds["messages"]]
+            (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
 def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
-    from peftkit.config import BUILTIN_MODEL
+    from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
     from peftkit.modeling import resolve_model_path
     from peftkit.strategies import get_strategy
 
@@ -146,9 +173,11 @@ def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
         return row | {"status": "failed", "error": traceback.format_exc().splitlines()[-1]}
     settings = {k: v for k, v in cfg.settings.items() if k not in ("max_train_samples", "max_eval_samples")}
     settings.setdefault("learning_rate", get_strategy("lora").cls.default_learning_rate)
-    cmd = [sys.executable, str(REPO / "benchmarks" / "reference_trainer.py"), "--data_dir", str(data_dir),
+    script, default_model = (("reference_trainer.py", BUILTIN_MODEL) if cfg.task == "text_cls" else
+                             ("reference_sft.py", BUILTIN_LM))
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--data_dir", str(data_dir),
            "--output_dir", str(run_dir), "--model_name_or_path",
-           resolve_model_path(cfg.model_name_or_path or BUILTIN_MODEL), "--seed", str(seed), *flags(settings)]
+           resolve_model_path(cfg.model_name_or_path or default_model), "--seed", str(seed), *flags(settings)]
     code, wall = run_command(cmd, run_dir / "train.log")
     row |= {"command": cmd, "wall_s": round(wall, 2)}
     if code != 0:
@@ -156,7 +185,15 @@ def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     res = json.loads((run_dir / "results.json").read_text())
     for checkpoint in run_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return row | {"status": "ok", "accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
+    if cfg.task == "text_cls":
+        held_out = {"accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"]}
+    else:  # scored by the same code as peftkit's runs
+        from peftkit.tasks.generation import score
+
+        rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+        held_out = {"accuracy": score(rows)["exact_match"], "f1": score(rows)["token_f1"],
+                    "eval_loss": res["eval"]["loss"]}
+    return row | {"status": "ok", **held_out,
                   "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
                   "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res["train_tokens_per_s"],
                   "step_time_median_s": res["step_time_median_s"], "trainable_params": res["trainable_params"],
@@ -196,7 +233,14 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
         else:
             print(f"[{n}/{len(jobs)}] {strategy}: FAILED: {row['error']}", flush=True)
     return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
-            "config": {"strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats, "seed": cfg.seed,
-                       "num_processes": cfg.num_processes, "settings": cfg.settings,
-                       "model_name_or_path": cfg.model_name_or_path or "builtin:all-MiniLM-L6-v2",
-                       "dataset": "builtin:rotten_tomatoes"}}
+            "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
+                       "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
+                       "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
+                       "dataset": "builtin:rotten_tomatoes" + (" (as questions)" if cfg.task == "causal_lm" else ""),
+                       "score": SCORES[cfg.task]}}
+
+
+def default_model(task: str) -> str:
+    from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
+
+    return BUILTIN_LM if task == "causal_lm" else BUILTIN_MODEL

@@ -41,6 +41,24 @@ def test_quick_suite(tmp_path):
     assert "[6/6] reference" in proc.stdout  # a progress line per run
 
 
+def test_quick_sft_suite_with_the_trl_reference(tmp_path, tiny_lm_dir):
+    proc = run_bench("--task", "causal_lm", "--quick", "--model_name_or_path", tiny_lm_dir, "--output_dir",
+                     str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["strategy"]: r for r in results["runs"]}
+    assert set(rows) == {"full", "lora", "qlora", "dora", "reference"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        for key in ("accuracy", "f1", "eval_loss", "peak_memory_bytes", "train_runtime_s", "tokens_per_s"):
+            assert row[key] is not None and row[key] >= 0, (name, key)
+    assert rows["lora"]["merge_time_s"] > 0 and rows["lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert results["config"]["task"] == "causal_lm" and "exact match" in results["config"]["score"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| strategy | exact match | token F1 |" in table and "| reference |" in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_failing_strategy_is_reported_and_the_rest_runs(tmp_path):
     # Through `peftkit bench`, from the user's own directory: a relative --output_dir lands there.
     proc = subprocess.run([sys.executable, "-m", "peftkit", "bench", "--quick", "--no_reference", "--strategies",
