@@ -221,7 +221,8 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     jobs = [(s, cfg.seed + i, p) for p in cfg.num_processes for i in range(cfg.repeats) for s in cfg.strategies]
     if cfg.reference:  # the stock Trainer script runs in one process
         jobs += [("reference", cfg.seed + i, 1) for i in range(cfg.repeats)]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    partial = cfg.output_dir / "results.partial.json"  # every finished run, should the suite be stopped
     for n, (strategy, seed, procs) in enumerate(jobs, 1):
         print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es)) ...", flush=True)
         row = (train_reference(cfg, seed) if strategy == "reference"
@@ -232,6 +233,8 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
                   f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)
         else:
             print(f"[{n}/{len(jobs)}] {strategy}: FAILED: {row['error']}", flush=True)
+        partial.write_text(json.dumps({"runs": rows, "jobs_left": len(jobs) - n}, indent=2))
+    partial.unlink(missing_ok=True)
     return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
