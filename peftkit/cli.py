@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(report, indent=2))
             diff = report["adapter_vs_merged_reloaded"]
             print(f"\nMerged into {ns.output_dir}: max |logit difference| {diff['max_abs_logit_diff']:.2e}, "
-                  f"prediction agreement {diff['prediction_agreement']:.4f} on {report['parity_samples']} examples; "
+                  f"prediction agreement {diff['prediction_agreement']:.4f} over {report['parity_rows']} predictions "
+                  f"of {report['parity_samples']} examples; "
                   f"{report['metric']} {report[report['metric']]}")
             return 0
         if ns.command == "eval":
