@@ -52,8 +52,10 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
     timer = StepTimer()
+    # TRL's SFTConfig turns bf16 autocast and gradient checkpointing on by default; peftkit's runs use
+    # neither unless asked, so the reference does the same job.
     config = SFTConfig(**training_settings(args), metric_for_best_model="eval_loss", logging_steps=10,
-                       max_length=args.max_seq_length)
+                       max_length=args.max_seq_length, bf16=False, gradient_checkpointing=False)
     trainer = SFTTrainer(model=model, args=config, train_dataset=raw["train"], eval_dataset=raw["validation"],
                          processing_class=tokenizer, callbacks=[timer],
                          peft_config=LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.1))
