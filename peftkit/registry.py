@@ -26,13 +26,13 @@ class Registry:
     """Plug-ins of one kind. Entry points of ``group`` are read on first use; a broken one is reported and
     skipped, and none can replace a built-in."""
 
-    def __init__(self, kind: str, group: str):
-        self.kind, self.group = kind, group
+    def __init__(self, kind: str, group: str, spec: type[Spec] = Spec):
+        self.kind, self.group, self.spec = kind, group, spec
         self.specs: dict[str, Spec] = {}
         self.loaded = False
 
     def register(self, name: str, cls: type, **preset: Any) -> None:
-        self.specs[name] = Spec(name, cls, preset)
+        self.specs[name] = self.spec(name, cls, preset)
 
     def _load_entry_points(self) -> None:
         if self.loaded:

@@ -13,12 +13,12 @@ entry point's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import nn
 
-from peftkit.registry import Registry
+from peftkit.registry import Registry, Spec
 
 ENTRY_POINT_GROUP = "peftkit.strategies"
 
@@ -32,16 +32,14 @@ class Strategy(Protocol):
 
 
 @dataclass(frozen=True)
-class StrategySpec:
-    name: str
-    cls: type
-    preset: dict[str, Any] = field(default_factory=dict)
+class StrategySpec(Spec):
+    """A registered strategy: its class and the field values its name presets."""
 
     def build(self, **overrides: Any) -> Strategy:
         return self.cls(**{**self.preset, **overrides})
 
 
-REGISTRY = Registry("strategy", ENTRY_POINT_GROUP)
+REGISTRY = Registry("strategy", ENTRY_POINT_GROUP, spec=StrategySpec)
 
 
 def register(name: str, cls: type, **preset: Any) -> None:
@@ -51,8 +49,7 @@ def register(name: str, cls: type, **preset: Any) -> None:
 
 def get_strategy(name: str) -> StrategySpec:
     """The registered strategy ``name`` (built-in or plug-in)."""
-    spec = REGISTRY.get(name)
-    return StrategySpec(spec.name, spec.cls, spec.preset)
+    return REGISTRY.get(name)
 
 
 def available() -> list[str]:

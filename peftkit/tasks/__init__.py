@@ -34,19 +34,17 @@ Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from peftkit.registry import Registry
+from peftkit.registry import Registry, Spec
 
 ENTRY_POINT_GROUP = "peftkit.tasks"
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    cls: type
-    preset: dict[str, Any] = field(default_factory=dict)
+class TaskSpec(Spec):
+    """A registered task: its class and the field values its name presets."""
 
     def build(self, data_args, **overrides: Any):
         """The task with its flags (preset, then ``overrides``) and the run's data arguments."""
@@ -56,7 +54,7 @@ class TaskSpec:
         return task
 
 
-REGISTRY = Registry("task", ENTRY_POINT_GROUP)
+REGISTRY = Registry("task", ENTRY_POINT_GROUP, spec=TaskSpec)
 
 
 def register(name: str, cls: type, **preset: Any) -> None:
@@ -66,8 +64,7 @@ def register(name: str, cls: type, **preset: Any) -> None:
 
 def get_task(name: str) -> TaskSpec:
     """The registered task ``name`` (built-in or plug-in)."""
-    spec = REGISTRY.get(name)
-    return TaskSpec(spec.name, spec.cls, spec.preset)
+    return REGISTRY.get(name)
 
 
 def available() -> list[str]:

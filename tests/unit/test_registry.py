@@ -1,4 +1,4 @@
-"""Third-party strategies arrive through the `peftkit.strategies` entry-point group."""
+"""Third-party strategies and tasks arrive through the `peftkit.strategies` / `peftkit.tasks` entry-point groups."""
 
 from __future__ import annotations
 
@@ -44,16 +44,6 @@ def fresh(monkeypatch, module):
 @pytest.fixture
 def fresh_registry(monkeypatch):
     fresh(monkeypatch, registry)
-
-
-def test_entry_point_strategy_is_available(fresh_registry, monkeypatch, caplog):
-    eps = [FakeEntryPoint("bitfit", BiasOnly), FakeEntryPoint("broken", ImportError("no module x")),
-           FakeEntryPoint("lora", BiasOnly)]
-    monkeypatch.setattr("peftkit.registry.entry_points", lambda group: eps if group == "peftkit.strategies" else [])
-    assert "bitfit" in registry.available()
-    assert isinstance(registry.get_strategy("bitfit").build(), BiasOnly)
-    assert registry.get_strategy("lora").cls.__name__ == "LoRA"  # a plug-in cannot replace a built-in
-    assert "broken" not in registry.available() and "no module x" in caplog.text
 
 
 def test_plugin_strategy_gets_its_flags_and_trains(fresh_registry, tiny_model_dir):
@@ -117,13 +107,21 @@ def fresh_tasks(monkeypatch):
     fresh(monkeypatch, task_registry)
 
 
-def test_entry_point_task_is_available_and_cannot_replace_a_builtin(fresh_tasks, monkeypatch, caplog):
-    eps = [FakeEntryPoint("keyword", KeywordTask), FakeEntryPoint("broken", ImportError("no module y")),
-           FakeEntryPoint("causal_lm", KeywordTask)]
-    monkeypatch.setattr("peftkit.registry.entry_points", lambda group: eps if group == "peftkit.tasks" else [])
-    assert {"keyword", "text_cls", "causal_lm"} <= set(task_registry.available())
-    assert task_registry.get_task("causal_lm").cls.__name__ == "CausalLM"
-    assert "broken" not in task_registry.available() and "no module y" in caplog.text
+@pytest.mark.parametrize("kind", ["strategy", "task"])
+def test_entry_point_plugins_load_broken_ones_are_skipped_builtins_win(kind, monkeypatch, caplog):
+    module, plugin, builtin, builtin_cls = ((registry, BiasOnly, "lora", "LoRA") if kind == "strategy" else
+                                            (task_registry, KeywordTask, "causal_lm", "CausalLM"))
+    fresh(monkeypatch, module)
+    eps = [FakeEntryPoint("plugin", plugin), FakeEntryPoint("broken", ImportError("no module x")),
+           FakeEntryPoint(builtin, plugin)]
+    monkeypatch.setattr("peftkit.registry.entry_points", lambda group: eps if group == module.ENTRY_POINT_GROUP else [])
+    assert "plugin" in module.available() and module.REGISTRY.get("plugin").cls is plugin
+    assert module.REGISTRY.get(builtin).cls.__name__ == builtin_cls  # a plug-in cannot replace a built-in
+    assert "broken" not in module.available() and "no module x" in caplog.text
+    if kind == "strategy":
+        assert isinstance(registry.get_strategy("plugin").build(), BiasOnly)
+    else:
+        assert task_registry.get_task("plugin").build(None, keyword_prefix="x: ").keyword_prefix == "x: "
 
 
 def test_a_plugin_task_gets_its_flags_and_trains_through_the_engine(fresh_tasks, tmp_path, builtin_model_dir,
