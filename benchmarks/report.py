@@ -129,6 +129,7 @@ def markdown(results: dict[str, Any]) -> str:
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
     lines += scaling(results)
     lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
+    lines += [f"Note: {note}\n" for note in results.get("notes", [])]  # added by hand to a committed result
     return "\n".join(lines)
 
 
