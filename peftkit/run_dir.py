@@ -19,7 +19,7 @@ from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
 from peftkit.runner import CONFIG_FILE
 from peftkit.strategies import get_strategy
-from peftkit.tasks import build_from_config
+from peftkit.tasks import build_from_config, prepare_model
 
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
@@ -75,6 +75,7 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None):
         model = load_adapter(run_dir, cfg, task, processor)
     else:
         model = task.auto_class.from_pretrained(run_dir, use_safetensors=True)
+    prepare_model(task, model)  # e.g. the pooling the run trained with
     model.eval()
     return model, processor, cfg, task
 

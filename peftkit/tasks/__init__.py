@@ -19,6 +19,11 @@ Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`
     restore(state)                          # put a saved label space back (loading a run)
     model_kwargs() -> dict                  # config overrides (num_labels, id2label, ...)
     new_modules(model) -> list[str]         # modules created for the task and trained fully (none for an LM)
+    prepare_model(model, model_dir=None) -> dict   # optional: change what the model computes (text_cls:
+                                            # --pooling) after the strategy prepared it (model_dir given) and
+                                            # on every load of a run; returns state to save in the run
+    not_plain_reason() -> str | None        # optional: why plain transformers would run the saved model
+                                            # differently (then merge refuses, the model card says so)
     preprocess(raw, processor) -> DatasetDict ; collator(processor)
     loss_units(batch) -> int                # what the model's own loss averages over (examples, tokens)
     eval_rows(outputs, batch) -> dict[str, Tensor]   # small per-example rows, gathered across processes
@@ -84,6 +89,17 @@ def build_from_config(cfg: dict[str, Any], data_args):
         state = {"labels": cfg.get("labels"), "label_type": cfg.get("label_type", "str")}
     task.restore(state)
     return task
+
+
+def prepare_model(task, model, model_dir: str | None = None) -> dict[str, Any]:
+    """The task's optional model change (see the contract above); what it returns joins the run's task_state."""
+    fn = getattr(task, "prepare_model", None)
+    return (fn(model, model_dir) or {}) if fn else {}
+
+
+def not_plain_reason(task) -> str | None:
+    fn = getattr(task, "not_plain_reason", None)
+    return fn() if fn else None
 
 
 def metric_is_better(task, name: str, value: float, best: float | None) -> bool:

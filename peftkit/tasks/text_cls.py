@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,6 +12,7 @@ import torch
 from datasets import ClassLabel, DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
+from peftkit import pooling
 from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
@@ -26,6 +27,13 @@ logger = logging.getLogger(__name__)
 class TextClassification:
     """Sequence classification with any number of classes; labels are discovered from the data."""
 
+    pooling: str = field(
+        default="auto",
+        metadata={"help": "text_cls: what the classifier reads: pooler (the architecture's own head: BERT's pooler, "
+                  "the first token), mean, cls or max of the last hidden states (no dense layer), or auto: the "
+                  "pooling a sentence-embedding model declares when only the head trains (head), the "
+                  "architecture's own otherwise."},
+    )
     name: ClassVar[str] = "text_cls"
     auto_class: ClassVar[type] = AutoModelForSequenceClassification
     peft_task_type: ClassVar[str] = "SEQ_CLS"
@@ -38,6 +46,8 @@ class TextClassification:
     builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
 
     def __post_init__(self) -> None:
+        check(self.pooling in pooling.POOLINGS,
+              f"--pooling must be one of {', '.join(pooling.POOLINGS)}, got {self.pooling!r}.")
         self.data = DataArguments()
         self._metric = None
         self.labels: list[str] = []
@@ -83,6 +93,28 @@ class TextClassification:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.labels, self.label_type = list(state["labels"]), state.get("label_type", "str")
+        self.pooling = state.get("pooling", "pooler")  # as resolved when the run trained
+
+    def prepare_model(self, model, model_dir: str | None = None) -> dict[str, Any]:
+        """Make the classifier read the run's pooling. Training (``model_dir`` given, after the strategy froze
+        what it freezes) resolves ``auto`` against the model's files; loading a run reuses the recorded choice."""
+        from peftkit.feature_cache import backbone_is_frozen
+
+        if model_dir is not None:
+            mode, why = pooling.resolve(self.pooling, model_dir, backbone_is_frozen(model))
+            logger.info("Pooling: %s (%s).", mode, why)
+            self.pooling = mode
+        pooling.apply(model, self.pooling)
+        return {"pooling": self.pooling}
+
+    def not_plain_reason(self) -> str | None:
+        """Why plain transformers would run a saved model of this run differently (None: it would not)."""
+        if self.pooling not in pooling.HOOKED:
+            return None
+        return (f"this run's classifier reads {self.pooling}-pooled token vectors (--pooling {self.pooling}), while "
+                "transformers' own classifier for this architecture reads its pooler or first token, so plain "
+                "transformers would answer differently. Use it through peftkit (`peftkit predict`/`eval`, "
+                "`peftkit.load_run`), or train with --pooling pooler for a model plain transformers serves")
 
     def check_known_labels(self, raw: DatasetDict) -> None:
         """Evaluation data may only hold labels the model was trained on."""

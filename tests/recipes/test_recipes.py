@@ -104,6 +104,24 @@ def test_eval_command_reproduces_test_metrics(runs, capsys):
     assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-5)
 
 
+def test_head_reads_the_pooling_the_model_declares_also_when_loaded(runs, capsys, tmp_path):
+    from peftkit.cli import main
+    from peftkit.errors import PeftkitError
+    from peftkit.merge import merge
+
+    head = json.loads((runs["head"] / "peftkit_config.json").read_text())
+    assert head["task_args"]["pooling"] == "auto" and head["task_state"]["pooling"] == "mean"  # MiniLM declares it
+    lora = json.loads((runs["lora"] / "peftkit_config.json").read_text())
+    assert lora["task_state"]["pooling"] == "pooler"  # the backbone adapts: transformers' own head
+    assert main(["eval", str(runs["head"]), "--max_eval_samples", "32"]) == 0  # loading pools as training did
+    expected = json.loads((runs["head"] / "results.json").read_text())["test"]
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    card = (runs["head"] / "README.md").read_text()
+    assert "peftkit.load_run" in card and "Plain transformers cannot run this model as trained" in card
+    with pytest.raises(PeftkitError, match="mean-pooled token vectors"):
+        merge([str(runs["head"])], str(tmp_path / "merged"))
+
+
 def test_predict_command_labels_stdin(runs, monkeypatch, capsys):
     import io
 
