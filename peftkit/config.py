@@ -66,6 +66,10 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
 
 
+MIN_STEPS = 100  # optimizer steps a default run gets at least, when the batch size can give them
+AUTO_BATCH_SIZES = (32, 16, 8)
+
+
 @dataclass
 class TrainingArguments:
     output_dir: str | None = field(
@@ -74,7 +78,11 @@ class TrainingArguments:
     )
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training data."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimizer steps."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per process."})
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Batch size per process. Default: derived from the data: 32, or 16 or 8 where 32 would give "
+                  f"a run fewer than {MIN_STEPS} optimizer steps (small data; the choice is logged and saved)."},
+    )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     learning_rate: float | None = field(
@@ -171,7 +179,7 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
         "logging_steps": train_args.logging_steps,
     }
     for name, value in positive.items():
-        check(value > 0, f"--{name} must be a positive integer, got {value}.")
+        check(value is None or value > 0, f"--{name} must be a positive integer, got {value}.")
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, name)
         check(value is None or value > 0, f"--{name} must be positive, got {value}.")
@@ -208,6 +216,31 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
     check(train_args.mixed_precision in MIXED_PRECISION,
           f"--mixed_precision must be one of {', '.join(p for p in MIXED_PRECISION if p)}, got "
           f"{train_args.mixed_precision!r}.")
+
+
+def derive_batch_size(train_args: TrainingArguments, num_train: int, num_processes: int) -> tuple[int, str] | None:
+    """The per-process batch size of a run that did not set one, and why; None if it was set.
+
+    Small data at batch 32 gets few optimizer steps: 2,000 examples for one epoch are 63 steps, over which a
+    LoRA run on the built-in data learned on some seeds and not on others (test accuracy 0.63 to 0.75 for seeds
+    0-4); at batch 16 (125 steps) every seed reached 0.75 or more. So: the largest of 32, 16, 8 that gives at
+    least MIN_STEPS optimizer steps over the run, else 8."""
+    if train_args.per_device_train_batch_size is not None:
+        return None
+    if train_args.max_steps > 0:
+        return AUTO_BATCH_SIZES[0], f"--max_steps {train_args.max_steps} fixes the number of steps"
+
+    def steps(size: int) -> int:
+        batches = math.ceil(num_train / (size * num_processes))
+        return math.ceil(train_args.num_train_epochs * math.ceil(batches / train_args.gradient_accumulation_steps))
+
+    size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= MIN_STEPS), AUTO_BATCH_SIZES[-1])
+    why = (f"{num_train:,} training examples, {train_args.num_train_epochs:g} epoch(s), {num_processes} process(es): "
+           f"{steps(size)} optimizer steps")
+    if size != AUTO_BATCH_SIZES[0]:
+        why += (f" (batch {AUTO_BATCH_SIZES[0]} would give {steps(AUTO_BATCH_SIZES[0])}; small data needs enough "
+                f"steps to learn, at least {MIN_STEPS} where the batch size allows)")
+    return size, why
 
 
 def load_config_file(path: str) -> dict[str, Any]:

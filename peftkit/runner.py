@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from peftkit import __version__, checkpoint, model_card
-from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
+from peftkit.config import DataArguments, ModelArguments, TrainingArguments, derive_batch_size, validate
 from peftkit.data import load_raw_datasets
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
@@ -27,6 +27,7 @@ from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
 from peftkit.modeling import count_parameters, disable_dropout, load_config, load_model, resolve_model_path
 from peftkit.tasks import get_task, task_fields
+from peftkit.tasks import prepare_model as prepare_task_model
 from peftkit.train_state import BEST_FILE
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,11 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         task_state = task.discover(raw)
         processor = task.load_processor(model_args)
         data = task.preprocess(raw, processor)
+    derived = derive_batch_size(train_args, len(data["train"]), acc.num_processes)
+    if derived:
+        train_args.per_device_train_batch_size, why = derived
+        logger.info("--per_device_train_batch_size %d (derived: %s; pass it to choose).", derived[0], why)
+        config["derived"] = {"per_device_train_batch_size": {"value": derived[0], "why": why}}
     model, head_names = load_model(task, strategy, model_args, processor)
     # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
     # read packed rows (--packing) as several examples. Put back before saving.
@@ -238,6 +244,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = strategy.prepare(model, task, head_names)
+    task_state |= prepare_task_model(task, model, resolve_model_path(model_args.model_name_or_path))
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
     trainable, total = count_parameters(model)
@@ -276,6 +283,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
+        "per_device_train_batch_size": train_args.per_device_train_batch_size, "derived": config.get("derived", {}),
         "metric_for_best_model": metric,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

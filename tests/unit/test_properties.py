@@ -48,7 +48,8 @@ def test_validate_accepts_only_usable_settings(train_values, data_values):
                   data.validation_split_percentage):
         assert math.isfinite(value)
     assert train.learning_rate is None or (math.isfinite(train.learning_rate) and train.learning_rate > 0)
-    assert min(train.per_device_train_batch_size, train.per_device_eval_batch_size,
+    assert train.per_device_train_batch_size is None or train.per_device_train_batch_size > 0  # None: derived
+    assert min(train.per_device_eval_batch_size,
                train.gradient_accumulation_steps, data.max_seq_length, train.logging_steps) > 0
     assert train.num_train_epochs > 0 or train.max_steps > 0
     assert 0 <= train.warmup_ratio < 1 and 0 < data.validation_split_percentage < 100
