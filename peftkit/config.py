@@ -66,6 +66,8 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
 
 
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULERS = ("linear", "cosine", "constant", "step")
 MIN_STEPS = 100  # optimizer steps a default run gets at least, when the batch size can give them
 AUTO_BATCH_SIZES = (32, 16, 8)
 
@@ -91,11 +93,19 @@ class TrainingArguments:
                   "2e-2 head)."},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "Decoupled weight decay (not on biases or norms)."})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (with momentum)."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    lr_scheduler_type: str = field(
-        default="linear", metadata={"help": "Schedule after warmup: linear, cosine or constant."}
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "adamw (decoupled weight decay), adam (weight decay as an L2 term in the gradient: the "
+                  "classic cross-entropy + L2 recipe), sgd (with --momentum) or rmsprop."},
     )
+    momentum: float = field(default=0.9, metadata={"help": "Momentum of sgd and rmsprop."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "Schedule after warmup: linear, cosine, constant, or step (multiply by --lr_gamma every "
+                  "--lr_step_size epochs, the classic ResNet fine-tuning schedule)."},
+    )
+    lr_step_size: float = field(default=7.0, metadata={"help": "step schedule: epochs between learning-rate drops."})
+    lr_gamma: float = field(default=0.1, metadata={"help": "step schedule: factor of each drop."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps spent warming up."})
     warmup_steps: int = field(
         default=0, metadata={"help": "Warm up over this many optimizer steps (overrides --warmup_ratio if > 0)."}
@@ -196,9 +206,16 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
     check(train_args.weight_decay >= 0, f"--weight_decay must be >= 0, got {train_args.weight_decay}.")
     check(0 <= train_args.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {train_args.warmup_ratio}.")
     check(train_args.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {train_args.max_grad_norm}.")
-    check(train_args.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {train_args.optimizer!r}.")
-    check(train_args.lr_scheduler_type in ("linear", "cosine", "constant"),
-          f"--lr_scheduler_type must be linear, cosine or constant, got {train_args.lr_scheduler_type!r}.")
+    check(train_args.optimizer in OPTIMIZERS,
+          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_args.optimizer!r}.")
+    check(train_args.lr_scheduler_type in SCHEDULERS,
+          f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {train_args.lr_scheduler_type!r}.")
+    check(math.isfinite(train_args.lr_step_size) and train_args.lr_step_size > 0,
+          f"--lr_step_size must be a positive number of epochs, got {train_args.lr_step_size}.")
+    check(math.isfinite(train_args.lr_gamma) and 0 < train_args.lr_gamma <= 1,
+          f"--lr_gamma must be in (0, 1], got {train_args.lr_gamma}.")
+    check(math.isfinite(train_args.momentum) and 0 <= train_args.momentum < 1,
+          f"--momentum must be in [0, 1), got {train_args.momentum}.")
     check(0 < data_args.validation_split_percentage < 100,
           f"--validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}.")
     check(train_args.save_steps >= -1, f"--save_steps must be -1 (never), 0 (epoch ends) or positive, got "
@@ -221,10 +238,10 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
 def derive_batch_size(train_args: TrainingArguments, num_train: int, num_processes: int) -> tuple[int, str] | None:
     """The per-process batch size of a run that did not set one, and why; None if it was set.
 
-    Small data at batch 32 gets few optimizer steps: 2,000 examples for one epoch are 63 steps, over which a
-    LoRA run on the built-in data learned on some seeds and not on others (test accuracy 0.63 to 0.75 for seeds
-    0-4); at batch 16 (125 steps) every seed reached 0.75 or more. So: the largest of 32, 16, 8 that gives at
-    least MIN_STEPS optimizer steps over the run, else 8."""
+    Small data at batch 32 gets few optimizer steps: 2,000 examples for one epoch are 63 steps, over which
+    LoRA on the built-in data learned on some seeds and not on others (test accuracy 0.63 to 0.75 over
+    seeds 0-4); at batch 16 (125 steps) all five reached 0.75 or more (2026-11-26). So: the largest of
+    32, 16, 8 that gives at least MIN_STEPS optimizer steps over the run, else 8."""
     if train_args.per_device_train_batch_size is not None:
         return None
     if train_args.max_steps > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -53,7 +54,8 @@ class FitResult:
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float) -> torch.optim.Optimizer:
-    """AdamW or SGD over trainable parameters; no weight decay on biases and norm weights."""
+    """The --optimizer over trainable parameters; no weight decay on biases and norm weights. AdamW decays
+    the weights directly; adam, sgd and rmsprop add weight decay to the gradient (L2)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -62,7 +64,25 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float) 
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=args.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
+    if args.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=args.momentum)
+    return (torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW)(groups, lr=lr)
+
+
+def _step_factor(step: int, warmup: int, every: int, gamma: float) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return gamma ** (step // every)
+
+
+def build_scheduler(optimizer, args: TrainingArguments, total: int, steps_per_epoch: int):
+    """Warm-up, then the --lr_scheduler_type; stepped once per optimizer step."""
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
+    if args.lr_scheduler_type == "step":
+        every = max(1, round(args.lr_step_size * steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(_step_factor, warmup=warmup, every=every, gamma=args.lr_gamma))
+    return get_scheduler(args.lr_scheduler_type, optimizer, num_training_steps=total, num_warmup_steps=warmup)
 
 
 class Engine:
@@ -147,8 +167,7 @@ class Engine:
         self.total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
-        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_training_steps=self.total,
-                                       num_warmup_steps=args.warmup_steps or math.ceil(args.warmup_ratio * self.total))
+        self.scheduler = build_scheduler(self.optimizer, args, self.total, steps_per_epoch)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", self.total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
         self.checkpoints = args.save_steps >= 0 and not sharded(acc)

@@ -13,7 +13,7 @@ FLAG_BOOLS = {"fp16", "bf16", "do_train", "do_eval", "do_predict", "push_to_hub"
 HF_FLAGS = FLAG_BOOLS | {"optim", "eval_strategy", "evaluation_strategy", "save_strategy", "hub_model_id",
                          "hub_token"}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
-              "sgd": "sgd"}
+              "sgd": "sgd", "adam": "adam", "rmsprop": "rmsprop"}
 TRUE, FALSE = {"true", "yes", "1", "y", "t"}, {"false", "no", "0", "n", "f"}
 
 
@@ -27,8 +27,8 @@ def translate(name: str, value: Any, given: set[str]) -> dict[str, Any]:
         return {"mixed_precision": name}
     if name == "optim":
         if value not in OPTIMIZERS:
-            raise PeftkitError(f"--optim {value}: peftkit trains with adamw or sgd (with --momentum); pass "
-                               "--optimizer adamw or --optimizer sgd.")
+            raise PeftkitError(f"--optim {value}: peftkit trains with adamw, adam, sgd or rmsprop; pass "
+                               "--optimizer with one of them.")
         return {"optimizer": OPTIMIZERS[value]}
     if name in ("eval_strategy", "evaluation_strategy"):
         if value == "epoch":

@@ -155,7 +155,7 @@ def test_trainer_flags_users_type_by_habit_map_onto_peftkits(tmp_path):
 
 @pytest.mark.parametrize("flags,message", [
     (["--push_to_hub"], "peftkit does not upload to the Hub"),
-    (["--optim", "adafactor"], "pass --optimizer adamw or --optimizer sgd"),
+    (["--optim", "adafactor"], "trains with adamw, adam, sgd or rmsprop; pass --optimizer"),
     (["--eval_strategy", "steps"], "needs --eval_steps N"),
     (["--save_strategy", "best"], "use --save_steps N"),
     (["--learning_rat", "0.1"], "Unrecognised arguments: --learning_rat 0.1. Did you mean --learning_rate?"),

@@ -150,3 +150,52 @@ def test_warmup_steps_override_the_ratio_and_workers_collate_the_same_batches(ti
     torch.manual_seed(0)
     workers = engine(tiny_model_dir, tmp_path / "b", warmup_steps=4, dataloader_num_workers=1, **common).fit()
     assert [h["loss"] for h in workers.train_history] == [h["loss"] for h in fit.train_history]
+
+
+# -- optimizers and schedules ---------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop"])
+def test_every_optimizer_moves_the_trainable_tensors_only(optimizer, tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, strategy="lora", optimizer=optimizer, max_steps=2, save_steps=-1,
+                 per_device_train_batch_size=4)
+    before = {n: p.detach().clone() for n, p in eng.model.named_parameters()}
+    eng.fit(None)
+    after = dict(eng.acc.unwrap_model(eng.prepared).named_parameters())
+    for name, old in before.items():
+        moved = not torch.equal(old, after[name].detach())
+        assert moved == after[name].requires_grad, name
+
+
+def test_adam_is_l2_in_the_gradient_and_adamw_decays_the_weights(tiny_model_dir):
+    from peftkit.engine import build_optimizer
+
+    model, _, _ = build("bert", "full", tiny_model_dir)
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)):
+        opt = build_optimizer(model, TrainingArguments(optimizer=name, weight_decay=0.05), 1e-3)
+        assert type(opt) is cls and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_step_schedule_drops_every_lr_step_size_epochs_and_survives_a_checkpoint():
+    from peftkit.engine import build_scheduler
+
+    def run(args, steps, state=None):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_scheduler(opt, args, total=100, steps_per_epoch=10)
+        if state is not None:
+            sched.load_state_dict(state)
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs, sched.state_dict()
+
+    args = TrainingArguments(lr_scheduler_type="step", lr_step_size=2, lr_gamma=0.5, warmup_ratio=0.0)
+    lrs, _ = run(args, 60)
+    assert lrs[0] == lrs[19] == 1.0 and lrs[20] == lrs[39] == 0.5 and lrs[40] == 0.25  # epochs 2 and 4
+    first, state = run(args, 25)
+    rest, _ = run(args, 35, state)
+    # A restored schedule goes on where it stopped (its first value is the fresh optimizer's, which a real
+    # resume replaces with the checkpoint's optimizer state).
+    assert first == lrs[:25] and rest[1:] == lrs[26:60]
+    warm, _ = run(TrainingArguments(lr_scheduler_type="step", lr_step_size=2, warmup_steps=4), 6)
+    assert warm[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peftkit.cli import parse_train_args
-from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
+from peftkit.config import OPTIMIZERS, DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
 from peftkit.errors import PeftkitError
 from peftkit.tasks import get_task
@@ -54,7 +54,7 @@ def test_validate_accepts_only_usable_settings(train_values, data_values):
     assert train.num_train_epochs > 0 or train.max_steps > 0
     assert 0 <= train.warmup_ratio < 1 and 0 < data.validation_split_percentage < 100
     assert train.save_steps >= -1 and train.save_total_limit >= 0
-    assert train.optimizer in ("adamw", "sgd") and train.on_nonfinite in ("stop", "skip")
+    assert train.optimizer in OPTIMIZERS and train.on_nonfinite in ("stop", "skip")
 
 
 valid_values = st.fixed_dictionaries({}, optional={
