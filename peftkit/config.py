@@ -104,6 +104,18 @@ class TrainingArguments:
         metadata={"help": "Schedule after warmup: linear, cosine, constant, or step (multiply by --lr_gamma every "
                   "--lr_step_size epochs, the classic ResNet fine-tuning schedule)."},
     )
+    loss: str = field(
+        default="cross_entropy",
+        metadata={"help": "cross_entropy (the model's own loss unless --class_weights or --label_smoothing) or focal "
+                  "(cross-entropy times (1 - p_true)^--focal_gamma: easy examples count less)."},
+    )
+    focal_gamma: float = field(default=2.0, metadata={"help": "focal loss: the focusing exponent (0 = cross-entropy)."})
+    class_weights: str = field(
+        default="none",
+        metadata={"help": "none, balanced (n_examples / (n_classes x class count), from the training data), or one "
+                  "weight per class in label order (e.g. 1,4): for imbalanced classes. Classification tasks only."},
+    )
+    label_smoothing: float = field(default=0.0, metadata={"help": "Cross-entropy label smoothing in [0, 1)."})
     lr_step_size: float = field(default=7.0, metadata={"help": "step schedule: epochs between learning-rate drops."})
     lr_gamma: float = field(default=0.1, metadata={"help": "step schedule: factor of each drop."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps spent warming up."})
@@ -210,6 +222,15 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
           f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_args.optimizer!r}.")
     check(train_args.lr_scheduler_type in SCHEDULERS,
           f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {train_args.lr_scheduler_type!r}.")
+    check(train_args.loss in ("cross_entropy", "focal"),
+          f"--loss must be cross_entropy or focal, got {train_args.loss!r}.")
+    check(math.isfinite(train_args.focal_gamma) and train_args.focal_gamma >= 0,
+          f"--focal_gamma must be >= 0, got {train_args.focal_gamma}.")
+    check(math.isfinite(train_args.label_smoothing) and 0 <= train_args.label_smoothing < 1,
+          f"--label_smoothing must be in [0, 1), got {train_args.label_smoothing}.")
+    from peftkit.losses import parse_class_weights
+
+    parse_class_weights(train_args.class_weights)
     check(math.isfinite(train_args.lr_step_size) and train_args.lr_step_size > 0,
           f"--lr_step_size must be a positive number of epochs, got {train_args.lr_step_size}.")
     check(math.isfinite(train_args.lr_gamma) and 0 < train_args.lr_gamma <= 1,

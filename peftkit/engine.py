@@ -27,6 +27,7 @@ from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import evaluate
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
+from peftkit.losses import build_loss
 from peftkit.tasks import metric_is_better
 from peftkit.train_state import BestWeights, TrainState
 
@@ -103,6 +104,7 @@ class Engine:
         self.data = data
         # Names as in the unwrapped model's state dict, taken before Accelerate wraps or shards anything.
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.loss_fn = build_loss(args, task, data["train"])  # None: the model's own loss
         self.prepared = None
         self.skip_streak = 0
         self.metric = args.metric_for_best_model or task.default_metric
@@ -263,7 +265,10 @@ class Engine:
                 out = self._forward(model, batch, "train")
                 # A micro-batch of repeats only (see _ignore_repeats) has no loss of its own (its mean is 0/0);
                 # it still takes part in the backward pass that every process must make.
-                loss = out.loss if n else out.logits.float().sum() * 0.0
+                if not n:
+                    loss = out.logits.float().sum() * 0.0
+                else:
+                    loss = self.loss_fn(*self.task.loss_inputs(out, batch)) if self.loss_fn else out.loss
                 weight = n * scale / step_units if step_units else 0.0
                 acc.backward(loss if weight == 1.0 else loss * weight)  # even when not finite: every process
                 weighted += loss.detach().float() * n                   # must reach the same collectives

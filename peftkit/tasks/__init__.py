@@ -26,6 +26,9 @@ Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`
                                             # differently (then merge refuses, the model card says so)
     preprocess(raw, processor) -> DatasetDict ; collator(processor)
     loss_units(batch) -> int                # what the model's own loss averages over (examples, tokens)
+    loss_inputs(outputs, batch) -> (logits, labels)  # optional: one row per predicted label, for --loss,
+                                            # --label_smoothing, --class_weights (peftkit/losses.py)
+    class_counts(train) -> Tensor           # optional: examples per class (--class_weights balanced)
     eval_rows(outputs, batch) -> dict[str, Tensor]   # small per-example rows, gathered across processes
     compute_metrics(rows) -> dict[str, float]        # once, from every example's rows
     parity_logits(outputs, batch) -> Tensor          # the logits a merge must reproduce, as (n, classes)

@@ -214,6 +214,11 @@ class CausalLM:
         """The model's loss is a mean over the supervised (next-)tokens."""
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
+    def loss_inputs(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits and labels, one row per position, for losses other than the model's own."""
+        logits = outputs.logits[:, :-1]
+        return logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1)
+
     # -- evaluation -------------------------------------------------------------------------------
     def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each example's summed next-token loss and its number of supervised tokens."""

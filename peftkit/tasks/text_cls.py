@@ -191,6 +191,14 @@ class TextClassification:
         """The model's loss is a mean over the batch's examples (those not labelled -100)."""
         return int((batch["labels"] != -100).sum())
 
+    def loss_inputs(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels, one row per example, for losses other than the model's own."""
+        return outputs.logits, batch["labels"]
+
+    def class_counts(self, train) -> torch.Tensor:
+        """Training examples per class, in label order (for --class_weights balanced)."""
+        return torch.bincount(torch.tensor(train["labels"]), minlength=len(self.labels))
+
     # -- evaluation -------------------------------------------------------------------------------
     def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits, labels = outputs.logits.float(), batch["labels"].long()
