@@ -56,7 +56,7 @@ def available() -> list[str]:
     return REGISTRY.available()
 
 
-from peftkit.strategies.freezing import Full, Head, Partial  # noqa: E402
+from peftkit.strategies.freezing import BitFit, Full, Head, Partial  # noqa: E402
 from peftkit.strategies.lora import LoRA  # noqa: E402
 
 register("full", Full)
@@ -65,3 +65,5 @@ register("partial", Partial)
 register("lora", LoRA)
 register("qlora", LoRA, quantization="nf4")
 register("dora", LoRA, use_dora=True)
+register("rslora", LoRA, use_rslora=True)
+register("bitfit", BitFit)

@@ -1,4 +1,5 @@
-"""Strategies that choose which pretrained weights train: all, none (head only), or the top layers."""
+"""Strategies that choose which pretrained weights train: all, none (head only), the top layers, or the
+biases (BitFit)."""
 
 from __future__ import annotations
 
@@ -72,5 +73,24 @@ class Partial:
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         _unfreeze_head(model, head_names)
         for param in top_backbone_parameters(model, self.num_trainable_layers):
+            param.requires_grad_(True)
+        return model
+
+
+@dataclass
+class BitFit:
+    """Only the bias terms of the pretrained model (BitFit, Ben Zaken et al. 2022) and the new head train."""
+
+    default_learning_rate: ClassVar[float] = 1e-3
+
+    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        _unfreeze_head(model, head_names)
+        biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
+        check(bool(biases), f"{type(model).__name__} has no bias terms (many decoders, e.g. Llama, have none), so "
+              "BitFit would train nothing but the head. Use lora or partial.")
+        for param in biases:
             param.requires_grad_(True)
         return model

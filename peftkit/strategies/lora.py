@@ -33,6 +33,9 @@ class LoRA:
                   "Llama)."},
     )
     use_dora: bool = field(default=False, metadata={"help": "lora: weight-decomposed LoRA (DoRA)."})
+    use_rslora: bool = field(
+        default=False, metadata={"help": "lora: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (rsLoRA)."}
+    )
     quantization: str | None = field(
         default=None, metadata={"help": "lora: quantize the frozen base: nf4 or fp4 (4-bit) or int8 (QLoRA)."}
     )
@@ -105,6 +108,7 @@ class LoRA:
             lora_dropout=self.lora_dropout,
             target_modules=targets,
             use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
             modules_to_save=head_names or None,
         )
 

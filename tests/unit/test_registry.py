@@ -51,8 +51,8 @@ def test_plugin_strategy_gets_its_flags_and_trains(fresh_registry, tiny_model_di
 
     from peftkit.cli import parse_train_args
 
-    registry.register("bitfit", BiasOnly)
-    strategy = parse_train_args([], "bitfit")[3]
+    registry.register("biasonly", BiasOnly)
+    strategy = parse_train_args([], "biasonly")[3]
     from types import SimpleNamespace
 
     from peftkit.config import ModelArguments

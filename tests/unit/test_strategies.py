@@ -33,12 +33,32 @@ EXPECTED = {
     ("llama", "qlora"): LORA_QV + LLAMA_HEAD,
     ("llama", "dora"): LORA_QV + L * 2 * H + LLAMA_HEAD,
     ("llama", "partial"): LLAMA_LAYER + H + LLAMA_HEAD,  # top 1 layer + final norm + head
+    ("bert", "rslora"): LORA_QV + BERT_HEAD,
+    ("llama", "rslora"): LORA_QV + LLAMA_HEAD,
+    # every bias: embeddings' LayerNorm, per layer q,k,v,o + 2 LayerNorms + MLP in and out, the pooler
+    ("bert", "bitfit"): H + L * (4 * H + 2 * H + FF + H) + H + BERT_HEAD,
 }
-MATRIX = [(arch, s) for arch in ("bert", "llama") for s in ("full", "head", "partial", "lora", "qlora", "dora")]
+MATRIX = [(arch, s) for arch in ("bert", "llama")
+          for s in ("full", "head", "partial", "lora", "qlora", "dora", "rslora")]
+MATRIX += [("bert", "bitfit")]  # Llama has no biases: refused (below)
 
 
 def test_builtin_strategies_are_registered():
-    assert {"full", "head", "partial", "lora", "qlora", "dora"} <= set(available())
+    assert {"full", "head", "partial", "lora", "qlora", "dora", "rslora", "bitfit"} <= set(available())
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank(tiny_model_dir):
+    plain, rs = lora_on_tiny_bert(tiny_model_dir), lora_on_tiny_bert(tiny_model_dir, use_rslora=True)
+    layer = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    assert plain.get_submodule(layer).scaling["default"] == 16 / R
+    assert rs.get_submodule(layer).scaling["default"] == pytest.approx(16 / R ** 0.5)
+
+
+def test_bitfit_refuses_a_model_without_biases(tiny_model_dir):
+    from peftkit.errors import PeftkitError
+
+    with pytest.raises(PeftkitError, match="no bias terms"):
+        build("llama", "bitfit", tiny_model_dir)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
