@@ -54,15 +54,21 @@ class FitResult:
     train_tokens: int = 0
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float) -> torch.optim.Optimizer:
-    """The --optimizer over trainable parameters; no weight decay on biases and norm weights. AdamW decays
-    the weights directly; adam, sgd and rmsprop add weight decay to the gradient (L2)."""
-    decay, no_decay = [], []
+def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """The --optimizer over trainable parameters; no weight decay on biases and norm weights; ``lr_scales``
+    multiplies the learning rate of the named parameters (LoRA+). AdamW decays the weights directly; adam,
+    sgd and rmsprop add weight decay to the gradient (L2)."""
+    lr_scales = lr_scales or {}
+    grouped: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # the layout without scales
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    check(bool(decay or no_decay), "The strategy left no trainable parameters: nothing to train.")
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            grouped.setdefault((decays, lr_scales.get(name, 1.0)), []).append(param)
+    check(any(grouped.values()), "The strategy left no trainable parameters: nothing to train.")
+    # Insertion order: the same groups in the same order on every run with the same flags (checkpoints)
+    groups = [{"params": params, "weight_decay": args.weight_decay if decays else 0.0, "lr": lr * scale}
+              for (decays, scale), params in grouped.items()]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=args.momentum)
     if args.optimizer == "rmsprop":
@@ -95,8 +101,10 @@ class Engine:
     """
 
     def __init__(self, accelerator: Accelerator, task, model, data: DatasetDict, collator,
-                 args: TrainingArguments, lr: float, output_dir: Path, use_feature_cache: bool):
+                 args: TrainingArguments, lr: float, output_dir: Path, use_feature_cache: bool,
+                 lr_scales: dict[str, float] | None = None):
         self.acc, self.task, self.args, self.lr, self.output_dir = accelerator, task, args, lr, output_dir
+        self.lr_scales = lr_scales
         self.model, self.collator = model, collator
         self.cache = FeatureCache(model) if use_feature_cache and backbone_is_frozen(model) else None
         if self.cache is not None:
@@ -159,7 +167,7 @@ class Engine:
         train_loader = self.loader(self.data["train"], train=True)
         self.generator = train_loader.generator
         eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
-        optimizer = build_optimizer(self.model, args, self.lr)
+        optimizer = build_optimizer(self.model, args, self.lr, self.lr_scales)
         model, self.optimizer, self.train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
                                                                           *eval_loaders.values())
         self.eval_loaders = dict(zip(eval_loaders, prepared, strict=True))

@@ -57,6 +57,7 @@ def available() -> list[str]:
 
 
 from peftkit.strategies.freezing import BitFit, Full, Head, Partial  # noqa: E402
+from peftkit.strategies.ia3 import IA3  # noqa: E402
 from peftkit.strategies.lora import LoRA  # noqa: E402
 
 register("full", Full)
@@ -66,4 +67,6 @@ register("lora", LoRA)
 register("qlora", LoRA, quantization="nf4")
 register("dora", LoRA, use_dora=True)
 register("rslora", LoRA, use_rslora=True)
+register("loraplus", LoRA, loraplus_lr_ratio=16.0)
 register("bitfit", BitFit)
+register("ia3", IA3)

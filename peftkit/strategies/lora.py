@@ -36,6 +36,10 @@ class LoRA:
     use_rslora: bool = field(
         default=False, metadata={"help": "lora: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (rsLoRA)."}
     )
+    loraplus_lr_ratio: float = field(
+        default=0.0, metadata={"help": "lora: train the B matrices at this many times the learning rate of A (LoRA+; "
+                               "0 = off, the same rate)."}
+    )
     quantization: str | None = field(
         default=None, metadata={"help": "lora: quantize the frozen base: nf4 or fp4 (4-bit) or int8 (QLoRA)."}
     )
@@ -51,6 +55,7 @@ class LoRA:
         check(self.lora_r > 0, f"--lora_r must be a positive integer, got {self.lora_r}.")
         check(self.lora_alpha > 0, f"--lora_alpha must be positive, got {self.lora_alpha}.")
         check(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        check(self.loraplus_lr_ratio >= 0, f"--loraplus_lr_ratio must be >= 0, got {self.loraplus_lr_ratio}.")
         check(self.quantization in (None, *QUANTIZATIONS),
               f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}.")
         check(self.bnb_4bit_compute_dtype in ("auto", "float32", "bfloat16", "float16"),
@@ -62,6 +67,13 @@ class LoRA:
             cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             return torch.bfloat16 if cuda_bf16 else torch.float32
         return getattr(torch, self.bnb_4bit_compute_dtype)
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """LoRA+: the B matrices learn ``loraplus_lr_ratio`` times faster than A (Hayou et al. 2024)."""
+        if not self.loraplus_lr_ratio:
+            return {}
+        return {name: self.loraplus_lr_ratio for name, param in model.named_parameters()
+                if param.requires_grad and ".lora_B." in name}
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         if self.quantization is None:

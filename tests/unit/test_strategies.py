@@ -35,16 +35,40 @@ EXPECTED = {
     ("llama", "partial"): LLAMA_LAYER + H + LLAMA_HEAD,  # top 1 layer + final norm + head
     ("bert", "rslora"): LORA_QV + BERT_HEAD,
     ("llama", "rslora"): LORA_QV + LLAMA_HEAD,
+    ("bert", "loraplus"): LORA_QV + BERT_HEAD,
+    ("llama", "loraplus"): LORA_QV + LLAMA_HEAD,
     # every bias: embeddings' LayerNorm, per layer q,k,v,o + 2 LayerNorms + MLP in and out, the pooler
     ("bert", "bitfit"): H + L * (4 * H + 2 * H + FF + H) + H + BERT_HEAD,
+    # IA3: a scale per output channel of key and value, per input channel of both output.dense layers
+    ("bert", "ia3"): L * (2 * H + H + FF) + BERT_HEAD,
+    ("llama", "ia3"): L * (2 * H + FF) + LLAMA_HEAD,  # k_proj, v_proj, down_proj (input FF)
 }
 MATRIX = [(arch, s) for arch in ("bert", "llama")
-          for s in ("full", "head", "partial", "lora", "qlora", "dora", "rslora")]
+          for s in ("full", "head", "partial", "lora", "qlora", "dora", "rslora", "loraplus", "ia3")]
 MATRIX += [("bert", "bitfit")]  # Llama has no biases: refused (below)
 
 
 def test_builtin_strategies_are_registered():
-    assert {"full", "head", "partial", "lora", "qlora", "dora", "rslora", "bitfit"} <= set(available())
+    builtin = {"full", "head", "partial", "lora", "qlora", "dora", "rslora", "loraplus", "bitfit", "ia3"}
+    assert builtin <= set(available())
+
+
+def test_loraplus_gives_the_b_matrices_a_higher_learning_rate(tiny_model_dir):
+    from peftkit.engine import build_scheduler
+
+    model, _, strategy = build("bert", "loraplus", tiny_model_dir)
+    scales = strategy.lr_scales(model)
+    assert scales and set(scales.values()) == {16.0} and all(".lora_B." in n for n in scales)
+    assert len(scales) == L * 2  # query and value in every layer
+    args = TrainingArguments(warmup_ratio=0.5)
+    opt = build_optimizer(model, args, 1e-3, scales)
+    build_scheduler(opt, args, total=10, steps_per_epoch=10)  # warm-up and decay keep the ratio
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert lrs[id(param)] == pytest.approx(lrs[id(next(iter(opt.param_groups[0]["params"])))]
+                                                   * (16 if ".lora_B." in name else 1)), name
+    assert get_strategy("lora").build().lr_scales(model) == {}
 
 
 def test_rslora_scales_by_the_square_root_of_the_rank(tiny_model_dir):
