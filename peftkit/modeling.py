@@ -97,6 +97,29 @@ def top_backbone_parameters(model: nn.Module, n: int) -> list[nn.Parameter]:
     return params[start:]
 
 
+def layerwise_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay: ``decay ** depth`` for each trainable parameter, where depth counts
+    transformer layers from the top (the head and whatever sits above the layers: 0; the top layer: 1; the
+    embeddings and everything below the layers: one more than the bottom layer)."""
+    if decay == 1.0:
+        return {}
+    prefix = getattr(model, "base_model_prefix", "")
+    layers_name, layers = transformer_layers(model)
+    layers_prefix = f"{prefix}.{layers_name}."
+    names = [n for n, _ in model.named_parameters()]
+    first = next(i for i, n in enumerate(names) if n.startswith(layers_prefix))
+    scales = {}
+    for i, (name, param) in enumerate(model.named_parameters()):
+        if not param.requires_grad:
+            continue
+        if name.startswith(layers_prefix):
+            depth = len(layers) - int(name[len(layers_prefix):].split(".")[0])
+        else:
+            depth = len(layers) + 1 if i < first else 0
+        scales[name] = decay ** depth
+    return scales
+
+
 def disable_dropout(model: nn.Module) -> int:
     """Zero every dropout in ``model``: ``nn.Dropout`` modules and the float probabilities that attention
     implementations read from module attributes (``dropout_prob``, ``attention_dropout``). Returns how many."""

@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.errors import check
-from peftkit.modeling import top_backbone_parameters
+from peftkit.modeling import layerwise_lr_scales, top_backbone_parameters
+
+LLRD_HELP = ("full/partial: layer-wise learning-rate decay: each transformer layer learns this many times as fast "
+             "as the one above it (the head and top layer at the full rate, the embeddings slowest); 1 = off, "
+             "0.8-0.95 are usual.")
+
+
+def check_decay(value: float) -> None:
+    check(0 < value <= 1, f"--layerwise_lr_decay must be in (0, 1], got {value}.")
 
 
 def _unfreeze_head(model: nn.Module, head_names: list[str]) -> None:
@@ -22,7 +30,14 @@ def _unfreeze_head(model: nn.Module, head_names: list[str]) -> None:
 class Full:
     """Every weight trains: the reference every other strategy is measured against."""
 
+    layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
     default_learning_rate: ClassVar[float] = 5e-5
+
+    def __post_init__(self) -> None:
+        check_decay(self.layerwise_lr_decay)
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        return layerwise_lr_scales(model, self.layerwise_lr_decay)
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}
@@ -61,9 +76,14 @@ class Partial:
     num_trainable_layers: int = field(
         default=2, metadata={"help": "partial: how many of the top transformer layers train."}
     )
+    layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
     default_learning_rate: ClassVar[float] = 1e-4
 
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        return layerwise_lr_scales(model, self.layerwise_lr_decay)
+
     def __post_init__(self) -> None:
+        check_decay(self.layerwise_lr_decay)
         check(self.num_trainable_layers >= 0,
               f"--num_trainable_layers must be >= 0, got {self.num_trainable_layers}.")
 

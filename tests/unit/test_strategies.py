@@ -206,3 +206,22 @@ def test_all_linear_is_peft_shorthand_not_a_module_name(tiny_model_dir):
         lora_on_tiny_bert(tiny_model_dir, lora_target_modules=["no_such_layer"])
     message = str(info.value)
     assert ".." not in message and "or all-linear" in message and "classifier" not in message.split("e.g.")[1]
+
+
+@pytest.mark.parametrize("name", ["full", "partial"])
+def test_layerwise_lr_decay_slows_each_layer_below_the_top(name, tiny_model_dir):
+    from peftkit.strategies.freezing import Full, Partial
+
+    model, _, _ = build("bert", name, tiny_model_dir)
+    strategy = (Full if name == "full" else Partial)(layerwise_lr_decay=0.5)
+    scales = strategy.lr_scales(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(scales) == trainable
+    assert scales["classifier.weight"] == scales["bert.pooler.dense.weight"] == 1.0  # above the layers
+    assert scales["bert.encoder.layer.1.attention.self.query.weight"] == 0.5  # the top layer (of 2)
+    if name == "full":
+        assert scales["bert.encoder.layer.0.output.dense.bias"] == 0.25
+        assert scales["bert.embeddings.word_embeddings.weight"] == 0.125  # below the bottom layer
+    else:
+        assert "bert.encoder.layer.0.output.dense.bias" not in scales  # frozen: no learning rate at all
+    assert Full().lr_scales(model) == {}  # off by default: the optimizer is unchanged
