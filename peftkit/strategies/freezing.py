@@ -79,13 +79,13 @@ class Partial:
     layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
     default_learning_rate: ClassVar[float] = 1e-4
 
-    def lr_scales(self, model: nn.Module) -> dict[str, float]:
-        return layerwise_lr_scales(model, self.layerwise_lr_decay)
-
     def __post_init__(self) -> None:
         check_decay(self.layerwise_lr_decay)
         check(self.num_trainable_layers >= 0,
               f"--num_trainable_layers must be >= 0, got {self.num_trainable_layers}.")
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        return layerwise_lr_scales(model, self.layerwise_lr_decay)
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}
