@@ -70,6 +70,12 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULERS = ("linear", "cosine", "constant", "step")
 MIN_STEPS = 100  # optimizer steps a default run gets at least, when the batch size can give them
 AUTO_BATCH_SIZES = (32, 16, 8)
+DEFAULT_EPOCHS = 2.0  # what a run without --num_train_epochs gets when its data is large enough
+MAX_AUTO_EPOCHS = 10  # small data gets more epochs to reach MIN_STEPS, but not more than this
+# A forward pass over an evaluation example costs about a third of a training step's forward and backward over
+# one: evaluations are spaced so that validation costs about as much as training, not many times more (a few
+# hundred training examples against a validation set of thousands).
+EVAL_COST_RATIO = 3
 
 
 @dataclass
@@ -78,7 +84,12 @@ class TrainingArguments:
         default=None,
         metadata={"help": "Where the artefact, config and results.json go. Default: runs/<strategy>_<task>."},
     )
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training data."})
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": f"Epochs over the training data. Default: derived from the data: {DEFAULT_EPOCHS:g}, or more "
+                  f"(at most {MAX_AUTO_EPOCHS}) where the data is too small for {MIN_STEPS} optimizer steps even at "
+                  f"batch {AUTO_BATCH_SIZES[-1]} (the best validation epoch is kept; the choice is logged and saved)."},
+    )
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimizer steps."})
     per_device_train_batch_size: int | None = field(
         default=None,
@@ -147,7 +158,13 @@ class TrainingArguments:
         default=0, metadata={"help": "Stop after N evaluations without improvement (0 = never)."}
     )
     eval_steps: int = field(
-        default=0, metadata={"help": "Also evaluate every N optimizer steps (0 = once per epoch only)."}
+        default=0, metadata={"help": "Also evaluate every N optimizer steps (0 = at epoch ends only)."}
+    )
+    eval_every_epochs: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on validation at the end of every N-th epoch and at the end of training (the "
+                  "best evaluation's weights are kept). Default: derived: every epoch, or fewer where the validation "
+                  "set is so much larger than the training data that evaluating would cost more than training."},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
     logging_dir: str | None = field(
@@ -213,7 +230,7 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
         check(value is None or math.isfinite(value), f"--{name} must be a finite number, got {value}.")
     lr = train_args.learning_rate
     check(lr is None or lr > 0, f"--learning_rate must be positive, got {lr}.")
-    check(train_args.num_train_epochs > 0 or train_args.max_steps > 0,
+    check(train_args.num_train_epochs is None or train_args.num_train_epochs > 0 or train_args.max_steps > 0,
           f"--num_train_epochs must be positive (got {train_args.num_train_epochs}), or set --max_steps.")
     check(train_args.weight_decay >= 0, f"--weight_decay must be >= 0, got {train_args.weight_decay}.")
     check(0 <= train_args.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {train_args.warmup_ratio}.")
@@ -247,6 +264,8 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
     check(not (train_args.resume_from_checkpoint and train_args.overwrite_output_dir),
           "--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir replaces it: "
           "pass one of them.")
+    check(train_args.eval_every_epochs is None or train_args.eval_every_epochs > 0,
+          f"--eval_every_epochs must be a positive integer, got {train_args.eval_every_epochs}.")
     check(train_args.early_stopping_patience >= 0 and train_args.eval_steps >= 0,
           "--early_stopping_patience and --eval_steps must be >= 0.")
     check(train_args.warmup_steps >= 0 and train_args.dataloader_num_workers >= 0,
@@ -254,6 +273,12 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
     check(train_args.mixed_precision in MIXED_PRECISION,
           f"--mixed_precision must be one of {', '.join(p for p in MIXED_PRECISION if p)}, got "
           f"{train_args.mixed_precision!r}.")
+
+
+def _optimizer_steps(train_args: TrainingArguments, num_train: int, num_processes: int, size: int,
+                     epochs: float) -> int:
+    batches = math.ceil(num_train / (size * num_processes))
+    return math.ceil(epochs * math.ceil(batches / train_args.gradient_accumulation_steps))
 
 
 def derive_batch_size(train_args: TrainingArguments, num_train: int, num_processes: int) -> tuple[int, str] | None:
@@ -267,18 +292,58 @@ def derive_batch_size(train_args: TrainingArguments, num_train: int, num_process
         return None
     if train_args.max_steps > 0:
         return AUTO_BATCH_SIZES[0], f"--max_steps {train_args.max_steps} fixes the number of steps"
+    epochs = train_args.num_train_epochs or DEFAULT_EPOCHS
 
     def steps(size: int) -> int:
-        batches = math.ceil(num_train / (size * num_processes))
-        return math.ceil(train_args.num_train_epochs * math.ceil(batches / train_args.gradient_accumulation_steps))
+        return _optimizer_steps(train_args, num_train, num_processes, size, epochs)
 
     size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= MIN_STEPS), AUTO_BATCH_SIZES[-1])
-    why = (f"{num_train:,} training examples, {train_args.num_train_epochs:g} epoch(s), {num_processes} process(es): "
-           f"{steps(size)} optimizer steps")
+    why = (f"{num_train:,} training examples, {epochs:g} epoch(s), {num_processes} process(es): {steps(size)} "
+           "optimizer steps")
     if size != AUTO_BATCH_SIZES[0]:
         why += (f" (batch {AUTO_BATCH_SIZES[0]} would give {steps(AUTO_BATCH_SIZES[0])}; small data needs enough "
                 f"steps to learn, at least {MIN_STEPS} where the batch size allows)")
     return size, why
+
+
+def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: int) -> tuple[float, str] | None:
+    """The number of epochs of a run that did not set one (after its batch size is known), and why.
+
+    DEFAULT_EPOCHS, unless that leaves the run under MIN_STEPS optimizer steps: then enough epochs for
+    MIN_STEPS, at most MAX_AUTO_EPOCHS (100 examples at batch 8 are 13 steps an epoch: 8 epochs). The best
+    validation epoch is what is kept, so the extra epochs cannot make the saved model worse on validation."""
+    if train_args.num_train_epochs is not None:
+        return None
+    if train_args.max_steps > 0:
+        return DEFAULT_EPOCHS, f"--max_steps {train_args.max_steps} fixes the number of steps"
+    size = train_args.per_device_train_batch_size
+    per_epoch = _optimizer_steps(train_args, num_train, num_processes, size, 1)
+    epochs = float(min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / per_epoch))))
+    why = f"{per_epoch} optimizer steps per epoch at batch {size} x {num_processes} process(es)"
+    if epochs > DEFAULT_EPOCHS:
+        why += (f"; {DEFAULT_EPOCHS:g} epochs would give {math.ceil(DEFAULT_EPOCHS * per_epoch)}, and small data "
+                f"needs at least {MIN_STEPS} steps to learn (at most {MAX_AUTO_EPOCHS} epochs)")
+    return epochs, why + f": {math.ceil(epochs * per_epoch)} steps"
+
+
+def derive_eval_every_epochs(train_args: TrainingArguments, num_train: int, num_validation: int
+                             ) -> tuple[int, str] | None:
+    """Every how many epochs a run that did not say evaluates (after its epochs are known), and why.
+
+    Every epoch, unless the validation set is so much larger than the training data that evaluating after each
+    epoch would cost more than training (EVAL_COST_RATIO): 100 training examples for 8 epochs against 1,258
+    validation ones are evaluated every 4 epochs, twice (each evaluation there costs about 3x an epoch)."""
+    if train_args.eval_every_epochs is not None or not num_validation:
+        return None
+    epochs = math.ceil(train_args.num_train_epochs or DEFAULT_EPOCHS)
+    affordable = math.ceil(EVAL_COST_RATIO * num_train * epochs / num_validation)
+    every = math.ceil(epochs / max(1, min(epochs, affordable)))
+    why = f"{num_train:,} training examples for {epochs} epoch(s), {num_validation:,} validation examples"
+    if every == 1:
+        return 1, why + ": every epoch"
+    cost = num_validation / EVAL_COST_RATIO / num_train
+    return every, (why + f": an evaluation after each epoch would cost about {cost:.1f}x the epoch, so every {every} "
+                   f"epochs and at the end ({math.ceil(epochs / every)} evaluations)")
 
 
 def load_config_file(path: str) -> dict[str, Any]:

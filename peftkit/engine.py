@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from peftkit import checkpoint
-from peftkit.config import TrainingArguments
+from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
 from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import evaluate
@@ -174,7 +174,8 @@ class Engine:
         self.prepared = model
         self.batches_per_epoch = len(self.train_loader)
         steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
-        self.total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        epochs = args.num_train_epochs or DEFAULT_EPOCHS  # the runner derives it; an Engine built by hand may not
+        self.total = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
         self.scheduler = build_scheduler(self.optimizer, args, self.total, steps_per_epoch)
@@ -197,7 +198,8 @@ class Engine:
                 rng = None
                 if state.batches_in_epoch < self.batches_per_epoch:
                     break  # stopped inside the epoch: --max_steps or early stopping
-                self._evaluate_and_select()
+                if (state.epoch + 1) % (args.eval_every_epochs or 1) == 0:
+                    self._evaluate_and_select()
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self.epoch_start_rng = self.generator.get_state()
                 if state.step < self.total and not state.stop:

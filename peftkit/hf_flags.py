@@ -32,14 +32,15 @@ def translate(name: str, value: Any, given: set[str]) -> dict[str, Any]:
         return {"optimizer": OPTIMIZERS[value]}
     if name in ("eval_strategy", "evaluation_strategy"):
         if value == "epoch":
-            return {}
+            return {"eval_every_epochs": 1}
         if value == "steps":
             if "eval_steps" in given:
                 return {}
-            raise PeftkitError(f"--{name} steps needs --eval_steps N (peftkit evaluates at every epoch end, and "
-                               "also every N optimizer steps with --eval_steps N).")
-        raise PeftkitError(f"--{name} {value}: peftkit always evaluates on the validation split at each epoch end, "
-                           "to keep the best weights; add --eval_steps N to evaluate more often.")
+            raise PeftkitError(f"--{name} steps needs --eval_steps N (peftkit evaluates at epoch ends, see "
+                               "--eval_every_epochs, and also every N optimizer steps with --eval_steps N).")
+        raise PeftkitError(f"--{name} {value}: peftkit always evaluates on the validation split at epoch ends "
+                           "(--eval_every_epochs), to keep the best weights; add --eval_steps N to evaluate more "
+                           "often.")
     if name == "save_strategy":
         table = {"no": {"save_steps": -1}, "epoch": {"save_steps": 0}, "steps": {}}
         if value not in table:

@@ -19,7 +19,15 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from peftkit import __version__, checkpoint, model_card
-from peftkit.config import DataArguments, ModelArguments, TrainingArguments, derive_batch_size, validate
+from peftkit.config import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    derive_batch_size,
+    derive_epochs,
+    derive_eval_every_epochs,
+    validate,
+)
 from peftkit.data import load_raw_datasets
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
@@ -230,11 +238,17 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         task_state = task.discover(raw)
         processor = task.load_processor(model_args)
         data = task.preprocess(raw, processor)
-    derived = derive_batch_size(train_args, len(data["train"]), acc.num_processes)
-    if derived:
-        train_args.per_device_train_batch_size, why = derived
-        logger.info("--per_device_train_batch_size %d (derived: %s; pass it to choose).", derived[0], why)
-        config["derived"] = {"per_device_train_batch_size": {"value": derived[0], "why": why}}
+    config["derived"] = {}
+    for name, derive in (("per_device_train_batch_size", derive_batch_size), ("num_train_epochs", derive_epochs)):
+        if derived := derive(train_args, len(data["train"]), acc.num_processes):
+            setattr(train_args, name, derived[0])
+            logger.info("--%s %g (derived: %s; pass it to choose).", name, derived[0], derived[1])
+            config["derived"][name] = {"value": derived[0], "why": derived[1]}
+    if derived := derive_eval_every_epochs(train_args, len(data["train"]), len(data.get("validation", ()))):
+        train_args.eval_every_epochs = derived[0]
+        if derived[0] > 1:  # every epoch is what a user expects unless told: said only when it is not that
+            logger.info("--eval_every_epochs %d (derived: %s; pass it to choose).", *derived)
+        config["derived"]["eval_every_epochs"] = {"value": derived[0], "why": derived[1]}
     model, head_names = load_model(task, strategy, model_args, processor)
     # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
     # read packed rows (--packing) as several examples. Put back before saving.
@@ -284,7 +298,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
         "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
-        "per_device_train_batch_size": train_args.per_device_train_batch_size, "derived": config.get("derived", {}),
+        "per_device_train_batch_size": train_args.per_device_train_batch_size,
+        "num_train_epochs": train_args.num_train_epochs, "derived": config.get("derived", {}),
         "metric_for_best_model": metric,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

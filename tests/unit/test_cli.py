@@ -152,7 +152,9 @@ def test_trainer_flags_users_type_by_habit_map_onto_peftkits(tmp_path):
     _, _, args, *_ = parse_train_args(["--config", str(cfg)], "lora")
     assert (args.mixed_precision, args.save_steps) == ("bf16", -1)
     _, _, args, *_ = parse_train_args(["--fp16", "false", "--do_eval", "false"], "lora")
-    assert args.mixed_precision is None
+    assert args.mixed_precision is None and args.eval_every_epochs is None  # derived from the data
+    _, _, args, *_ = parse_train_args(["--eval_strategy", "epoch"], "lora")
+    assert args.eval_every_epochs == 1  # said outright: every epoch, whatever the data
 
 
 @pytest.mark.parametrize("flags,message", [

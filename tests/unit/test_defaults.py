@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from peftkit.config import MIN_STEPS, TrainingArguments, derive_batch_size
+from peftkit.config import (
+    MAX_AUTO_EPOCHS,
+    MIN_STEPS,
+    TrainingArguments,
+    derive_batch_size,
+    derive_epochs,
+    derive_eval_every_epochs,
+)
 
 
 @pytest.mark.parametrize("n,epochs,procs,expected", [
@@ -27,6 +34,44 @@ def test_a_set_batch_size_or_max_steps_is_not_second_guessed():
     assert derive_batch_size(TrainingArguments(max_steps=5), 100, 1)[0] == 32
 
 
+@pytest.mark.parametrize("n,batch,expected_epochs", [
+    (8530, 32, 2),    # large data: the default 2 epochs
+    (500, 8, 2),      # 63 steps an epoch: 2 epochs give 126
+    (300, 8, 3),      # 38 an epoch: 3 epochs for 114 steps
+    (100, 8, 8),      # 13 an epoch: 8 epochs for 104 steps
+    (20, 8, MAX_AUTO_EPOCHS),  # 3 an epoch: capped, not 34 epochs
+])
+def test_small_data_gets_more_epochs_up_to_a_cap(n, batch, expected_epochs):
+    epochs, why = derive_epochs(TrainingArguments(per_device_train_batch_size=batch), n, 1)
+    assert epochs == expected_epochs
+    assert ("needs at least" in why) == (expected_epochs > 2)
+
+
+def test_set_epochs_are_not_second_guessed_and_decide_the_batch_size():
+    assert derive_epochs(TrainingArguments(num_train_epochs=1, per_device_train_batch_size=8), 100, 1) is None
+    assert derive_epochs(TrainingArguments(max_steps=5, per_device_train_batch_size=8), 100, 1)[0] == 2
+    # 1,000 examples: 2 epochs (the default) fit batch 16; a user's 1 epoch needs batch 8 for 100 steps
+    assert derive_batch_size(TrainingArguments(), 1000, 1)[0] == 16
+    assert derive_batch_size(TrainingArguments(num_train_epochs=1), 1000, 1)[0] == 8
+
+
+@pytest.mark.parametrize("n,epochs,n_val,expected", [
+    (8530, 2, 1258, 1),   # the built-in data: every epoch, as before
+    (300, 3, 1258, 1),    # evaluating 3 times costs about as much as training
+    (100, 8, 1258, 4),    # 100 examples against 1,258: twice (epochs 4 and 8)
+    (20, 10, 1258, 10),   # once, at the end
+    (36, 10, 4, 1),       # a carved 10% validation split is cheap
+])
+def test_evaluation_is_spaced_when_validation_dwarfs_training(n, epochs, n_val, expected):
+    every, why = derive_eval_every_epochs(TrainingArguments(num_train_epochs=epochs), n, n_val)
+    assert every == expected and (("every epoch" in why) == (expected == 1))
+
+
+def test_evaluation_frequency_set_or_without_validation_is_left_alone():
+    assert derive_eval_every_epochs(TrainingArguments(num_train_epochs=8, eval_every_epochs=1), 100, 1258) is None
+    assert derive_eval_every_epochs(TrainingArguments(num_train_epochs=8), 100, 0) is None
+
+
 def test_gradient_accumulation_counts_toward_the_steps():
     size, _ = derive_batch_size(TrainingArguments(num_train_epochs=1, gradient_accumulation_steps=2), 4000, 1)
     assert size == 16 and 4000 / (16 * 2) >= MIN_STEPS
@@ -45,5 +90,36 @@ def test_a_run_records_the_derived_batch_size_and_why(tmp_path, builtin_model_di
     assert results["per_device_train_batch_size"] == 8 and results["global_step"] == 5  # 36 examples (4 held out) at 8
     derived = results["derived"]["per_device_train_batch_size"]
     assert derived["value"] == 8 and derived["why"].startswith("36 training examples, 1 epoch(s), 1 process(es): 5 ")
+    assert "num_train_epochs" not in results["derived"] and results["num_train_epochs"] == 1  # passed
     config = json.loads((tmp_path / "run" / "peftkit_config.json").read_text())
     assert config["training"]["per_device_train_batch_size"] is None  # what the user passed: nothing
+
+
+def test_a_tiny_run_gets_more_epochs_and_says_why(tmp_path, builtin_model_dir):
+    from peftkit.cli import train_main
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
+    code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
+                       str(tmp_path / "run"), "--report_to", "none"], task="text_cls", strategy="head")
+    assert code == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    # 36 examples at batch 8: 5 steps an epoch, so the cap of epochs, evaluated after each one
+    assert results["num_train_epochs"] == MAX_AUTO_EPOCHS and results["global_step"] == 5 * MAX_AUTO_EPOCHS
+    assert results["derived"]["num_train_epochs"]["why"].startswith("5 optimizer steps per epoch at batch 8")
+    assert [h["epoch"] for h in results["history"]] == list(range(1, MAX_AUTO_EPOCHS + 1))
+
+
+@pytest.mark.parametrize("epochs,every,evaluated", [(4, 2, [2, 4]), (3, 2, [2, 3])])
+def test_eval_every_epochs_evaluates_then_and_at_the_end(tmp_path, builtin_model_dir, epochs, every, evaluated):
+    from peftkit.cli import train_main
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
+    code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
+                       str(tmp_path / "run"), "--report_to", "none", "--num_train_epochs", str(epochs),
+                       "--eval_every_epochs", str(every)], task="text_cls", strategy="head")
+    assert code == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [h["epoch"] for h in results["history"]] == evaluated
+    assert "eval_every_epochs" not in results["derived"]
