@@ -5,6 +5,7 @@
     python -m benchmarks --strategies lora qlora full --num_processes 2
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
     python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
+    python -m benchmarks --train_sizes 100 300 1000 all --repeats 3   # learning curves: what to use for how much data
 
 Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
 """
@@ -41,7 +42,21 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM (SmolLM2 for causal_lm)")
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--num_train_epochs", type=float, default=None)
+    ap.add_argument("--train_sizes", nargs="+", default=None, metavar="N|all",
+                    help="a learning curve: train every strategy on the first N training examples (each seed draws "
+                    "its own), for each N, with peftkit's defaults (batch size and epochs derived from the data); "
+                    "no reference row")
     args = ap.parse_args(argv)
+    sizes: list[int | None] = [None]
+    if args.train_sizes:
+        try:
+            sizes = sorted({None if n == "all" else int(n) for n in args.train_sizes}, key=lambda n: n or 2**62)
+        except ValueError:
+            ap.error(f"--train_sizes takes positive whole numbers or `all`, got {' '.join(args.train_sizes)}")
+        if any(n is not None and n < 1 for n in sizes):
+            ap.error("--train_sizes must be positive")
+        if args.max_train_samples is not None:
+            ap.error("--train_sizes sets the number of training examples: leave out --max_train_samples")
     args.strategies = args.strategies or STRATEGIES[args.task]
     if args.strategies == ["all"]:
         args.strategies = available()  # built-ins and installed plug-ins alike
@@ -55,7 +70,7 @@ def parse(argv: list[str]) -> BenchConfig:
     return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir).resolve(), quick=args.quick,
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
-                       settings=settings, task=args.task)
+                       settings=settings, task=args.task, train_sizes=sizes)
 
 
 def main(argv: list[str] | None = None) -> int:

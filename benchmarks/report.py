@@ -6,9 +6,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-SMOKE_NOTE = ("**Smoke run.** --quick trains on 64 examples for one epoch and tests on 32: it checks that every "
-              "strategy runs end to end and that the report is made. Its accuracies are near chance and its times "
-              "are dominated by start-up; compare nothing here. Run without --quick for figures.")
+SMOKE_NOTE = ("**Smoke run.** --quick trains on 64 examples (or the --train_sizes asked) for a few steps and tests "
+              "on 32: it checks that every strategy runs end to end and that the report is made. Its accuracies are "
+              "near chance and its times are dominated by start-up; compare nothing here. Run without --quick for "
+              "figures.")
 MARKERS = "osD^vP*Xh<>p"
 # What the accuracy and f1 columns hold for each task (see suite.SCORES), as table and axis labels.
 NAMES = {"text_cls": ("test acc", "macro F1", "test accuracy (%)"),
@@ -42,10 +43,73 @@ def process_counts(results: dict[str, Any]) -> list[int]:
     return counts if isinstance(counts, list) else [counts]  # older results.json: one count
 
 
+def train_sizes(results: dict[str, Any]) -> list[str]:
+    return results["config"].get("train_sizes", ["all"])  # older results.json: the whole training split
+
+
 def main_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs the strategy table compares: those at the smallest process count (and the reference)."""
-    base = min(process_counts(results))
-    return [r for r in results["runs"] if r.get("num_processes", 1) == base or r["strategy"] == "reference"]
+    """The runs the strategy table compares: those at the smallest process count (and the reference), at the
+    largest training size of a learning curve."""
+    base, largest = min(process_counts(results)), train_sizes(results)[-1]
+    return [r for r in results["runs"] if (r.get("num_processes", 1) == base or r["strategy"] == "reference")
+            and r.get("train_size", "all") == largest]
+
+
+def curve_cells(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """strategy -> training size -> that cell's summary (mean and spread over seeds)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for size in train_sizes(results):
+        for strategy, entry in summarize([r for r in results["runs"] if r.get("train_size") == size]).items():
+            out.setdefault(strategy, {})[size] = entry
+    return out
+
+
+def learning_curve(results: dict[str, Any]) -> list[str]:
+    """Test score by number of training examples: which strategy to pick for the data one has."""
+    sizes = train_sizes(results)
+    if sizes == ["all"]:
+        return []
+    task = results["config"].get("task", "text_cls")
+    cells = curve_cells(results)
+    n_train = {size: sorted({r["train_examples"] for r in results["runs"]
+                             if r.get("train_size") == size and r.get("train_examples")}) for size in sizes}
+    header = [f"{size} ({', '.join(f'{n:,}' for n in n_train[size]) or '?'})" if size == "all" else size
+              for size in sizes]
+    lines = ["", "## Learning curve", "",
+             f"{NAMES[task][2].split(' (')[0].capitalize()} by number of training examples: mean +- sample standard "
+             f"deviation over seeds (each seed also draws its own training subset), the seed count where some "
+             "failed. Every run uses peftkit's defaults, which derive the batch size and the number of epochs from "
+             "the data (below the table); validation and test sets are the same at every size.", "",
+             "| strategy | " + " | ".join(header) + " |", "|---|" + "---|" * len(sizes)]
+    for strategy, per_size in cells.items():
+        row = []
+        for size in sizes:
+            entry = per_size.get(size)
+            if not entry or not entry["ok"]:
+                row.append("FAILED" if entry else "-")
+                continue
+            acc = entry["values"]["accuracy"]
+            row.append(f"{100 * entry['mean']['accuracy']:.1f} +- {100 * entry['std']['accuracy']:.1f}"
+                       + (f" ({entry['ok']} of {entry['ok'] + entry['failed']})" if entry["failed"] else "")
+                       + f" [{' '.join(f'{100 * a:.1f}' for a in acc)}]")
+        lines.append(f"| {strategy} | " + " | ".join(row) + " |")
+    lines += ["", "Each cell lists the seeds' own scores in brackets. Training time (s) and the derived "
+              "settings, per size (mean over seeds):", "",
+              "| strategy | " + " | ".join(header) + " |", "|---|" + "---|" * len(sizes)]
+    for strategy in cells:
+        row = []
+        for size in sizes:
+            runs = [r for r in results["runs"] if r["strategy"] == strategy and r.get("train_size") == size
+                    and r["status"] == "ok"]
+            if not runs:
+                row.append("-")
+                continue
+            settings = sorted({(r.get("batch_size"), r.get("epochs"), r.get("global_step")) for r in runs},
+                              key=str)
+            row.append(f"{statistics.fmean(r['train_runtime_s'] for r in runs):.1f} s; "
+                       + ", ".join(f"batch {b} x {_fmt(e, 'g')} ep = {st} steps" for b, e, st in settings))
+        lines.append(f"| {strategy} | " + " | ".join(row) + " |")
+    return lines
 
 
 def scaling(results: dict[str, Any]) -> list[str]:
@@ -98,6 +162,9 @@ def markdown(results: dict[str, Any]) -> str:
         "(the reference always 1); "
         f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
+        *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
+           f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if train_sizes(results) != ["all"]
+          else []),
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
         f"(lower is lighter), speed x = full's training time / this one's (higher is faster), delta in points of "
         f"{score}. Values are means over seeds (+- sample standard deviation)."
@@ -128,6 +195,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
     lines += scaling(results)
+    lines += learning_curve(results)
     lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
     lines += [f"Note: {note}\n" for note in results.get("notes", [])]  # added by hand to a committed result
     return "\n".join(lines)
@@ -142,7 +210,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     summary = {k: v for k, v in summarize(main_rows(results)).items() if v["ok"]}
     smoke = results["config"]["quick"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    curve = train_sizes(results) != ["all"]
+    fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(16.5 if curve else 11, 4.6))
     for ax, key, label in ((axes[0], "peak_memory_bytes", "peak memory (MiB)"),
                            (axes[1], "train_runtime_s", "training time (s)")):
         for i, (strategy, entry) in enumerate(summary.items()):
@@ -158,12 +227,41 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.set_ylim(0, 100)
             ax.text(0.5, 0.5, "SMOKE RUN\nnot results", transform=ax.transAxes, ha="center", va="center",
                     fontsize=22, color="grey", alpha=0.35, rotation=20)
+    if curve:
+        _plot_curve(axes[2], results)
     handles, names = axes[0].get_legend_handles_labels()
     if names:  # nothing to show when every strategy failed
         fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
     title = f"peftkit strategies on {results['config']['dataset']}"
+    if curve:
+        title += f" (left, middle: {train_sizes(results)[-1]} training examples)"
     fig.suptitle(title + (" - smoke run (--quick): accuracies near chance, not results" if smoke else
                           " (full mode)"))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_curve(ax: Any, results: dict[str, Any]) -> None:
+    """Score against training examples (log scale), mean and spread over seeds, one line per strategy."""
+    order = list(summarize(main_rows(results)))  # the other panels' colours and markers
+    ticks: set[float] = set()
+    for strategy, per_size in curve_cells(results).items():
+        i = order.index(strategy) if strategy in order else len(order)
+        points = []
+        for size, entry in per_size.items():
+            if entry["ok"]:
+                n = statistics.fmean(r["train_examples"] for r in results["runs"] if r["strategy"] == strategy
+                                     and r.get("train_size") == size and r["status"] == "ok")
+                points.append((n, 100 * entry["mean"]["accuracy"], 100 * entry["std"]["accuracy"]))
+        if points:
+            x, y, err = zip(*sorted(points), strict=True)
+            ticks.update(x)
+            ax.errorbar(x, y, yerr=err, fmt="-" + MARKERS[i % len(MARKERS)], capsize=3, markersize=6, color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [f"{t:,.0f}" for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel(NAMES[results["config"].get("task", "text_cls")][2])
+    ax.set_title("learning curve (mean +- sd over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")

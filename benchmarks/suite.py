@@ -41,9 +41,19 @@ class BenchConfig:
     model_name_or_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     task: str = "text_cls"
+    # Several: a learning curve (test score against the number of training examples; None = all of them),
+    # each size trained with peftkit's defaults, which derive batch size and epochs from the data.
+    train_sizes: list[int | None] = field(default_factory=lambda: [None])
 
     def __post_init__(self):
-        self.settings = {**(QUICK if self.quick else FULL)[self.task], **self.settings}
+        fixed = {} if self.curve else (QUICK if self.quick else FULL)[self.task]
+        if self.curve and self.quick:  # the smoke run's small validation and test sets, sizes as asked
+            fixed = {k: v for k, v in QUICK[self.task].items() if k in ("max_eval_samples", "max_generation_samples")}
+        self.settings = {**fixed, **self.settings}
+
+    @property
+    def curve(self) -> bool:
+        return self.train_sizes != [None]
 
 
 def flags(settings: dict[str, Any]) -> list[str]:
@@ -96,17 +106,24 @@ def artifact_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in run_dir.glob("*.safetensors"))
 
 
-def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1) -> dict[str, Any]:
+def size_name(size: int | None) -> str:
+    return "all" if size is None else str(size)
+
+
+def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
+                   train_size: int | None = None) -> dict[str, Any]:
     suffix = f"-np{num_processes}" if len(cfg.num_processes) > 1 else ""
-    run_dir = cfg.output_dir / "runs" / f"{strategy}-seed{seed}{suffix}"
+    size = f"-n{size_name(train_size)}" if cfg.curve else ""
+    run_dir = cfg.output_dir / "runs" / f"{strategy}{size}-seed{seed}{suffix}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
+    settings = cfg.settings | ({"max_train_samples": train_size} if train_size else {})
     cmd = [*launcher(cfg, num_processes), "train", "--task", cfg.task, "--strategy", strategy, "--output_dir",
-           str(run_dir), "--seed", str(seed), "--report_to", "none", *model, *flags(cfg.settings)]
+           str(run_dir), "--seed", str(seed), "--report_to", "none", *model, *flags(settings)]
     code, wall = run_command(cmd, run_dir / "train.log", thread_env(num_processes))
     row: dict[str, Any] = {"strategy": strategy, "seed": seed, "num_processes": num_processes, "command": cmd,
-                           "wall_s": round(wall, 2)}
+                           "wall_s": round(wall, 2)} | ({"train_size": size_name(train_size)} if cfg.curve else {})
     if code != 0 or not (run_dir / "results.json").is_file():
         return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
     res = json.loads((run_dir / "results.json").read_text())
@@ -116,7 +133,10 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
             "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
             "step_time_median_s": res.get("step_time_median_s"), "trainable_params": res["trainable_params"],
             "trainable_params_without_head": res.get("trainable_params_without_head"),
-            "artifact_bytes": artifact_bytes(run_dir), "num_processes": res["num_processes"]}
+            "artifact_bytes": artifact_bytes(run_dir), "num_processes": res["num_processes"],
+            "train_examples": res["num_examples"]["train"], "batch_size": res.get("per_device_train_batch_size"),
+            "epochs": res.get("num_train_epochs"), "global_step": res.get("global_step"),
+            "derived": {k: v["value"] for k, v in res.get("derived", {}).items()}}
     if (run_dir / "adapter_config.json").is_file():
         merged = run_dir / "merged"
         code, wall = run_command([sys.executable, "-m", "peftkit", "merge", str(run_dir), "--output_dir",
@@ -218,15 +238,18 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     """Every (strategy, seed) run, with a progress line each; failures are recorded and the suite goes on."""
     from peftkit.runner import versions
 
-    jobs = [(s, cfg.seed + i, p) for p in cfg.num_processes for i in range(cfg.repeats) for s in cfg.strategies]
-    if cfg.reference:  # the stock Trainer script runs in one process
-        jobs += [("reference", cfg.seed + i, 1) for i in range(cfg.repeats)]
+    # Sizes from the smallest (quick to show a problem), seeds inside, so a stopped suite has whole sizes.
+    jobs = [(s, cfg.seed + i, p, n) for n in cfg.train_sizes for p in cfg.num_processes for i in range(cfg.repeats)
+            for s in cfg.strategies]
+    if cfg.reference and not cfg.curve:  # the stock Trainer script runs in one process
+        jobs += [("reference", cfg.seed + i, 1, None) for i in range(cfg.repeats)]
     rows: list[dict[str, Any]] = []
     partial = cfg.output_dir / "results.partial.json"  # every finished run, should the suite be stopped
-    for n, (strategy, seed, procs) in enumerate(jobs, 1):
-        print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es)) ...", flush=True)
+    for n, (strategy, seed, procs, size) in enumerate(jobs, 1):
+        at = f", {size_name(size)} training examples" if cfg.curve else ""
+        print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es){at}) ...", flush=True)
         row = (train_reference(cfg, seed) if strategy == "reference"
-               else train_strategy(cfg, strategy, seed, procs))
+               else train_strategy(cfg, strategy, seed, procs, size))
         rows.append(row)
         if row["status"] == "ok":
             print(f"[{n}/{len(jobs)}] {strategy}: accuracy {row['accuracy']:.4f}, {row['train_runtime_s']:.1f} s, "
@@ -237,6 +260,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     partial.unlink(missing_ok=True)
     return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
+                       "train_sizes": [size_name(n) for n in cfg.train_sizes],
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
                        "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
                        "dataset": "builtin:rotten_tomatoes" + (" (as questions)" if cfg.task == "causal_lm" else ""),

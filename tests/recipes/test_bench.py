@@ -92,3 +92,34 @@ def test_several_process_counts_give_a_scaling_table(tmp_path):
     scaling_rows = [line for line in table.splitlines() if line.startswith("| lora | ")]
     assert scaling_rows[-2].startswith("| lora | 1 | 1 |") and "| 1.00 | 1.00 |" in scaling_rows[-2]
     assert scaling_rows[-1].startswith("| lora | 2 | 2 |")
+
+
+def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
+    proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "2",
+                     "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["runs"]
+    # smallest size first, no reference row (the stock route is compared at one size, not along a curve)
+    assert [(r["train_size"], r["seed"]) for r in rows] == [("16", 42), ("16", 43), ("40", 42), ("40", 43)]
+    assert results["config"]["train_sizes"] == ["16", "40"]
+    for row in rows:
+        assert row["status"] == "ok" and row["train_examples"] == int(row["train_size"])
+        # peftkit's own defaults, not the fixed batch and epochs of --quick: small data gets batch 8, more epochs
+        assert row["batch_size"] == 8 and row["derived"] == {"per_device_train_batch_size": 8,
+                                                             "num_train_epochs": row["epochs"]}
+    assert {r["epochs"] for r in rows} == {10}  # 2 and 5 steps an epoch: both capped
+    table = (tmp_path / "results.md").read_text()
+    assert "## Learning curve" in table and "| strategy | 16 | 40 |" in table
+    curve_row = next(line for line in table.split("## Learning curve")[1].splitlines() if line.startswith("| head |"))
+    accs = [100 * r["accuracy"] for r in rows]
+    assert curve_row.count("+-") == 2 and f"[{accs[0]:.1f} {accs[1]:.1f}]" in curve_row
+    assert "batch 8 x 10 ep = 20 steps" in table and "strategy table is at 40" in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_sizes_are_checked():
+    proc = run_bench("--train_sizes", "100", "lots")
+    assert proc.returncode == 2 and "--train_sizes takes positive whole numbers or `all`" in proc.stderr
+    proc = run_bench("--train_sizes", "100", "--max_train_samples", "50")
+    assert proc.returncode == 2 and "leave out --max_train_samples" in proc.stderr
