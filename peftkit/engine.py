@@ -102,9 +102,12 @@ class Engine:
 
     def __init__(self, accelerator: Accelerator, task, model, data: DatasetDict, collator,
                  args: TrainingArguments, lr: float, output_dir: Path, use_feature_cache: bool,
-                 lr_scales: dict[str, float] | None = None):
+                 lr_scales: dict[str, float] | None = None, unfreeze: dict[str, float] | None = None):
         self.acc, self.task, self.args, self.lr, self.output_dir = accelerator, task, args, lr, output_dir
         self.lr_scales = lr_scales
+        # Gradual unfreezing: parameter name -> fraction of the run's steps after which it starts to train.
+        self.unfreeze = {n: f for n, f in (unfreeze or {}).items() if f > 0}
+        self.waiting: list[tuple[int, list[torch.nn.Parameter]]] = []
         self.model, self.collator = model, collator
         self.cache = FeatureCache(model) if use_feature_cache and backbone_is_frozen(model) else None
         if self.cache is not None:
@@ -181,6 +184,15 @@ class Engine:
         self.scheduler = build_scheduler(self.optimizer, args, self.total, steps_per_epoch)
         logger.info("%d optimizer steps (%d per epoch), effective batch %d", self.total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
+        if self.unfreeze:
+            check(not sharded(acc), "Gradual unfreezing is not supported under FSDP or DeepSpeed: drop "
+                  "--gradual_unfreezing or train with DDP.")
+            params, joins = dict(self.model.named_parameters()), {}
+            for name, fraction in self.unfreeze.items():
+                joins.setdefault(math.ceil(fraction * self.total), []).append(params[name])
+            self.waiting = sorted(joins.items(), key=lambda item: item[0])
+            logger.info("Gradual unfreezing: %d parameter groups join at steps %s (the head and the top train from "
+                        "the start).", len(joins), ", ".join(str(step) for step in joins))
         self.checkpoints = args.save_steps >= 0 and not sharded(acc)
         if args.save_steps >= 0 and sharded(acc):
             logger.warning("Checkpoints and --resume_from_checkpoint are not supported under FSDP or DeepSpeed yet: "
@@ -283,6 +295,10 @@ class Engine:
                 acc.backward(loss if weight == 1.0 else loss * weight)  # even when not finite: every process
                 weighted += loss.detach().float() * n                   # must reach the same collectives
                 nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))
+        for join, params in self.waiting:  # gradual unfreezing: not yet their turn, so no gradient, no update
+            if state.step < join:
+                for param in params:
+                    param.grad = None
         norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
         # Under fp16 the grad scaler expects and skips overflowing steps itself.
         if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):

@@ -97,27 +97,43 @@ def top_backbone_parameters(model: nn.Module, n: int) -> list[nn.Parameter]:
     return params[start:]
 
 
-def layerwise_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
-    """Layer-wise learning-rate decay: ``decay ** depth`` for each trainable parameter, where depth counts
-    transformer layers from the top (the head and whatever sits above the layers: 0; the top layer: 1; the
-    embeddings and everything below the layers: one more than the bottom layer)."""
-    if decay == 1.0:
-        return {}
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Each trainable parameter's depth, counted in transformer layers from the top: the head and whatever sits
+    above the layers 0, the top layer 1, the embeddings and everything below the layers one more than the
+    bottom layer."""
     prefix = getattr(model, "base_model_prefix", "")
     layers_name, layers = transformer_layers(model)
     layers_prefix = f"{prefix}.{layers_name}."
     names = [n for n, _ in model.named_parameters()]
     first = next(i for i, n in enumerate(names) if n.startswith(layers_prefix))
-    scales = {}
+    depths = {}
     for i, (name, param) in enumerate(model.named_parameters()):
         if not param.requires_grad:
             continue
         if name.startswith(layers_prefix):
-            depth = len(layers) - int(name[len(layers_prefix):].split(".")[0])
+            depths[name] = len(layers) - int(name[len(layers_prefix):].split(".")[0])
         else:
-            depth = len(layers) + 1 if i < first else 0
-        scales[name] = decay ** depth
-    return scales
+            depths[name] = len(layers) + 1 if i < first else 0
+    return depths
+
+
+def layerwise_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay: ``decay ** depth`` for each trainable parameter (see layer_depths)."""
+    if decay == 1.0:
+        return {}
+    return {name: decay**depth for name, depth in layer_depths(model).items()}
+
+
+UNFREEZE_BY = 0.5  # gradual unfreezing: the last (deepest) group joins half-way through training
+
+
+def unfreeze_schedule(model: nn.Module) -> dict[str, float]:
+    """Gradual unfreezing (as in ULMFiT): when each trainable parameter starts to train, as a fraction of the
+    run's optimizer steps. The head and what sits above the layers train from the start; then one layer more
+    from the top joins at even intervals, the deepest trainable group (the embeddings, for full) at UNFREEZE_BY."""
+    depths = layer_depths(model)
+    deepest = max(depths.values(), default=0)
+    return {name: UNFREEZE_BY * depth / deepest if deepest else 0.0 for name, depth in depths.items()}
 
 
 def disable_dropout(model: nn.Module) -> int:

@@ -276,7 +276,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)
     engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
                     use_feature_cache=getattr(strategy, "cache_features", False),
-                    lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None)
+                    lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None,
+                    unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None)
     fit = engine.fit(resume)
     final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
     if use_cache:

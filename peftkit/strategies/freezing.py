@@ -9,11 +9,17 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.errors import check
-from peftkit.modeling import layerwise_lr_scales, top_backbone_parameters
+from peftkit.modeling import UNFREEZE_BY, layerwise_lr_scales, top_backbone_parameters, unfreeze_schedule
 
 LLRD_HELP = ("full/partial: layer-wise learning-rate decay: each transformer layer learns this many times as fast "
              "as the one above it (the head and top layer at the full rate, the embeddings slowest); 1 = off, "
              "0.8-0.95 are usual.")
+
+
+GU_HELP = ("full/partial: gradual unfreezing: the head (and what sits above the layers) trains alone at first, then "
+           "one more layer from the top joins at even intervals until every trainable layer trains, "
+           f"{UNFREEZE_BY:g} of the way through the run. Guards pretrained features against a new head's "
+           "first large gradients.")
 
 
 def check_decay(value: float) -> None:
@@ -31,6 +37,7 @@ class Full:
     """Every weight trains: the reference every other strategy is measured against."""
 
     layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
+    gradual_unfreezing: bool = field(default=False, metadata={"help": GU_HELP})
     default_learning_rate: ClassVar[float] = 5e-5
 
     def __post_init__(self) -> None:
@@ -38,6 +45,9 @@ class Full:
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return layerwise_lr_scales(model, self.layerwise_lr_decay)
+
+    def unfreeze_schedule(self, model: nn.Module) -> dict[str, float]:
+        return unfreeze_schedule(model) if self.gradual_unfreezing else {}
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}
@@ -77,6 +87,7 @@ class Partial:
         default=2, metadata={"help": "partial: how many of the top transformer layers train."}
     )
     layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
+    gradual_unfreezing: bool = field(default=False, metadata={"help": GU_HELP})
     default_learning_rate: ClassVar[float] = 1e-4
 
     def __post_init__(self) -> None:
@@ -86,6 +97,9 @@ class Partial:
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return layerwise_lr_scales(model, self.layerwise_lr_decay)
+
+    def unfreeze_schedule(self, model: nn.Module) -> dict[str, float]:
+        return unfreeze_schedule(model) if self.gradual_unfreezing else {}
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}

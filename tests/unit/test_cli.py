@@ -187,6 +187,18 @@ def test_peftkit_train_help_lists_strategy_and_says_what_no_flags_do(capsys):
     assert "(default: False)" not in text.split("--no_bnb_4bit_use_double_quant")[2][:80]
 
 
+def test_every_strategy_and_task_has_working_help(capsys):
+    from peftkit.strategies import available
+    from peftkit.tasks import available as tasks
+
+    for task in tasks():
+        for strategy in available():  # a stray % in a flag's help breaks argparse's formatting of all of them
+            with pytest.raises(SystemExit) as info:
+                main(["train", "--task", task, "--strategy", strategy, "--help"])
+            assert info.value.code == 0, (task, strategy)
+            assert f"with the '{strategy}' strategy" in " ".join(capsys.readouterr().out.split())
+
+
 def test_an_existing_runs_file_list_says_how_many_it_leaves_out(tmp_path):
     from peftkit.errors import PeftkitError
     from peftkit.runner import prepare_output_dir

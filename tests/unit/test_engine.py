@@ -11,7 +11,7 @@ from helpers import build, collate, examples
 from peftkit.config import TrainingArguments
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError
-from peftkit.modeling import disable_dropout
+from peftkit.modeling import disable_dropout, unfreeze_schedule
 from peftkit.tasks.text_cls import TextClassification
 
 
@@ -20,13 +20,13 @@ def data(n=16):
     return DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:6])})
 
 
-def engine(tiny_model_dir, tmp_path, strategy="full", **overrides):
+def engine(tiny_model_dir, tmp_path, strategy="full", unfreeze=False, **overrides):
     model, task, _ = build("bert", strategy, tiny_model_dir)
     disable_dropout(model)  # runs can then be compared exactly
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **overrides)
     acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
     return Engine(acc, task, model, data(), collate, args, lr=1e-3, output_dir=tmp_path,
-                  use_feature_cache=False)
+                  use_feature_cache=False, unfreeze=unfreeze_schedule(model) if unfreeze else None)
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tiny_model_dir, tmp_path):
@@ -199,3 +199,27 @@ def test_step_schedule_drops_every_lr_step_size_epochs_and_survives_a_checkpoint
     assert first == lrs[:25] and rest[1:] == lrs[26:60]
     warm, _ = run(TrainingArguments(lr_scheduler_type="step", lr_step_size=2, warmup_steps=4), 6)
     assert warm[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_gradual_unfreezing_trains_each_layer_from_its_step_on_and_resumes_exactly(tiny_model_dir, tmp_path):
+    # 6 steps; 2 layers + embeddings join at steps ceil(6/6)=1, ceil(12/6)=2 and 3 (half-way)
+    common = dict(per_device_train_batch_size=4, num_train_epochs=1.5, warmup_ratio=0.0, save_steps=1)
+    eng = engine(tiny_model_dir, tmp_path / "a", unfreeze=True, max_steps=1, **common)
+    before = {n: p.detach().clone() for n, p in eng.model.named_parameters()}
+    eng.fit()
+    after = dict(eng.model.named_parameters())
+    moved = {n for n, old in before.items() if not torch.equal(old, after[n].detach())}
+    assert "classifier.weight" in moved and "bert.pooler.dense.weight" in moved
+    assert not any(n.startswith(("bert.encoder", "bert.embeddings")) for n in moved)  # all still waiting
+    # A straight run, and the same run resumed from its checkpoint after step 2: the same weights at the end
+    torch.manual_seed(0)
+    straight = engine(tiny_model_dir, tmp_path / "b", unfreeze=True, save_total_limit=0, **common)
+    straight.fit()
+    assert straight.state.step == 6
+    end = dict(straight.model.named_parameters())
+    assert all(not torch.equal(before[n], end[n].detach()) for n in before)  # everything trained in the end
+    torch.manual_seed(0)
+    resumed = engine(tiny_model_dir, tmp_path / "c", unfreeze=True, **common)
+    resumed.fit(tmp_path / "b" / "checkpoint-2")
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param, end[name], rtol=0, atol=0, msg=name)

@@ -225,3 +225,21 @@ def test_layerwise_lr_decay_slows_each_layer_below_the_top(name, tiny_model_dir)
     else:
         assert "bert.encoder.layer.0.output.dense.bias" not in scales  # frozen: no learning rate at all
     assert Full().lr_scales(model) == {}  # off by default: the optimizer is unchanged
+
+
+@pytest.mark.parametrize("name", ["full", "partial"])
+def test_gradual_unfreezing_schedules_layers_from_the_top(name, tiny_model_dir):
+    from peftkit.strategies.freezing import Full, Partial
+
+    model, _, _ = build("bert", name, tiny_model_dir)
+    strategy = (Full if name == "full" else Partial)(gradual_unfreezing=True)
+    joins = strategy.unfreeze_schedule(model)
+    assert set(joins) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert joins["classifier.weight"] == joins["bert.pooler.dense.weight"] == 0.0  # from the start
+    if name == "full":  # 2 layers and the embeddings below them: 1/6, 2/6, then half-way
+        assert joins["bert.encoder.layer.1.attention.self.query.weight"] == pytest.approx(1 / 6)
+        assert joins["bert.encoder.layer.0.output.dense.bias"] == pytest.approx(2 / 6)
+        assert joins["bert.embeddings.word_embeddings.weight"] == 0.5
+    else:  # the one trainable layer is the deepest group
+        assert joins["bert.encoder.layer.1.attention.self.query.weight"] == 0.5
+    assert Full().unfreeze_schedule(model) == {}  # off by default
