@@ -283,6 +283,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if use_cache:
         acc.unwrap_model(engine.prepared).config.use_cache = use_cache
     save_model(acc, engine.prepared, output_dir, processor)
+    if acc.is_main_process and hasattr(strategy, "finalize_saved"):
+        strategy.finalize_saved(output_dir)
     acc.end_training()
 
     results = {

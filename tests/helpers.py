@@ -20,7 +20,7 @@ LABELS = ["a", "b", "c"]
 LORA_R = 4
 STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA_R}, "qlora": {"lora_r": LORA_R},
                  "dora": {"lora_r": LORA_R}, "rslora": {"lora_r": LORA_R},
-                 "loraplus": {"lora_r": LORA_R}}
+                 "loraplus": {"lora_r": LORA_R}, "pissa": {"lora_r": LORA_R}}
 
 
 def text_task(labels=LABELS):

@@ -5,7 +5,13 @@ A strategy is a small dataclass (its fields become CLI flags) with two methods::
     load_kwargs(head_names) -> dict        # extra from_pretrained kwargs, e.g. a quantization config
     prepare(model, task, head_names) -> nn.Module   # freeze, or wrap with peft
 
-and a ``default_learning_rate`` class attribute. Variants are presets of one class
+and a ``default_learning_rate`` class attribute. Optional methods, used where present::
+
+    lr_scales(model) -> {param name: factor}        # per-parameter learning rates (LoRA+, layer-wise decay)
+    unfreeze_schedule(model) -> {param name: frac}  # when each parameter starts to train (gradual unfreezing)
+    finalize_saved(output_dir)                      # rewrite what was saved (PiSSA: for the original base)
+
+Variants are presets of one class
 (``register("qlora", LoRA, quantization="nf4")``). Third-party packages add strategies through the
 entry-point group ``peftkit.strategies``; each entry point names a strategy class, registered under the
 entry point's name.
@@ -68,5 +74,6 @@ register("qlora", LoRA, quantization="nf4")
 register("dora", LoRA, use_dora=True)
 register("rslora", LoRA, use_rslora=True)
 register("loraplus", LoRA, loraplus_lr_ratio=16.0)
+register("pissa", LoRA, lora_init="pissa")
 register("bitfit", BitFit)
 register("ia3", IA3)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -12,6 +15,10 @@ from torch import nn
 from peftkit.errors import PeftkitError, check
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
+# Adapter initialisations: peft's names. pissa and olora start the adapter on the weights' principal
+# directions (SVD; QR) and take them out of the frozen base, which they rewrite.
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+REWRITES_BASE = re.compile(r"^(pissa(_niter_\d+)?|olora)$")
 
 
 def fsdp_enabled() -> bool:
@@ -33,6 +40,13 @@ class LoRA:
                   "Llama)."},
     )
     use_dora: bool = field(default=False, metadata={"help": "lora: weight-decomposed LoRA (DoRA)."})
+    lora_init: str = field(
+        default="default",
+        metadata={"help": "lora: adapter initialisation: default (B = 0), gaussian, pissa (the weights' top singular "
+                  "directions train, the rest stays frozen; pissa_niter_N: a fast randomised SVD with N iterations, "
+                  "for large models), or olora (QR). pissa and olora are saved converted back to an ordinary "
+                  "adapter on the original base (of rank 2r), so loading, merging and serving are as for LoRA."},
+    )
     use_rslora: bool = field(
         default=False, metadata={"help": "lora: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (rsLoRA)."}
     )
@@ -56,11 +70,22 @@ class LoRA:
         check(self.lora_alpha > 0, f"--lora_alpha must be positive, got {self.lora_alpha}.")
         check(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         check(self.loraplus_lr_ratio >= 0, f"--loraplus_lr_ratio must be >= 0, got {self.loraplus_lr_ratio}.")
+        check(self.lora_init in LORA_INITS or bool(REWRITES_BASE.match(self.lora_init)),
+              f"--lora_init must be one of {', '.join(LORA_INITS)} or pissa_niter_N, got {self.lora_init!r}.")
+        if self.rewrites_base:
+            check(self.quantization is None and not self.use_dora,
+                  f"--lora_init {self.lora_init} rewrites the base weights from their decomposition: not with a "
+                  "quantized base (qlora) or DoRA here. Use --strategy lora (or pissa), or --lora_init default.")
+        self._initial_adapter: dict[str, torch.Tensor] | None = None
         check(self.quantization in (None, *QUANTIZATIONS),
               f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}.")
         check(self.bnb_4bit_compute_dtype in ("auto", "float32", "bfloat16", "float16"),
               f"--bnb_4bit_compute_dtype must be auto, float32, bfloat16 or float16, got "
               f"{self.bnb_4bit_compute_dtype!r}.")
+
+    @property
+    def rewrites_base(self) -> bool:
+        return bool(REWRITES_BASE.match(self.lora_init))
 
     def compute_dtype(self) -> torch.dtype:
         if self.bnb_4bit_compute_dtype == "auto":
@@ -121,6 +146,7 @@ class LoRA:
             target_modules=targets,
             use_dora=self.use_dora,
             use_rslora=self.use_rslora,
+            init_lora_weights=True if self.lora_init == "default" else self.lora_init,
             modules_to_save=head_names or None,
         )
 
@@ -133,10 +159,40 @@ class LoRA:
             # (--gradient_checkpointing), not forced here.
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
-            return get_peft_model(model, self.peft_config(task, head_names))
+            model = get_peft_model(model, self.peft_config(task, head_names))
         except ValueError as exc:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, nn.Linear) and n.split(".")[0] not in head_names})
             raise PeftkitError(f"LoRA could not be applied: {str(exc).rstrip('. ')}. Pass --lora_target_modules with "
                                f"names of linear layers in this model (e.g. {' '.join(linear[:8])}), or "
                                "all-linear.") from exc
+        if self.rewrites_base:
+            # The adapter as initialised: finalize_saved subtracts it from the trained one, which works only on
+            # the rewritten base, to give an ordinary adapter for the original weights.
+            from peft.utils import get_peft_model_state_dict
+
+            self._initial_adapter = {k: v.detach().to("cpu", copy=True) for k, v in
+                                     get_peft_model_state_dict(model).items() if ".lora_A." in k or ".lora_B." in k}
+        return model
+
+    def finalize_saved(self, output_dir: Path) -> None:
+        """Turn a saved PiSSA/OLoRA adapter into an ordinary one for the original base: with W = W_res + B0 A0
+        and W_res + B A after training, the update is B A - B0 A0 = [B | -B0] [A ; A0], an adapter of rank 2r
+        with the same scale (alpha doubles; times sqrt 2 under rsLoRA). peft's own conversion
+        (``path_initial_model_for_weight_conversion``) does the same but fails on a model with a new head."""
+        if self._initial_adapter is None:
+            return
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(output_dir / "adapter_model.safetensors")
+        for key, initial in self._initial_adapter.items():
+            check(key in weights, f"The saved adapter has no {key}: cannot convert it for the original base.")
+            dim = 0 if ".lora_A." in key else 1
+            weights[key] = torch.cat([weights[key], initial if dim == 0 else -initial], dim=dim).contiguous()
+        save_file(weights, output_dir / "adapter_model.safetensors", metadata={"format": "pt"})
+        config = json.loads((output_dir / "adapter_config.json").read_text())
+        config["r"] *= 2
+        config["lora_alpha"] *= 2**0.5 if config.get("use_rslora") else 2
+        config["init_lora_weights"] = True
+        config["peftkit_converted_from"] = self.lora_init
+        (output_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))

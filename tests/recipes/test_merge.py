@@ -144,3 +144,20 @@ def test_failed_parity_and_interruption_leave_nothing(runs, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         merge([str(runs["lora"])], str(out))
     assert not out.exists() and not list(tmp_path.glob(".m.*"))
+
+
+def test_pissa_run_loads_evaluates_and_merges_on_the_original_base(tmp_path, capsys):
+    # PiSSA trains on a rewritten base; the saved adapter is converted for the original one (rank 2r), so
+    # that loading the run reproduces its test metrics and merging needs nothing special.
+    run = train("pissa", tmp_path / "pissa")
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["peftkit_converted_from"] == "pissa"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--max_eval_samples", "24"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    expected = json.loads((run / "results.json").read_text())["test"]
+    assert metrics["accuracy"] == expected["accuracy"]
+    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    report = merge([str(run)], str(tmp_path / "merged"))
+    assert report["passed"] and report["adapter_vs_merged_reloaded"]["prediction_agreement"] == 1.0
+    plain_logits(tmp_path / "merged", TEXTS)
