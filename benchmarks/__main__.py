@@ -46,6 +46,9 @@ def parse(argv: list[str]) -> BenchConfig:
                     help="a learning curve: train every strategy on the first N training examples (each seed draws "
                     "its own), for each N, with peftkit's defaults (batch size and epochs derived from the data); "
                     "no reference row")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs a stopped suite finished in --output_dir (run the same command again) and "
+                    "run only the rest; each row records the peftkit commit that made it")
     args = ap.parse_args(argv)
     sizes: list[int | None] = [None]
     if args.train_sizes:
@@ -70,7 +73,8 @@ def parse(argv: list[str]) -> BenchConfig:
     return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir).resolve(), quick=args.quick,
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
-                       settings=settings, task=args.task, train_sizes=sizes)
+                       settings=settings, task=args.task, train_sizes=sizes,
+                       resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:

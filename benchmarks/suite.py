@@ -44,6 +44,7 @@ class BenchConfig:
     # Several: a learning curve (test score against the number of training examples; None = all of them),
     # each size trained with peftkit's defaults, which derive batch size and epochs from the data.
     train_sizes: list[int | None] = field(default_factory=lambda: [None])
+    resume: bool = False  # reuse the runs a stopped suite finished (same command, same output_dir)
 
     def __post_init__(self):
         fixed = {} if self.curve else (QUICK if self.quick else FULL)[self.task]
@@ -115,6 +116,8 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     suffix = f"-np{num_processes}" if len(cfg.num_processes) > 1 else ""
     size = f"-n{size_name(train_size)}" if cfg.curve else ""
     run_dir = cfg.output_dir / "runs" / f"{strategy}{size}-seed{seed}{suffix}"
+    if cfg.resume and (done := finished_row(run_dir)):
+        return done
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
@@ -136,14 +139,39 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
             "artifact_bytes": artifact_bytes(run_dir), "num_processes": res["num_processes"],
             "train_examples": res["num_examples"]["train"], "batch_size": res.get("per_device_train_batch_size"),
             "epochs": res.get("num_train_epochs"), "global_step": res.get("global_step"),
-            "derived": {k: v["value"] for k, v in res.get("derived", {}).items()}}
+            "derived": {k: v["value"] for k, v in res.get("derived", {}).items()}, "git_commit": git_commit()}
+    row = merge_row(run_dir, row)
+    (run_dir / ROW_FILE).write_text(json.dumps(row, indent=2))  # the run is finished: --resume reuses it
+    return row
+
+
+ROW_FILE = "bench_row.json"
+
+
+def finished_row(run_dir: Path) -> dict[str, Any] | None:
+    """A successful run's row, as a stopped suite wrote it; it says which peftkit commit made it."""
+    path = run_dir / ROW_FILE
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    print(f"  reusing {run_dir.name} (finished earlier, {row.get('git_commit', '?')[:10]})", flush=True)
+    return row | {"reused": True}
+
+
+def git_commit() -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def merge_row(run_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Merge an adapter run (timed, then removed: the suite keeps numbers, not merged copies)."""
     if (run_dir / "adapter_config.json").is_file():
         merged = run_dir / "merged"
         code, wall = run_command([sys.executable, "-m", "peftkit", "merge", str(run_dir), "--output_dir",
                                   str(merged), "--parity_samples", "64"], run_dir / "merge.log")
         row["merge_time_s"] = round(wall, 2) if code == 0 else None
         row["merged_bytes"] = artifact_bytes(merged) if code == 0 else None
-        shutil.rmtree(merged, ignore_errors=True)  # the suite keeps numbers, not merged copies
+        shutil.rmtree(merged, ignore_errors=True)
     return row
 
 
@@ -260,7 +288,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     partial.unlink(missing_ok=True)
     return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
-                       "train_sizes": [size_name(n) for n in cfg.train_sizes],
+                       "train_sizes": [size_name(n) for n in cfg.train_sizes], "resumed": cfg.resume,
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
                        "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
                        "dataset": "builtin:rotten_tomatoes" + (" (as questions)" if cfg.task == "causal_lm" else ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,8 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
         assert row["status"] == "ok" and row["train_examples"] == int(row["train_size"])
         # peftkit's own defaults, not the fixed batch and epochs of --quick: small data gets batch 8, more epochs
         assert row["batch_size"] == 8 and row["derived"] == {"per_device_train_batch_size": 8,
-                                                             "num_train_epochs": row["epochs"]}
+                                                             "num_train_epochs": row["epochs"],
+                                                             "eval_every_epochs": 1}  # 32 validation examples
     assert {r["epochs"] for r in rows} == {10}  # 2 and 5 steps an epoch: both capped
     table = (tmp_path / "results.md").read_text()
     assert "## Learning curve" in table and "| strategy | 16 | 40 |" in table
@@ -116,6 +118,17 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     assert curve_row.count("+-") == 2 and f"[{accs[0]:.1f} {accs[1]:.1f}]" in curve_row
     assert "batch 8 x 10 ep = 20 steps" in table and "strategy table is at 40" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Stopped after the first size (its rows kept, the second size's run directories gone): --resume runs the
+    # rest only, and the table is the same
+    for row in rows[2:]:
+        shutil.rmtree(tmp_path / "runs" / f"head-n40-seed{row['seed']}")
+    proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "2",
+                     "--output_dir", str(tmp_path), "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("reusing head-n16-seed") == 2 and "reusing head-n40" not in proc.stdout
+    again = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r.get("reused", False) for r in again] == [True, True, False, False]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]  # the same seeds train the same
 
 
 def test_train_sizes_are_checked():
