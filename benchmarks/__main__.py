@@ -50,7 +50,7 @@ def parse(argv: list[str]) -> BenchConfig:
                     help="keep the runs a stopped suite finished in --output_dir (run the same command again) and "
                     "run only the rest; each row records the peftkit commit that made it")
     args = ap.parse_args(argv)
-    sizes: list[int | None] = [None]
+    sizes: list[int | None] | None = None
     if args.train_sizes:
         try:
             sizes = sorted({None if n == "all" else int(n) for n in args.train_sizes}, key=lambda n: n or 2**62)

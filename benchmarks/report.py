@@ -44,7 +44,12 @@ def process_counts(results: dict[str, Any]) -> list[int]:
 
 
 def train_sizes(results: dict[str, Any]) -> list[str]:
-    return results["config"].get("train_sizes", ["all"])  # older results.json: the whole training split
+    """The learning curve's sizes; ["all"] for a run of the whole split with fixed settings (no curve)."""
+    return results["config"].get("train_sizes") or ["all"]
+
+
+def is_curve(results: dict[str, Any]) -> bool:
+    return bool(results["config"].get("train_sizes"))
 
 
 def main_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -67,7 +72,7 @@ def curve_cells(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]
 def learning_curve(results: dict[str, Any]) -> list[str]:
     """Test score by number of training examples: which strategy to pick for the data one has."""
     sizes = train_sizes(results)
-    if sizes == ["all"]:
+    if not is_curve(results):
         return []
     task = results["config"].get("task", "text_cls")
     cells = curve_cells(results)
@@ -163,8 +168,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
         *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
-           f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if train_sizes(results) != ["all"]
-          else []),
+           f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
         f"(lower is lighter), speed x = full's training time / this one's (higher is faster), delta in points of "
         f"{score}. Values are means over seeds (+- sample standard deviation)."
@@ -210,7 +214,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     summary = {k: v for k, v in summarize(main_rows(results)).items() if v["ok"]}
     smoke = results["config"]["quick"]
-    curve = train_sizes(results) != ["all"]
+    curve = is_curve(results)
     fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(16.5 if curve else 11, 4.6))
     for ax, key, label in ((axes[0], "peak_memory_bytes", "peak memory (MiB)"),
                            (axes[1], "train_runtime_s", "training time (s)")):

@@ -41,20 +41,19 @@ class BenchConfig:
     model_name_or_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     task: str = "text_cls"
-    # Several: a learning curve (test score against the number of training examples; None = all of them),
-    # each size trained with peftkit's defaults, which derive batch size and epochs from the data.
-    train_sizes: list[int | None] = field(default_factory=lambda: [None])
+    # Given (--train_sizes): a learning curve (test score against the number of training examples; None = all
+    # of them), each size trained with peftkit's defaults, which derive batch size and epochs from the data.
+    # Not given: the whole training split with the fixed settings of FULL/QUICK.
+    train_sizes: list[int | None] | None = None
     resume: bool = False  # reuse the runs a stopped suite finished (same command, same output_dir)
 
     def __post_init__(self):
+        self.curve = self.train_sizes is not None
+        self.train_sizes = self.train_sizes or [None]
         fixed = {} if self.curve else (QUICK if self.quick else FULL)[self.task]
         if self.curve and self.quick:  # the smoke run's small validation and test sets, sizes as asked
             fixed = {k: v for k, v in QUICK[self.task].items() if k in ("max_eval_samples", "max_generation_samples")}
         self.settings = {**fixed, **self.settings}
-
-    @property
-    def curve(self) -> bool:
-        return self.train_sizes != [None]
 
 
 def flags(settings: dict[str, Any]) -> list[str]:
@@ -288,7 +287,8 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     partial.unlink(missing_ok=True)
     return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
-                       "train_sizes": [size_name(n) for n in cfg.train_sizes], "resumed": cfg.resume,
+                       "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
+                       "resumed": cfg.resume,
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
                        "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
                        "dataset": "builtin:rotten_tomatoes" + (" (as questions)" if cfg.task == "causal_lm" else ""),
