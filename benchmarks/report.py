@@ -163,9 +163,10 @@ def markdown(results: dict[str, Any]) -> str:
         *([SMOKE_NOTE, ""] if smoke else []),
         f"Task: {task} on {cfg['dataset']} with {cfg['model_name_or_path']}, scored by "
         f"{cfg.get('score', 'test accuracy and macro F1')}; settings "
-        f"{cfg['settings']}; {cfg['repeats']} seed(s) from {cfg['seed']}; {process_counts(results)[0]} process(es) "
-        "(the reference always 1); "
-        f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
+        f"{cfg['settings'] or 'peftkit defaults'}; {cfg['repeats']} seed(s) from {cfg['seed']}; "
+        f"{process_counts(results)[0]} process(es)"
+        + (" (the reference always 1); " if any(r["strategy"] == "reference" for r in results["runs"]) else "; ")
+        + f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
         *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
            f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
