@@ -49,6 +49,9 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs a stopped suite finished in --output_dir (run the same command again) and "
                     "run only the rest; each row records the peftkit commit that made it")
+    ap.add_argument("--report_only", action="store_true",
+                    help="train nothing: write the report from the runs already finished in --output_dir (as "
+                    "--resume would reuse them) and list the ones still missing")
     args = ap.parse_args(argv)
     sizes: list[int | None] | None = None
     if args.train_sizes:
@@ -74,7 +77,7 @@ def parse(argv: list[str]) -> BenchConfig:
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
                        settings=settings, task=args.task, train_sizes=sizes,
-                       resume=args.resume)
+                       resume=args.resume, report_only=args.report_only)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,6 +201,10 @@ def markdown(results: dict[str, Any]) -> str:
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
     lines += scaling(results)
     lines += learning_curve(results)
+    if results.get("missing"):
+        lines += ["", f"**Incomplete:** {len(results['missing'])} of "
+                  f"{len(results['missing']) + len(results['runs'])} runs have not been made yet: "
+                  + ", ".join(results["missing"]) + ". The same command with --resume runs them."]
     lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
     lines += [f"Note: {note}\n" for note in results.get("notes", [])]  # added by hand to a committed result
     return "\n".join(lines)

@@ -46,6 +46,7 @@ class BenchConfig:
     # Not given: the whole training split with the fixed settings of FULL/QUICK.
     train_sizes: list[int | None] | None = None
     resume: bool = False  # reuse the runs a stopped suite finished (same command, same output_dir)
+    report_only: bool = False  # train nothing: report the finished runs, and list the missing ones
 
     def __post_init__(self):
         self.curve = self.train_sizes is not None
@@ -110,11 +111,16 @@ def size_name(size: int | None) -> str:
     return "all" if size is None else str(size)
 
 
-def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
-                   train_size: int | None = None) -> dict[str, Any]:
+def run_dir_for(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
+                train_size: int | None = None) -> Path:
     suffix = f"-np{num_processes}" if len(cfg.num_processes) > 1 else ""
     size = f"-n{size_name(train_size)}" if cfg.curve else ""
-    run_dir = cfg.output_dir / "runs" / f"{strategy}{size}-seed{seed}{suffix}"
+    return cfg.output_dir / "runs" / f"{strategy}{size}-seed{seed}{suffix}"
+
+
+def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
+                   train_size: int | None = None) -> dict[str, Any]:
+    run_dir = run_dir_for(cfg, strategy, seed, num_processes, train_size)
     if cfg.resume and (done := finished_row(run_dir)):
         return done
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -271,6 +277,15 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     if cfg.reference and not cfg.curve:  # the stock Trainer script runs in one process
         jobs += [("reference", cfg.seed + i, 1, None) for i in range(cfg.repeats)]
     rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    if cfg.report_only:
+        for strategy, seed, procs, size in jobs:
+            row = None if strategy == "reference" else finished_row(run_dir_for(cfg, strategy, seed, procs, size))
+            if row:
+                rows.append(row)
+            else:
+                missing.append(f"{strategy} seed {seed}" + (f" at {size_name(size)}" if cfg.curve else ""))
+        jobs = []
     partial = cfg.output_dir / "results.partial.json"  # every finished run, should the suite be stopped
     for n, (strategy, seed, procs, size) in enumerate(jobs, 1):
         at = f", {size_name(size)} training examples" if cfg.curve else ""
@@ -284,8 +299,9 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
         else:
             print(f"[{n}/{len(jobs)}] {strategy}: FAILED: {row['error']}", flush=True)
         partial.write_text(json.dumps({"runs": rows, "jobs_left": len(jobs) - n}, indent=2))
-    partial.unlink(missing_ok=True)
-    return {"runs": rows, "hardware": hardware(), "versions": versions(), "command": command,
+    if jobs:
+        partial.unlink(missing_ok=True)
+    return {"runs": rows, "missing": missing, "hardware": hardware(), "versions": versions(), "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
                        "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
                        "resumed": cfg.resume,

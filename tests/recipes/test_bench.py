@@ -129,6 +129,14 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     again = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r.get("reused", False) for r in again] == [True, True, False, False]
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]  # the same seeds train the same
+    # A third seed asked for, report only: nothing trains, the missing runs are named
+    proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "3",
+                     "--output_dir", str(tmp_path), "--report_only")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert len(partial["runs"]) == 4 and partial["missing"] == ["head seed 44 at 16", "head seed 44 at 40"]
+    assert ("**Incomplete:** 2 of 6 runs have not been made yet: head seed 44 at 16, head seed 44 at 40"
+            in (tmp_path / "results.md").read_text())
 
 
 def test_train_sizes_are_checked():
