@@ -238,7 +238,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     fontsize=22, color="grey", alpha=0.35, rotation=20)
     if curve:
         _plot_curve(axes[2], results)
-    handles, names = axes[0].get_legend_handles_labels()
+    # The curve has every strategy; the other panels only those finished at the largest size.
+    handles, names = axes[2 if curve else 0].get_legend_handles_labels()
     if names:  # nothing to show when every strategy failed
         fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
     title = f"peftkit strategies on {results['config']['dataset']}"
@@ -266,7 +267,8 @@ def _plot_curve(ax: Any, results: dict[str, Any]) -> None:
         if points:
             x, y, err = zip(*sorted(points), strict=True)
             ticks.update(x)
-            ax.errorbar(x, y, yerr=err, fmt="-" + MARKERS[i % len(MARKERS)], capsize=3, markersize=6, color=f"C{i}")
+            ax.errorbar(x, y, yerr=err, fmt="-" + MARKERS[i % len(MARKERS)], capsize=3, markersize=6, color=f"C{i}",
+                        label=strategy)
     ax.set_xscale("log")
     ax.set_xticks(sorted(ticks), [f"{t:,.0f}" for t in sorted(ticks)])
     ax.minorticks_off()
