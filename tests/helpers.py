@@ -40,12 +40,16 @@ def build(arch, name, tiny_model_dir):
     return strategy.prepare(model, task, heads), task, strategy
 
 
-def batch(seed=0):
+def batch(seed=0, model=None):
+    """Four random sequences with labels; on ``model``'s device when given (a 4-bit base sits on the GPU when
+    there is one)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 120, (4, 10), generator=g)
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+    device = next(model.parameters()).device if model is not None else "cpu"
+    return {k: v.to(device) for k, v in out.items()}
 
 
 def examples(n=10, seed=0):

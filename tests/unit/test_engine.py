@@ -157,11 +157,11 @@ def test_warmup_steps_override_the_ratio_and_workers_collate_the_same_batches(ti
 def test_every_optimizer_moves_the_trainable_tensors_only(optimizer, tiny_model_dir, tmp_path):
     eng = engine(tiny_model_dir, tmp_path, strategy="lora", optimizer=optimizer, max_steps=2, save_steps=-1,
                  per_device_train_batch_size=4)
-    before = {n: p.detach().clone() for n, p in eng.model.named_parameters()}
+    before = {n: p.detach().cpu().clone() for n, p in eng.model.named_parameters()}
     eng.fit(None)
     after = dict(eng.acc.unwrap_model(eng.prepared).named_parameters())
     for name, old in before.items():
-        moved = not torch.equal(old, after[name].detach())
+        moved = not torch.equal(old, after[name].detach().cpu())  # trained on the GPU if there is one
         assert moved == after[name].requires_grad, name
 
 
@@ -205,10 +205,10 @@ def test_gradual_unfreezing_trains_each_layer_from_its_step_on_and_resumes_exact
     # 6 steps; 2 layers + embeddings join at steps ceil(6/6)=1, ceil(12/6)=2 and 3 (half-way)
     common = dict(per_device_train_batch_size=4, num_train_epochs=1.5, warmup_ratio=0.0, save_steps=1)
     eng = engine(tiny_model_dir, tmp_path / "a", unfreeze=True, max_steps=1, **common)
-    before = {n: p.detach().clone() for n, p in eng.model.named_parameters()}
+    before = {n: p.detach().cpu().clone() for n, p in eng.model.named_parameters()}
     eng.fit()
     after = dict(eng.model.named_parameters())
-    moved = {n for n, old in before.items() if not torch.equal(old, after[n].detach())}
+    moved = {n for n, old in before.items() if not torch.equal(old, after[n].detach().cpu())}
     assert "classifier.weight" in moved and "bert.pooler.dense.weight" in moved
     assert not any(n.startswith(("bert.encoder", "bert.embeddings")) for n in moved)  # all still waiting
     # A straight run, and the same run resumed from its checkpoint after step 2: the same weights at the end
@@ -217,7 +217,7 @@ def test_gradual_unfreezing_trains_each_layer_from_its_step_on_and_resumes_exact
     straight.fit()
     assert straight.state.step == 6
     end = dict(straight.model.named_parameters())
-    assert all(not torch.equal(before[n], end[n].detach()) for n in before)  # everything trained in the end
+    assert all(not torch.equal(before[n], end[n].detach().cpu()) for n in before)  # everything trained in the end
     torch.manual_seed(0)
     resumed = engine(tiny_model_dir, tmp_path / "c", unfreeze=True, **common)
     resumed.fit(tmp_path / "b" / "checkpoint-2")

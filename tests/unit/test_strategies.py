@@ -112,7 +112,7 @@ def test_only_trainable_tensors_change(arch, name, tiny_model_dir):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     opt = build_optimizer(model, TrainingArguments(weight_decay=0.0), lr=1e-2)
     for step in range(2):  # two steps: LoRA's B starts at zero, so A first gets a gradient on step two
-        out = model(**batch(step))
+        out = model(**batch(step, model))
         assert torch.isfinite(out.loss)
         out.loss.backward()
         opt.step()
@@ -126,10 +126,10 @@ def test_only_trainable_tensors_change(arch, name, tiny_model_dir):
 def test_save_reload_gives_identical_logits(arch, name, tiny_model_dir, tmp_path):
     model, task, strategy = build(arch, name, tiny_model_dir)
     opt = build_optimizer(model, TrainingArguments(), lr=1e-2)
-    model(**batch()).loss.backward()
+    model(**batch(0, model)).loss.backward()
     opt.step()
     model.eval()
-    inputs = {k: v for k, v in batch(1).items() if k != "labels"}
+    inputs = {k: v for k, v in batch(1, model).items() if k != "labels"}
     with torch.no_grad():
         expected = model(**inputs).logits
     model.save_pretrained(tmp_path)
