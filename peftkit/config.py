@@ -34,6 +34,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow running code from the model repository. Off unless you trust it."},
     )
+    torch_dtype: str = field(
+        default="float32",
+        metadata={"help": "Type the weights are loaded in: float32 (default), bfloat16, float16, or auto (the "
+                  "checkpoint's own, often bfloat16 for language models). float32 keeps what trains in full "
+                  "precision, and --bf16 / --fp16 mixed precision then computes in half. A half type halves "
+                  "the frozen base's memory, but full, head and partial then train half-precision weights."},
+    )
 
 
 @dataclass
@@ -206,10 +213,13 @@ class TrainingArguments:
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8")
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
     """Reject impossible values before any heavy work starts."""
+    check(model_args.torch_dtype in TORCH_DTYPES,
+          f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {model_args.torch_dtype!r}.")
     positive = {
         "per_device_train_batch_size": train_args.per_device_train_batch_size,
         "per_device_eval_batch_size": train_args.per_device_eval_batch_size,

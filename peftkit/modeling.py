@@ -215,11 +215,34 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=N
         ) from None
     head_names = planned_head_names(task, config)
     path = resolve_model_path(model_args.model_name_or_path)
+    kwargs = strategy.load_kwargs(head_names)
+    # transformers 5 loads a checkpoint in its own dtype unless told; most LLM checkpoints are bfloat16, and
+    # full fine-tuning would then train half-precision weights without the user asking. A strategy that needs
+    # one dtype throughout (FSDP-QLoRA) sets its own.
+    kwargs.setdefault("dtype", model_args.torch_dtype if model_args.torch_dtype == "auto"
+                      else getattr(torch, model_args.torch_dtype))
     model = task.auto_class.from_pretrained(
-        path, config=config, trust_remote_code=model_args.trust_remote_code, **source_kwargs(path),
-        **strategy.load_kwargs(head_names)
+        path, config=config, trust_remote_code=model_args.trust_remote_code, **source_kwargs(path), **kwargs
     )
     pad = getattr(processor, "pad_token_id", None)
     if getattr(model.config, "pad_token_id", None) is None and pad is not None:
         model.config.pad_token_id = pad
     return model, head_names
+
+
+def check_trainable_dtype(model: nn.Module, mixed_precision: str | None, torch_dtype: str) -> None:
+    """Refuse float16 trainable weights under fp16 mixed precision (its gradient scaler cannot unscale float16
+    gradients), and warn about any other half-precision trainable weights: AdamW updates smaller than half
+    precision's resolution are lost."""
+    half = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)}
+    if not half:
+        return
+    check(not (torch.float16 in half and mixed_precision == "fp16"),
+          f"--torch_dtype {torch_dtype} loaded trainable weights in float16, and fp16 mixed precision cannot train "
+          "float16 weights (its gradient scaler refuses float16 gradients). Use --torch_dtype float32 (the "
+          "default) with --fp16, or --bf16.")
+    names = ", ".join(sorted(str(d).removeprefix("torch.") for d in half))
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad and p.dtype in half)
+    logger.warning("%s trainable weights are stored in %s (--torch_dtype %s): updates below that type's "
+                   "resolution are lost. For full-precision training weights with half-precision compute, use "
+                   "--torch_dtype float32 with --bf16.", f"{count:,}", names, torch_dtype)

@@ -33,7 +33,14 @@ from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
-from peftkit.modeling import count_parameters, disable_dropout, load_config, load_model, resolve_model_path
+from peftkit.modeling import (
+    check_trainable_dtype,
+    count_parameters,
+    disable_dropout,
+    load_config,
+    load_model,
+    resolve_model_path,
+)
 from peftkit.tasks import get_task, task_fields
 from peftkit.tasks import prepare_model as prepare_task_model
 from peftkit.train_state import BEST_FILE
@@ -258,6 +265,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = strategy.prepare(model, task, head_names)
+    check_trainable_dtype(model, acc.mixed_precision, model_args.torch_dtype)
     task_state |= prepare_task_model(task, model, resolve_model_path(model_args.model_name_or_path))
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
