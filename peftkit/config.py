@@ -356,6 +356,22 @@ def derive_eval_every_epochs(train_args: TrainingArguments, num_train: int, num_
                    f"epochs and at the end ({math.ceil(epochs / every)} evaluations)")
 
 
+def derive_defaults(train_args: TrainingArguments, num_train: int, num_validation: int,
+                    num_processes: int) -> dict[str, dict[str, Any]]:
+    """Fill in, in place, the settings a run left to peftkit: batch size, then epochs, then evaluation spacing
+    (each depends on the one before). Returns ``{flag: {"value", "why"}}`` for each one derived."""
+    derived = {}
+    for name, derive in (
+        ("per_device_train_batch_size", lambda: derive_batch_size(train_args, num_train, num_processes)),
+        ("num_train_epochs", lambda: derive_epochs(train_args, num_train, num_processes)),
+        ("eval_every_epochs", lambda: derive_eval_every_epochs(train_args, num_train, num_validation)),
+    ):
+        if result := derive():
+            setattr(train_args, name, result[0])
+            derived[name] = {"value": result[0], "why": result[1]}
+    return derived
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML or JSON config file into a flat dict of flag names to values."""
     p = Path(path)

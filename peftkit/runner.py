@@ -23,9 +23,7 @@ from peftkit.config import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
-    derive_batch_size,
-    derive_epochs,
-    derive_eval_every_epochs,
+    derive_defaults,
     validate,
 )
 from peftkit.data import load_raw_datasets
@@ -245,17 +243,12 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         task_state = task.discover(raw)
         processor = task.load_processor(model_args)
         data = task.preprocess(raw, processor)
-    config["derived"] = {}
-    for name, derive in (("per_device_train_batch_size", derive_batch_size), ("num_train_epochs", derive_epochs)):
-        if derived := derive(train_args, len(data["train"]), acc.num_processes):
-            setattr(train_args, name, derived[0])
-            logger.info("--%s %g (derived: %s; pass it to choose).", name, derived[0], derived[1])
-            config["derived"][name] = {"value": derived[0], "why": derived[1]}
-    if derived := derive_eval_every_epochs(train_args, len(data["train"]), len(data.get("validation", ()))):
-        train_args.eval_every_epochs = derived[0]
-        if derived[0] > 1:  # every epoch is what a user expects unless told: said only when it is not that
-            logger.info("--eval_every_epochs %d (derived: %s; pass it to choose).", *derived)
-        config["derived"]["eval_every_epochs"] = {"value": derived[0], "why": derived[1]}
+    config["derived"] = derive_defaults(train_args, len(data["train"]), len(data.get("validation", ())),
+                                        acc.num_processes)
+    for name, derived in config["derived"].items():
+        # evaluating every epoch is what a user expects unless told: said only when it is not that
+        if name != "eval_every_epochs" or derived["value"] > 1:
+            logger.info("--%s %g (derived: %s; pass it to choose).", name, derived["value"], derived["why"])
     model, head_names = load_model(task, strategy, model_args, processor)
     # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
     # read packed rows (--packing) as several examples. Put back before saving.

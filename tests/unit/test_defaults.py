@@ -11,6 +11,7 @@ from peftkit.config import (
     MIN_STEPS,
     TrainingArguments,
     derive_batch_size,
+    derive_defaults,
     derive_epochs,
     derive_eval_every_epochs,
 )
@@ -70,6 +71,16 @@ def test_evaluation_is_spaced_when_validation_dwarfs_training(n, epochs, n_val, 
 def test_evaluation_frequency_set_or_without_validation_is_left_alone():
     assert derive_eval_every_epochs(TrainingArguments(num_train_epochs=8, eval_every_epochs=1), 100, 1258) is None
     assert derive_eval_every_epochs(TrainingArguments(num_train_epochs=8), 100, 0) is None
+
+
+def test_the_three_derive_in_order_each_from_the_one_before():
+    args = TrainingArguments()
+    derived = derive_defaults(args, 100, 1258, 1)  # 100 examples: batch 8, so 13 steps an epoch, so 8 epochs
+    assert {k: v["value"] for k, v in derived.items()} == {"per_device_train_batch_size": 8, "num_train_epochs": 8,
+                                                           "eval_every_epochs": 4}
+    assert (args.per_device_train_batch_size, args.num_train_epochs, args.eval_every_epochs) == (8, 8, 4)
+    set_by_user = TrainingArguments(per_device_train_batch_size=32, num_train_epochs=1, eval_every_epochs=1)
+    assert derive_defaults(set_by_user, 100, 1258, 1) == {}
 
 
 def test_gradient_accumulation_counts_toward_the_steps():
