@@ -8,6 +8,7 @@ an administration command). The header and footer lines, which name the section,
 
     python -m benchmarks.long_documents --output_dir runs/long_documents            # lora, full, head
     python -m benchmarks.long_documents --per_class 120 --strategies lora --seeds 0 1 2
+    python -m benchmarks.long_documents --strategies lora --set pooling=mean --output_dir runs/long_docs_mean
 
 Writes data/train.csv and data/test.csv (columns text, section), one run directory per strategy and seed, and
 results.md / results.json with test accuracy and macro F1 against the majority class and a TF-IDF + logistic
@@ -106,48 +107,50 @@ def baselines(data: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import BenchConfig, train_strategy
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks.long_documents", description=__doc__.splitlines()[0])
     ap.add_argument("--output_dir", default="runs/long_documents")
     ap.add_argument("--strategies", nargs="+", default=["lora", "full", "head"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--per_class", type=int, default=120, help="pages drawn from each section")
     ap.add_argument("--test_fraction", type=float, default=0.2)
+    ap.add_argument("--set", nargs="+", default=[], metavar="FLAG=VALUE",
+                    help="training flags beyond the defaults, e.g. --set pooling=mean num_train_epochs=6 (use a "
+                    "separate --output_dir for each variant)")
+    ap.add_argument("--resume", action="store_true", help="keep the runs a stopped invocation finished")
     args = ap.parse_args(argv)
+    if bad := [item for item in args.set if "=" not in item]:
+        ap.error(f"--set takes FLAG=VALUE pairs, got {' '.join(bad)}")
+    extra = dict(item.removeprefix("--").split("=", 1) for item in args.set)
     out = Path(args.output_dir).resolve()
     info = build(out, args.per_class, args.test_fraction, seed=0)
     print(f"Data: {info}", flush=True)
     reference = baselines(out / "data")
+    settings = {"train_file": out / "data" / "train.csv", "test_file": out / "data" / "test.csv",
+                "label_column": "section", **extra}
+    # The benchmark suite's runs: a fresh process each, the adapters merged with a parity check, --resume.
+    cfg = BenchConfig(strategies=args.strategies, output_dir=out, reference=False, settings=settings,
+                      derived_defaults=True, resume=args.resume)
     runs = []
     for seed in args.seeds:
         for strategy in args.strategies:
-            run_dir = out / "runs" / f"{strategy}-seed{seed}"
-            cmd = [sys.executable, "-m", "peftkit", "train", "--strategy", strategy, "--train_file",
-                   str(out / "data" / "train.csv"), "--test_file", str(out / "data" / "test.csv"),
-                   "--label_column", "section", "--seed", str(seed), "--output_dir", str(run_dir),
-                   "--overwrite_output_dir", "--report_to", "none"]
             print(f"{strategy} (seed {seed}) ...", flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(out / "runs" / f"{strategy}-seed{seed}.log", "w") as log:
-                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-            row = {"strategy": strategy, "seed": seed, "status": "ok" if code == 0 else "failed",
-                   "command": " ".join(cmd[1:])}
-            if code == 0:
-                res = json.loads((run_dir / "results.json").read_text())
-                row |= {"accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"],
-                        "train_runtime_s": res["train_runtime_s"], "batch_size": res["per_device_train_batch_size"],
-                        "epochs": res["num_train_epochs"], "steps": res["global_step"],
-                        "truncated": res.get("truncated")}
-            print(f"  {row}", flush=True)
+            row = train_strategy(cfg, strategy, seed)
+            print(f"  {strategy}: {row.get('accuracy', row.get('error'))}", flush=True)
             runs.append(row)
-    results = {"data": info, "baselines": reference, "runs": runs}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results = {"data": info, "baselines": reference, "settings": {k: str(v) for k, v in extra.items()},
+               "runs": runs}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(report(results, args.strategies, out))
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 
 def report(results: dict, strategies: list[str], out: Path) -> str:
     info, reference, runs = results["data"], results["baselines"], results["runs"]
-    lines = ["# Long documents, default flags", "", f"Data: {info}", "", "| model | test accuracy | macro F1 | "
+    extra = " ".join(f"--{k} {v}" for k, v in results.get("settings", {}).items())
+    title = f"# Long documents, default flags{' and ' + extra if extra else ''}"
+    lines = [title, "", f"Data: {info}", "", "| model | test accuracy | macro F1 | "
              "train time (s) | batch x epochs = steps |", "|---|---|---|---|---|"]
     for name, scores in reference.items():
         f1 = f"{scores['f1']:.4f}" if "f1" in scores else "-"
@@ -162,7 +165,7 @@ def report(results: dict, strategies: list[str], out: Path) -> str:
         lines.append(f"| peftkit {strategy} | {statistics.fmean(acc):.4f}{spread} | "
                      f"{statistics.fmean(r['f1'] for r in ok):.4f} | "
                      f"{statistics.fmean(r['train_runtime_s'] for r in ok):.1f} | "
-                     f"{ok[0]['batch_size']} x {ok[0]['epochs']:g} = {ok[0]['steps']} |")
+                     f"{ok[0]['batch_size']} x {ok[0]['epochs']:g} = {ok[0]['global_step']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 

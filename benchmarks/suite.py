@@ -45,13 +45,16 @@ class BenchConfig:
     # of them), each size trained with peftkit's defaults, which derive batch size and epochs from the data.
     # Not given: the whole training split with the fixed settings of FULL/QUICK.
     train_sizes: list[int | None] | None = None
+    # True: no fixed batch size and epochs even on the whole training set; peftkit derives them, as a user's
+    # run with default flags would (what a curve does at every size).
+    derived_defaults: bool = False
     resume: bool = False  # reuse the runs a stopped suite finished (same command, same output_dir)
     report_only: bool = False  # train nothing: report the finished runs, and list the missing ones
 
     def __post_init__(self):
         self.curve = self.train_sizes is not None
         self.train_sizes = self.train_sizes or [None]
-        fixed = {} if self.curve else (QUICK if self.quick else FULL)[self.task]
+        fixed = {} if self.curve or self.derived_defaults else (QUICK if self.quick else FULL)[self.task]
         if self.curve and self.quick:  # the smoke run's small validation and test sets, sizes as asked
             fixed = {k: v for k, v in QUICK[self.task].items() if k in ("max_eval_samples", "max_generation_samples")}
         self.settings = {**fixed, **self.settings}
