@@ -22,6 +22,12 @@ def backbone_is_frozen(model: nn.Module) -> bool:
     return not any(p.requires_grad for p in backbone(model).parameters())
 
 
+def backbone_weights_frozen(model: nn.Module) -> bool:
+    """No weight of the backbone trains, at most its biases (head, bitfit): its features stay what it was
+    trained to give, so they are best read the way it was trained to be read."""
+    return not any(p.requires_grad and not name.endswith(".bias") for name, p in backbone(model).named_parameters())
+
+
 class CachedBackbone(nn.Module):
     """Stands in for the backbone; returns the stored outputs of the examples in ``self.indices``."""
 

@@ -64,7 +64,7 @@ def available() -> list[str]:
 
 from peftkit.strategies.freezing import BitFit, Full, Head, Partial  # noqa: E402
 from peftkit.strategies.ia3 import IA3  # noqa: E402
-from peftkit.strategies.lora import LoRA  # noqa: E402
+from peftkit.strategies.lora import LoRA, LoRAPlus  # noqa: E402
 
 register("full", Full)
 register("head", Head)
@@ -73,7 +73,7 @@ register("lora", LoRA)
 register("qlora", LoRA, quantization="nf4")
 register("dora", LoRA, use_dora=True)
 register("rslora", LoRA, use_rslora=True)
-register("loraplus", LoRA, loraplus_lr_ratio=16.0)
+register("loraplus", LoRAPlus, loraplus_lr_ratio=16.0)
 register("pissa", LoRA, lora_init="pissa")
 register("bitfit", BitFit)
 register("ia3", IA3)

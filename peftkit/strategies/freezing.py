@@ -113,9 +113,12 @@ class Partial:
 
 @dataclass
 class BitFit:
-    """Only the bias terms of the pretrained model (BitFit, Ben Zaken et al. 2022) and the new head train."""
+    """Only the bias terms of the pretrained model (BitFit, Ben Zaken et al. 2022) and the new head train.
 
-    default_learning_rate: ClassVar[float] = 1e-3
+    The new head needs a high rate to learn in a few hundred steps: at 1e-3, 1,000 built-in reviews (126 steps)
+    stayed at the majority class; at 1e-2 with the declared (mean) pooling, 74.9 on seed 42 (2026-11-26)."""
+
+    default_learning_rate: ClassVar[float] = 1e-2
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
         return {}

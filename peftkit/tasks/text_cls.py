@@ -31,8 +31,8 @@ class TextClassification:
         default="auto",
         metadata={"help": "text_cls: what the classifier reads: pooler (the architecture's own head: BERT's pooler, "
                   "the first token), mean, cls or max of the last hidden states (no dense layer), or auto: the "
-                  "pooling a sentence-embedding model declares when only the head trains (head), the "
-                  "architecture's own otherwise."},
+                  "pooling a sentence-embedding model declares when no backbone weight trains (head, bitfit), "
+                  "the architecture's own otherwise."},
     )
     name: ClassVar[str] = "text_cls"
     auto_class: ClassVar[type] = AutoModelForSequenceClassification
@@ -98,10 +98,10 @@ class TextClassification:
     def prepare_model(self, model, model_dir: str | None = None) -> dict[str, Any]:
         """Make the classifier read the run's pooling. Training (``model_dir`` given, after the strategy froze
         what it freezes) resolves ``auto`` against the model's files; loading a run reuses the recorded choice."""
-        from peftkit.feature_cache import backbone_is_frozen
+        from peftkit.feature_cache import backbone_weights_frozen
 
         if model_dir is not None:
-            mode, why = pooling.resolve(self.pooling, model_dir, backbone_is_frozen(model))
+            mode, why = pooling.resolve(self.pooling, model_dir, backbone_weights_frozen(model))
             logger.info("Pooling: %s (%s).", mode, why)
             self.pooling = mode
         pooling.apply(model, self.pooling)

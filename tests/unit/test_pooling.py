@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from peftkit import pooling
 from peftkit.errors import PeftkitError
-from peftkit.feature_cache import INDEX_KEY, FeatureCache
+from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_weights_frozen
 
 
 def sentence_transformers_files(path, **flags):
@@ -99,3 +99,10 @@ def test_unknown_pooling_is_refused():
 
     with pytest.raises(PeftkitError, match="--pooling must be one of"):
         TextClassification(pooling="attention")
+
+
+@pytest.mark.parametrize("name,declared", [("head", True), ("bitfit", True), ("lora", False), ("full", False),
+                                           ("ia3", False), ("partial", False)])
+def test_auto_reads_the_declared_pooling_only_where_no_backbone_weight_trains(name, declared, tiny_model_dir):
+    model, _, _ = build("bert", name, tiny_model_dir)
+    assert backbone_weights_frozen(model) == declared  # bitfit: biases only, which cannot adapt a pooler
