@@ -49,7 +49,7 @@ def declared_pooling(model_dir: str | Path) -> str | None:
     return modes[0] if len(modes) == 1 else None
 
 
-def resolve(requested: str, model_dir: str | Path, backbone_frozen: bool) -> tuple[str, str]:
+def resolve(requested: str, model_dir: str | Path, backbone_weights_frozen: bool) -> tuple[str, str]:
     """The pooling a run uses, and why. ``auto``: the model's declared pooling when no backbone weight trains
     (head; bitfit, whose biases alone do not adapt a pooler the model was not trained with: with this model's
     pooler BitFit stayed at the majority class on 1,000 reviews, with mean pooling 74.9, seed 42); otherwise
@@ -59,7 +59,7 @@ def resolve(requested: str, model_dir: str | Path, backbone_frozen: bool) -> tup
     declared = declared_pooling(model_dir)
     if declared is None:
         return "pooler", "the model declares no sentence-embedding pooling"
-    if backbone_frozen:
+    if backbone_weights_frozen:
         return declared, f"no backbone weight trains and the model declares {declared} pooling"
     return "pooler", (f"the backbone trains (the model declares {declared} pooling; pass --pooling {declared} to "
                       "use it)")

@@ -33,10 +33,10 @@ def test_declared_pooling_is_read_from_sentence_transformers_files(tmp_path, bui
 
 
 def test_auto_pools_as_declared_only_when_the_backbone_is_frozen(builtin_model_dir, tmp_path):
-    assert pooling.resolve("auto", builtin_model_dir, backbone_frozen=True)[0] == "mean"
-    assert pooling.resolve("auto", builtin_model_dir, backbone_frozen=False)[0] == "pooler"
-    assert pooling.resolve("auto", tmp_path, backbone_frozen=True)[0] == "pooler"
-    assert pooling.resolve("cls", builtin_model_dir, backbone_frozen=False)[0] == "cls"
+    assert pooling.resolve("auto", builtin_model_dir, backbone_weights_frozen=True)[0] == "mean"
+    assert pooling.resolve("auto", builtin_model_dir, backbone_weights_frozen=False)[0] == "pooler"
+    assert pooling.resolve("auto", tmp_path, backbone_weights_frozen=True)[0] == "pooler"
+    assert pooling.resolve("cls", builtin_model_dir, backbone_weights_frozen=False)[0] == "cls"
 
 
 def test_pool_ignores_padding():
