@@ -6,6 +6,7 @@
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
     python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
     python -m benchmarks --train_sizes 100 300 1000 all --repeats 3   # learning curves: what to use for how much data
+    python -m benchmarks --strategies lora --repeats 3 --set group_by_length=false   # a variant of every run
 
 Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
 """
@@ -22,7 +23,7 @@ from benchmarks.suite import BenchConfig, run_suite
 
 
 def parse(argv: list[str]) -> BenchConfig:
-    from benchmarks.suite import STRATEGIES
+    from benchmarks.suite import SET_HELP, STRATEGIES, parse_set
     from peftkit.strategies import available
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -42,6 +43,7 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM (SmolLM2 for causal_lm)")
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--num_train_epochs", type=float, default=None)
+    ap.add_argument("--set", nargs="+", default=[], metavar="FLAG=VALUE", help=SET_HELP)
     ap.add_argument("--train_sizes", nargs="+", default=None, metavar="N|all",
                     help="a learning curve: train every strategy on the first N training examples (each seed draws "
                     "its own), for each N, with peftkit's defaults (batch size and epochs derived from the data); "
@@ -72,6 +74,7 @@ def parse(argv: list[str]) -> BenchConfig:
     if args.repeats < 1 or min(args.num_processes) < 1:
         ap.error("--repeats and --num_processes must be >= 1")
     settings = {k: v for k in ("max_train_samples", "num_train_epochs") if (v := getattr(args, k)) is not None}
+    settings |= parse_set(ap, args.set)
     # Resolved against the directory the user ran from: the runs themselves start in the checkout.
     return BenchConfig(strategies=args.strategies, output_dir=Path(args.output_dir).resolve(), quick=args.quick,
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),

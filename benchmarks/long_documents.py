@@ -107,7 +107,7 @@ def baselines(data: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.suite import BenchConfig, train_strategy
+    from benchmarks.suite import SET_HELP, BenchConfig, parse_set, train_strategy
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.long_documents", description=__doc__.splitlines()[0])
     ap.add_argument("--output_dir", default="runs/long_documents")
@@ -115,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--per_class", type=int, default=120, help="pages drawn from each section")
     ap.add_argument("--test_fraction", type=float, default=0.2)
-    ap.add_argument("--set", nargs="+", default=[], metavar="FLAG=VALUE",
-                    help="training flags beyond the defaults, e.g. --set pooling=mean num_train_epochs=6 (use a "
-                    "separate --output_dir for each variant)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FLAG=VALUE", help=SET_HELP)
     ap.add_argument("--resume", action="store_true", help="keep the runs a stopped invocation finished")
     args = ap.parse_args(argv)
-    if bad := [item for item in args.set if "=" not in item]:
-        ap.error(f"--set takes FLAG=VALUE pairs, got {' '.join(bad)}")
-    extra = dict(item.removeprefix("--").split("=", 1) for item in args.set)
+    extra = parse_set(ap, args.set)
     out = Path(args.output_dir).resolve()
     info = build(out, args.per_class, args.test_fraction, seed=0)
     print(f"Data: {info}", flush=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -28,6 +30,45 @@ def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+
+
+def lora_text_cls(args):
+    """The suite's text_cls splits (D/{train,validation,test}.csv, columns text,label) tokenized as peftkit does,
+    and the model as peftkit's lora strategy builds it: r=8, alpha=16, dropout 0.1, peft's default target modules,
+    the classifier trained in full. Returns (tokenized splits, tokenizer, peft model)."""
+    from datasets import load_dataset
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    files = {s: str(Path(args.data_dir) / f"{s}.csv") for s in ("train", "validation", "test")}
+    raw = load_dataset("csv", data_files=files)
+    labels = sorted(set(raw["train"]["label"]))
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=args.max_seq_length)
+        enc["labels"] = [label2id[v] for v in batch["label"]]
+        return enc
+
+    data = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
+        dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
+    return data, tokenizer, model
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory now (Linux; None elsewhere and on GPU, where peak memory has no interpreter
+    baseline to see past). As peftkit.runner.resident_bytes, which these scripts must not import."""
+    if torch.cuda.is_available():
+        return None
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parser(description: str, epochs: float, batch: int, eval_batch: int, max_seq_length: int):

@@ -16,12 +16,15 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
-from peft import LoraConfig, TaskType, get_peft_model
-from reference_common import StepTimer, parser, peak_memory_bytes, training_settings  # beside this script
+from reference_common import (  # beside this script
+    StepTimer,
+    lora_text_cls,
+    parser,
+    peak_memory_bytes,
+    resident_bytes,
+    training_settings,
+)
 from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -46,21 +49,8 @@ def compute_metrics(pred):
 def main() -> int:
     args = parser(__doc__.splitlines()[0], epochs=2, batch=32, eval_batch=64, max_seq_length=128).parse_args()
 
-    files = {s: str(Path(args.data_dir) / f"{s}.csv") for s in ("train", "validation", "test")}
-    raw = load_dataset("csv", data_files=files)
-    labels = sorted(set(raw["train"]["label"]))
-    label2id = {label: i for i, label in enumerate(labels)}
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-
-    def encode(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=args.max_seq_length)
-        enc["labels"] = [label2id[v] for v in batch["label"]]
-        return enc
-
-    data = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
+    data, tokenizer, model = lora_text_cls(args)
+    loaded = resident_bytes()
     timer = StepTimer()
     training_args = TrainingArguments(**training_settings(args), metric_for_best_model="accuracy", logging_steps=10,
                                       disable_tqdm=False)
@@ -80,7 +70,7 @@ def main() -> int:
         "train_tokens_per_s": tokens / train_metrics["train_runtime"],
         "step_time_median_s": statistics.median(timer.times) if timer.times else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "peak_memory_bytes": int(peak),
+        "peak_memory_bytes": int(peak), "loaded_memory_bytes": loaded,
     }
     (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=2))
     print(f"reference: test accuracy {results['test']['accuracy']:.4f}")

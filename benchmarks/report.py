@@ -14,9 +14,11 @@ MARKERS = "osD^vP*Xh<>p"
 # What the accuracy and f1 columns hold for each task (see suite.SCORES), as table and axis labels.
 NAMES = {"text_cls": ("test acc", "macro F1", "test accuracy (%)"),
          "causal_lm": ("exact match", "token F1", "held-out exact match (%)")}
+# Rows trained without peftkit (suite.SCRIPTS): always one process, never in the scaling table.
+WITHOUT_PEFTKIT = ("reference", "bare_loop")
 METRICS = ("accuracy", "f1", "base_accuracy", "eval_loss", "peak_memory_bytes", "train_runtime_s", "samples_per_s",
            "tokens_per_s", "step_time_median_s", "trainable_params", "trainable_params_without_head", "artifact_bytes",
-           "merge_time_s")
+           "merge_time_s", "memory_over_loaded_bytes", "real_token_share")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -29,6 +31,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry["errors"].append(row.get("error", ""))
             continue
         entry["ok"] += 1
+        if row.get("loaded_memory_bytes") is not None:  # CPU: what training added to the loaded process
+            row = row | {"memory_over_loaded_bytes": row["peak_memory_bytes"] - row["loaded_memory_bytes"]}
         for key in METRICS:
             if row.get(key) is not None:
                 entry["values"].setdefault(key, []).append(row[key])
@@ -56,7 +60,7 @@ def main_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs the strategy table compares: those at the smallest process count (and the reference), at the
     largest training size of a learning curve."""
     base, largest = min(process_counts(results)), train_sizes(results)[-1]
-    return [r for r in results["runs"] if (r.get("num_processes", 1) == base or r["strategy"] == "reference")
+    return [r for r in results["runs"] if (r.get("num_processes", 1) == base or r["strategy"] in WITHOUT_PEFTKIT)
             and r.get("train_size", "all") == largest]
 
 
@@ -129,7 +133,7 @@ def scaling(results: dict[str, Any]) -> list[str]:
              "rows.", "",
              "| strategy | processes | global batch x | samples/s | speedup | efficiency | test acc |",
              "|---|---|---|---|---|---|---|"]
-    for strategy in dict.fromkeys(r["strategy"] for r in results["runs"] if r["strategy"] != "reference"):
+    for strategy in dict.fromkeys(r["strategy"] for r in results["runs"] if r["strategy"] not in WITHOUT_PEFTKIT):
         per_count = {n: summarize([r for r in results["runs"] if r["strategy"] == strategy
                                    and r.get("num_processes") == n]).get(strategy) for n in counts}
         base = per_count[counts[0]]
@@ -143,6 +147,41 @@ def scaling(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {strategy} | {n} | {n / counts[0]:g} | {speed:.1f} | {_fmt(speedup, '.2f')} | "
                          f"{_fmt(eff, '.2f')} | {entry['mean']['accuracy']:.4f} |")
     return lines
+
+
+def against_the_stock_route(summary: dict[str, dict[str, Any]], score: str) -> list[str]:
+    """peftkit's LoRA as ratios to the stock route (same job, same hyper-parameters) and to a bare torch loop on
+    the same batches (the engine's overhead)."""
+    lora = summary.get("lora")
+    if not lora or not lora["ok"]:
+        return []
+    lines = []
+    for name, what in (("reference", "the stock route (transformers Trainer + peft)"),
+                       ("bare_loop", "a bare torch loop on peftkit's batches")):
+        other = summary.get(name)
+        if not other or not other["ok"]:
+            continue
+        a, b = lora["mean"], other["mean"]
+        step = (f"{a['step_time_median_s'] / b['step_time_median_s']:.2f}x" if a.get("step_time_median_s")
+                and b.get("step_time_median_s") else "-")
+        lines.append(f"| {what} | {a['train_runtime_s'] / b['train_runtime_s']:.2f}x | {step} | "
+                     f"{a['peak_memory_bytes'] / b['peak_memory_bytes']:.2f}x | "
+                     f"{100 * (a['accuracy'] - b['accuracy']):+.2f} |")
+    if not lines:
+        return []
+    return ["", "## peftkit LoRA against the routes without peftkit", "",
+            f"peftkit's lora row divided by the other's (means over seeds; lower time and memory is better), and the "
+            f"difference in {score} in points.", "",
+            "| against | train time x | median step x | peak memory x | delta (pt) |", "|---|---|---|---|---|",
+            *lines]
+
+
+def _spread(entry: dict[str, Any], key: str, unit: float, spec: str) -> str:
+    """Mean (+- sample standard deviation when there are several seeds) of ``key`` in ``unit``."""
+    if key not in entry["mean"]:
+        return "-"
+    text = format(entry["mean"][key] / unit, spec)
+    return text + (f" +- {format(entry['std'][key] / unit, spec)}" if len(entry["values"][key]) > 1 else "")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -165,26 +204,29 @@ def markdown(results: dict[str, Any]) -> str:
         f"{cfg.get('score', 'test accuracy and macro F1')}; settings "
         f"{cfg['settings'] or 'peftkit defaults'}; {cfg['repeats']} seed(s) from {cfg['seed']}; "
         f"{process_counts(results)[0]} process(es)"
-        + (" (the reference always 1); " if any(r["strategy"] == "reference" for r in results["runs"]) else "; ")
+        + (" (the rows without peftkit always 1); " if any(r["strategy"] in WITHOUT_PEFTKIT for r in results["runs"])
+           else "; ")
         + f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
         "",
         *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
            f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
         f"(lower is lighter), speed x = full's training time / this one's (higher is faster), delta in points of "
-        f"{score}. Values are means over seeds (+- sample standard deviation)."
+        f"{score}. Values are means over seeds (+- sample standard deviation). Over loaded (CPU) = peak resident "
+        "memory less the process's resident memory when training starts, model loaded: what training itself adds "
+        "over the interpreter, libraries and weights."
         + (" base = the same score of the model before training; val loss = validation loss per supervised token."
            if lm else ""),
         "",
         f"| strategy | {score} | {f1} | delta vs full (pt) | " + ("base | val loss | " if lm else "")
-        + "peak mem (MiB) | memory x | train time (s) | "
+        + "peak mem (MiB) | over loaded (MiB) | memory x | train time (s) | "
         "speed x | samples/s | tokens/s | median step (s) | trainable | trainable w/o head | artefact (MiB) | "
         "merge (s) |",
-        "|---|---|---|---|" + ("---|---|" if lm else "") + "---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|" + ("---|---|" if lm else "") + "---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for strategy, entry in summary.items():
         if not entry["ok"]:
-            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * (15 if lm else 13))
+            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * (16 if lm else 14))
             continue
         m, sd = entry["mean"], entry["std"]
         acc_delta = 100 * (m["accuracy"] - full["accuracy"]) if "accuracy" in full else None
@@ -193,12 +235,15 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
             + (f"{_fmt(m.get('base_accuracy'), '.4f')} | {_fmt(m.get('eval_loss'), '.4f')} | " if lm else "")
-            + f"{m['peak_memory_bytes'] / 2**20:.0f} | {_fmt(mem_x, '.2f')} | {m['train_runtime_s']:.1f} | "
+            + f"{_spread(entry, 'peak_memory_bytes', 2**20, '.0f')} | "
+            f"{_spread(entry, 'memory_over_loaded_bytes', 2**20, '.0f')} | {_fmt(mem_x, '.2f')} | "
+            f"{_spread(entry, 'train_runtime_s', 1, '.1f')} | "
             f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
             f"{_fmt(m.get('step_time_median_s'), '.4f')} | "
             f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
             f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
+    lines += against_the_stock_route(summary, score)
     lines += scaling(results)
     lines += learning_curve(results)
     if results.get("missing"):
@@ -224,10 +269,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax, key, label in ((axes[0], "peak_memory_bytes", "peak memory (MiB)"),
                            (axes[1], "train_runtime_s", "training time (s)")):
         for i, (strategy, entry) in enumerate(summary.items()):
-            x = entry["mean"][key] / (2**20 if key == "peak_memory_bytes" else 1)
-            y = 100 * entry["mean"]["accuracy"]
+            unit = 2**20 if key == "peak_memory_bytes" else 1
+            x, y = entry["mean"][key] / unit, 100 * entry["mean"]["accuracy"]
             # A legend, not labels beside the points: strategies often sit on top of each other.
-            ax.errorbar(x, y, yerr=100 * entry["std"]["accuracy"], fmt=MARKERS[i % len(MARKERS)], capsize=3,
+            ax.errorbar(x, y, xerr=entry["std"][key] / unit, yerr=100 * entry["std"]["accuracy"],
+                        fmt=MARKERS[i % len(MARKERS)], capsize=3,
                         markersize=7, label=strategy, color=f"C{i}")
         ax.set_xlabel(label)
         ax.set_ylabel(NAMES[results["config"].get("task", "text_cls")][2])

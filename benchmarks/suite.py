@@ -60,6 +60,17 @@ class BenchConfig:
         self.settings = {**fixed, **self.settings}
 
 
+SET_HELP = ("training flags beyond the defaults for every peftkit run, e.g. --set group_by_length=false "
+            "num_train_epochs=6 (use a separate --output_dir for each variant)")
+
+
+def parse_set(ap, items: list[str]) -> dict[str, str]:
+    """``--set FLAG=VALUE ...`` as settings (``ap.error`` on a malformed pair)."""
+    if bad := [item for item in items if "=" not in item]:
+        ap.error(f"--set takes FLAG=VALUE pairs, got {' '.join(bad)}")
+    return dict(item.removeprefix("--").split("=", 1) for item in items)
+
+
 def flags(settings: dict[str, Any]) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key}", str(value))]
 
@@ -141,6 +152,8 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     row |= {"status": "ok", **scores(cfg.task, res),
             "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
             "peak_memory_reserved_bytes": res.get("peak_memory_reserved_bytes"),
+            "loaded_memory_bytes": res.get("loaded_memory_bytes"),
+            "real_token_share": res.get("train_real_token_share"),
             "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
             "step_time_median_s": res.get("step_time_median_s"), "trainable_params": res["trainable_params"],
             "trainable_params_without_head": res.get("trainable_params_without_head"),
@@ -214,26 +227,38 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
     return out
 
 
-def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
-    from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
+# Rows trained without peftkit, beside its LoRA: the stock route a user takes without it (transformers Trainer +
+# peft; TRL's SFTTrainer for causal_lm), and for text_cls a bare torch loop on peftkit's own batches (the floor
+# that measures the engine's overhead). Each script takes the flags of reference_common.parser.
+SCRIPTS = {("reference", "text_cls"): "reference_trainer.py", ("reference", "causal_lm"): "reference_sft.py",
+           ("bare_loop", "text_cls"): "bare_loop.py"}
+SCRIPT_FLAGS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                "max_seq_length", "max_generation_samples", "generation_max_new_tokens")
+
+
+def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dict[str, Any]:
+    from peftkit.config import TrainingArguments
     from peftkit.modeling import resolve_model_path
     from peftkit.strategies import get_strategy
 
-    run_dir = cfg.output_dir / "runs" / f"reference-seed{seed}"
+    run_dir = cfg.output_dir / "runs" / f"{name}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    row: dict[str, Any] = {"strategy": "reference", "seed": seed, "num_processes": 1}
+    row: dict[str, Any] = {"strategy": name, "seed": seed, "num_processes": 1}
     try:
         data_dir = export_data(cfg, seed)
     except Exception:  # noqa: BLE001 - reported as a failed row, the suite goes on
         return row | {"status": "failed", "error": traceback.format_exc().splitlines()[-1]}
-    settings = {k: v for k, v in cfg.settings.items() if k not in ("max_train_samples", "max_eval_samples")}
+    settings = {k: v for k, v in cfg.settings.items() if k in SCRIPT_FLAGS}
     settings.setdefault("learning_rate", get_strategy("lora").cls.default_learning_rate)
-    script, default_model = (("reference_trainer.py", BUILTIN_MODEL) if cfg.task == "text_cls" else
-                             ("reference_sft.py", BUILTIN_LM))
+    if name == "bare_loop":  # peftkit's batches, whichever way the suite's peftkit runs make them
+        grouped = cfg.settings.get("group_by_length", TrainingArguments.group_by_length)
+        settings["group_by_length"] = str(grouped).lower()
+    script = SCRIPTS[name, cfg.task]
     cmd = [sys.executable, str(REPO / "benchmarks" / script), "--data_dir", str(data_dir),
            "--output_dir", str(run_dir), "--model_name_or_path",
-           resolve_model_path(cfg.model_name_or_path or default_model), "--seed", str(seed), *flags(settings)]
+           resolve_model_path(cfg.model_name_or_path or default_model(cfg.task)), "--seed", str(seed),
+           *flags(settings)]
     code, wall = run_command(cmd, run_dir / "train.log")
     row |= {"command": cmd, "wall_s": round(wall, 2)}
     if code != 0:
@@ -253,6 +278,7 @@ def train_reference(cfg: BenchConfig, seed: int) -> dict[str, Any]:
                   "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
                   "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res["train_tokens_per_s"],
                   "step_time_median_s": res["step_time_median_s"], "trainable_params": res["trainable_params"],
+                  "loaded_memory_bytes": res.get("loaded_memory_bytes"),
                   "artifact_bytes": artifact_bytes(run_dir), "num_processes": 1}
 
 
@@ -277,13 +303,15 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     # Sizes from the smallest (quick to show a problem), seeds inside, so a stopped suite has whole sizes.
     jobs = [(s, cfg.seed + i, p, n) for n in cfg.train_sizes for p in cfg.num_processes for i in range(cfg.repeats)
             for s in cfg.strategies]
-    if cfg.reference and not cfg.curve:  # the stock Trainer script runs in one process
-        jobs += [("reference", cfg.seed + i, 1, None) for i in range(cfg.repeats)]
+    if cfg.reference and not cfg.curve:  # the scripts without peftkit run in one process
+        jobs += [(name, cfg.seed + i, 1, None) for i in range(cfg.repeats) for name, task in SCRIPTS
+                 if task == cfg.task]
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     if cfg.report_only:
         for strategy, seed, procs, size in jobs:
-            row = None if strategy == "reference" else finished_row(run_dir_for(cfg, strategy, seed, procs, size))
+            row = None if (strategy, cfg.task) in SCRIPTS else finished_row(run_dir_for(cfg, strategy, seed, procs,
+                                                                                         size))
             if row:
                 rows.append(row)
             else:
@@ -293,7 +321,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     for n, (strategy, seed, procs, size) in enumerate(jobs, 1):
         at = f", {size_name(size)} training examples" if cfg.curve else ""
         print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es){at}) ...", flush=True)
-        row = (train_reference(cfg, seed) if strategy == "reference"
+        row = (train_reference(cfg, seed, strategy) if (strategy, cfg.task) in SCRIPTS
                else train_strategy(cfg, strategy, seed, procs, size))
         rows.append(row)
         if row["status"] == "ok":

@@ -28,12 +28,14 @@ from peftkit.evaluation import evaluate
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
+from peftkit.sampling import LengthGroupedSampler, real_token_share
 from peftkit.tasks import metric_is_better
 from peftkit.train_state import BestWeights, TrainState
 
 logger = logging.getLogger(__name__)
 MAX_SKIP_STREAK = 10
 IGNORE_INDEX = -100  # the label transformers' losses skip
+LENGTH_KEY = "input_ids"  # the column whose length --group_by_length groups by
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FitResult:
     resumed_from_step: int | None = None
     step_time_median_s: float | None = None
     train_tokens: int = 0
+    train_positions: int = 0
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float,
@@ -128,8 +131,30 @@ class Engine:
         # across processes, so N processes see the global batches that one process would, and drawing
         # it does not move the global RNG that initialisation and dropout use.
         generator = torch.Generator().manual_seed(self.args.seed) if train else None
+        if train and self.args.group_by_length and LENGTH_KEY in ds.column_names:
+            # Grouped per optimizer step (every process, every accumulated micro-batch), so that N processes and
+            # accumulation train on the same examples per step as one process with the whole batch would.
+            step = size * self.acc.num_processes * self.args.gradient_accumulation_steps
+            sampler = LengthGroupedSampler([len(ids) for ids in ds[LENGTH_KEY]], step, generator)
+            self._log_grouping(sampler)
+            # The loader draws its workers' base seed from ``generator`` too, as with shuffle=True, rather than
+            # from the global RNG that dropout uses (resuming restores that one after the iterator starts).
+            return DataLoader(ds, batch_size=size, sampler=sampler, collate_fn=self.collator, generator=generator,
+                              num_workers=self.args.dataloader_num_workers)
         return DataLoader(ds, batch_size=size, shuffle=train, collate_fn=self.collator, generator=generator,
                           num_workers=self.args.dataloader_num_workers)
+
+    @staticmethod
+    def _log_grouping(sampler: LengthGroupedSampler) -> None:
+        """Say what length grouping saves on this data, from a throwaway generator (the run's stays untouched)."""
+        probe = LengthGroupedSampler(sampler.lengths, sampler.global_batch, torch.Generator().manual_seed(0))
+        size = probe.global_batch
+        shuffled = torch.randperm(len(probe), generator=probe.generator).tolist()
+        plain = [shuffled[i:i + size] for i in range(0, len(shuffled), size)]
+        logger.info("Length-grouped batches: %.0f%% of the tokens computed are real (random batches of this data: "
+                    "%.0f%%). --group_by_length false for random batches.",
+                    100 * real_token_share(probe.lengths, probe.batches()),
+                    100 * real_token_share(probe.lengths, plain))
 
     def _build_cache(self) -> None:
         """Run the frozen backbone once per split. Under N processes each computes a contiguous 1/N of every
@@ -168,7 +193,7 @@ class Engine:
         if self.cache is not None:
             self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
-        self.generator = train_loader.generator
+        self.generator = train_loader.generator  # the data order's only source of randomness (its sampler's too)
         eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
         optimizer = build_optimizer(self.model, args, self.lr, self.lr_scales)
         model, self.optimizer, self.train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
@@ -284,6 +309,7 @@ class Engine:
                 state.samples += len(batch["labels"]) * acc.num_processes
                 if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
                     state.tokens += int(batch["attention_mask"].sum()) * acc.num_processes
+                    state.positions += batch["attention_mask"].numel() * acc.num_processes
                 out = self._forward(model, batch, "train")
                 # A micro-batch of repeats only (see _ignore_repeats) has no loss of its own (its mean is 0/0);
                 # it still takes part in the backward pass that every process must make.
@@ -415,5 +441,6 @@ class Engine:
                          epochs=state.epoch, train_runtime_s=runtime, train_samples=state.samples,
                          history=state.history, train_history=state.train_history, stopped_early=state.stop,
                          feature_cache=self.cache is not None, train_tokens=state.tokens,
+                         train_positions=state.positions,
                          step_time_median_s=statistics.median(times) if times else None,
                          skipped_steps=state.skipped_steps, resumed_from_step=state.resumed_from)

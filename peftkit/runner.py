@@ -67,6 +67,19 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
 
 
+def resident_bytes(device: torch.device) -> int | None:
+    """The process's resident memory now, on CPU under Linux (None elsewhere). Taken when training starts, with
+    the model loaded: a CPU run's peak RSS less this is what training added over the interpreter, libraries and
+    weights, where the strategies differ (a GPU's peak needs no such baseline)."""
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
     log_with = args.report_to
     if log_with == "auto":
@@ -208,6 +221,8 @@ def fit_results(fit) -> dict[str, Any]:
         "train_runtime_s": round(fit.train_runtime_s, 3),
         "train_samples_per_s": round(fit.train_samples / fit.train_runtime_s, 3),
         "train_tokens_per_s": round(fit.train_tokens / fit.train_runtime_s, 1),
+        # Real tokens over the positions computed for them: padding's cost (see --group_by_length)
+        "train_real_token_share": round(fit.train_tokens / fit.train_positions, 4) if fit.train_positions else None,
         "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
         "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
         "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
@@ -279,6 +294,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
                     use_feature_cache=getattr(strategy, "cache_features", False),
                     lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None,
                     unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None)
+    loaded = resident_bytes(acc.device)  # the baseline that training's memory comes on top of
     fit = engine.fit(resume)
     final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
     if use_cache:
@@ -295,7 +311,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "trainable_params_without_head": trainable - head_params,
         "total_params": total, "trainable_percent": round(100 * trainable / total, 4), **fit_results(fit),
         "num_examples": {s: len(d) for s, d in data.items()},
-        "peak_memory_bytes": peak_memory_bytes(acc.device), "device": str(acc.device),
+        "peak_memory_bytes": peak_memory_bytes(acc.device), "loaded_memory_bytes": loaded, "device": str(acc.device),
         "peak_memory_reserved_bytes": (int(torch.cuda.max_memory_reserved(acc.device))
                                        if acc.device.type == "cuda" else None),
         "num_processes": acc.num_processes,

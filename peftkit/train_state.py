@@ -32,6 +32,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since it last improved (early stopping)
     samples: int = 0  # training examples seen, all processes
     tokens: int = 0  # real (non-padding) training tokens seen, all processes
+    positions: int = 0  # token positions computed for them, padding included (--group_by_length cuts these)
     history: list[dict] = field(default_factory=list)  # one row per evaluation
     train_history: list[dict] = field(default_factory=list)  # one row per logged step
     skipped_steps: int = 0  # updates dropped for a non-finite loss (--on_nonfinite skip)

@@ -24,7 +24,7 @@ def test_quick_suite(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["strategy"]: r for r in results["runs"]}
-    assert set(rows) == {"full", "head", "partial", "lora", "qlora", "reference"}
+    assert set(rows) == {"full", "head", "partial", "lora", "qlora", "reference", "bare_loop"}
     for name, row in rows.items():
         assert row["status"] == "ok", row
         for key in ("accuracy", "f1", "peak_memory_bytes", "train_runtime_s", "samples_per_s",
@@ -33,13 +33,21 @@ def test_quick_suite(tmp_path):
     assert rows["lora"]["merge_time_s"] > 0 and rows["qlora"]["merge_time_s"] > 0
     assert rows["lora"]["artifact_bytes"] < rows["full"]["artifact_bytes"] / 50  # an adapter, not a model
     assert rows["head"]["trainable_params_without_head"] == 0
+    # CPU memory is reported over the loaded process too, for peftkit's runs and the scripts without it alike
+    for name in ("lora", "full", "reference", "bare_loop"):
+        assert 0 < rows[name]["loaded_memory_bytes"] < rows[name]["peak_memory_bytes"], name
+    assert rows["lora"]["trainable_params"] == rows["bare_loop"]["trainable_params"] == \
+        rows["reference"]["trainable_params"]  # the same LoRA model three ways
+    assert 0 < rows["lora"]["real_token_share"] <= 1
     assert results["config"]["quick"] and results["command"][:3] == ["python", "-m", "benchmarks"]
     table = (tmp_path / "results.md").read_text()
     for name in rows:
         assert f"| {name} |" in table
     assert table.startswith("# peftkit benchmark - SMOKE RUN (--quick): not results")  # 32 test examples
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[6/6] reference" in proc.stdout  # a progress line per run
+    assert "[7/7] bare_loop" in proc.stdout  # a progress line per run
+    assert "## peftkit LoRA against the routes without peftkit" in table
+    assert "| a bare torch loop on peftkit's batches |" in table and "| the stock route" in table
 
 
 def test_quick_sft_suite_with_the_trl_reference(tmp_path, tiny_lm_dir):

@@ -152,6 +152,16 @@ def test_warmup_steps_override_the_ratio_and_workers_collate_the_same_batches(ti
     assert [h["loss"] for h in workers.train_history] == [h["loss"] for h in fit.train_history]
 
 
+def test_length_grouping_computes_less_padding_for_the_same_examples(tiny_model_dir, tmp_path):
+    common = dict(per_device_train_batch_size=4, num_train_epochs=1, save_steps=-1)
+    torch.manual_seed(0)
+    grouped = engine(tiny_model_dir, tmp_path / "a", **common).fit()  # on by default
+    torch.manual_seed(0)
+    plain = engine(tiny_model_dir, tmp_path / "b", group_by_length=False, **common).fit()
+    assert grouped.train_tokens == plain.train_tokens and grouped.train_samples == plain.train_samples == 16
+    assert grouped.train_positions < 0.85 * plain.train_positions
+
+
 # -- optimizers and schedules ---------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop"])
 def test_every_optimizer_moves_the_trainable_tensors_only(optimizer, tiny_model_dir, tmp_path):
