@@ -8,6 +8,7 @@ import pytest
 
 from peftkit.config import (
     MAX_AUTO_EPOCHS,
+    MIN_CLASS_VISITS,
     MIN_STEPS,
     TrainingArguments,
     derive_batch_size,
@@ -81,6 +82,26 @@ def test_the_three_derive_in_order_each_from_the_one_before():
     assert (args.per_device_train_batch_size, args.num_train_epochs, args.eval_every_epochs) == (8, 8, 4)
     set_by_user = TrainingArguments(per_device_train_batch_size=32, num_train_epochs=1, eval_every_epochs=1)
     assert derive_defaults(set_by_user, 100, 1258, 1) == {}
+
+
+@pytest.mark.parametrize("n, classes, batch, epochs", [
+    (432, 5, 16, 6),      # the long documents: 86 per class, 2 epochs left the validation loss falling
+    (1000, 2, 16, 2),     # 500 per class: 2 epochs, as before
+    (8530, 2, 32, 2),     # the built-in data: unchanged
+    (300, 2, 8, 4),       # 150 per class: 4 epochs (the step floor alone gave 3)
+    (100, 2, 8, 10),      # 50 per class: the cap
+    (100, 0, 8, 8),       # no classes (a language model): the step floor alone
+])
+def test_classification_epochs_show_each_class_often_enough(n, classes, batch, epochs):
+    args = TrainingArguments()
+    derived = derive_defaults(args, n, 100, 1, num_classes=classes)
+    assert (args.per_device_train_batch_size, args.num_train_epochs) == (batch, epochs)
+    assert args.num_train_epochs * n / max(classes, 1) >= MIN_CLASS_VISITS or epochs in (2, MAX_AUTO_EPOCHS) \
+        or not classes
+    if classes and epochs > 2:
+        assert f"{classes} classes" in derived["num_train_epochs"]["why"]
+    assert derive_defaults(TrainingArguments(num_train_epochs=1), n, 100, 1, num_classes=classes).get(
+        "num_train_epochs") is None  # a set value stands
 
 
 def test_gradient_accumulation_counts_toward_the_steps():
