@@ -155,6 +155,11 @@ class TrainingArguments:
                                 "random order, a function of --seed), so that batches carry little padding: on the "
                                 "built-in reviews about half the compute. --group_by_length false: random batches."}
     )
+    release_host_memory: bool = field(
+        default=True, metadata={"help": "On CPU, give host memory that freed tensors leave with the C allocator back "
+                                "to the OS whenever 64 MiB have piled up (glibc malloc_trim), so batches of many "
+                                "shapes do not ratchet resident memory up. --release_host_memory false: leave it."}
+    )
     dataloader_num_workers: int = field(
         default=0, metadata={"help": "Worker processes that collate batches (0 = in the training process)."}
     )

@@ -28,6 +28,7 @@ from peftkit.evaluation import evaluate
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
+from peftkit.memory import HOST
 from peftkit.sampling import LengthGroupedSampler, real_token_share
 from peftkit.tasks import metric_is_better
 from peftkit.train_state import BestWeights, TrainState
@@ -281,6 +282,7 @@ class Engine:
                 continue
             loss = self._optimizer_step(window)
             window = []
+            HOST.release()  # what this step's batch shapes left with the allocator, once it amounts to something
             self.scheduler.step()
             self._after_step(loss)
             if state.step >= self.total or state.stop:

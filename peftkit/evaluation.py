@@ -13,6 +13,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from peftkit.memory import HOST
+
 
 @torch.no_grad()
 def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callable | None = None,
@@ -32,5 +34,7 @@ def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callabl
             rows.setdefault(key, []).append(value.detach().cpu())
         if collect is not None:
             collect(out, batch | labels)
+        del out, batch
+        HOST.release()
     model.train(was_training)
     return task.compute_metrics({key: torch.cat(parts) for key, parts in rows.items()})

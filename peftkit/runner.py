@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import resource
 import shlex
 import shutil
 import sys
@@ -31,6 +30,7 @@ from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError, check
 from peftkit.identity import fingerprint
+from peftkit.memory import HOST, peak_memory_bytes, resident_bytes
 from peftkit.modeling import (
     check_trainable_dtype,
     count_parameters,
@@ -57,27 +57,6 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA max allocated on GPU; otherwise the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
-
-
-def resident_bytes(device: torch.device) -> int | None:
-    """The process's resident memory now, on CPU under Linux (None elsewhere). Taken when training starts, with
-    the model loaded: a CPU run's peak RSS less this is what training added over the interpreter, libraries and
-    weights, where the strategies differ (a GPU's peak needs no such baseline)."""
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
@@ -289,12 +268,15 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     acc.init_trackers(logging_dir(train_args, output_dir).name, config={k: v for k, v in config["training"].items()
                                           if isinstance(v, int | float | str | bool)})
 
+    HOST.enable(train_args.release_host_memory and acc.device.type == "cpu")
     baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)
     engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
                     use_feature_cache=getattr(strategy, "cache_features", False),
                     lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None,
                     unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None)
-    loaded = resident_bytes(acc.device)  # the baseline that training's memory comes on top of
+    # The baseline that a CPU run's memory comes on top of (a GPU's peak needs none): with the model loaded, it
+    # holds the interpreter, libraries and weights, where the strategies do not differ.
+    loaded = resident_bytes() if acc.device.type == "cpu" else None
     fit = engine.fit(resume)
     final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
     if use_cache:
@@ -311,7 +293,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         "trainable_params_without_head": trainable - head_params,
         "total_params": total, "trainable_percent": round(100 * trainable / total, 4), **fit_results(fit),
         "num_examples": {s: len(d) for s, d in data.items()},
-        "peak_memory_bytes": peak_memory_bytes(acc.device), "loaded_memory_bytes": loaded, "device": str(acc.device),
+        "peak_memory_bytes": peak_memory_bytes(acc.device), "loaded_memory_bytes": loaded,
+        "host_memory_trims": HOST.calls, "device": str(acc.device),
         "peak_memory_reserved_bytes": (int(torch.cuda.max_memory_reserved(acc.device))
                                        if acc.device.type == "cuda" else None),
         "num_processes": acc.num_processes,
