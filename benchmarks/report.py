@@ -176,6 +176,32 @@ def against_the_stock_route(summary: dict[str, dict[str, Any]], score: str) -> l
             *lines]
 
 
+PHASES = ("data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "feature cache",
+          "host memory release", "other")
+
+
+def time_breakdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each peftkit strategy's training time went (the engine's phase clock, mean seconds over seeds)."""
+    per: dict[str, list[dict[str, float]]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row.get("time_breakdown_s"):
+            per.setdefault(row["strategy"], []).append(row["time_breakdown_s"])
+    if not per:
+        return []
+    lines = ["", "## Where the training time goes", "",
+             "Seconds per phase of peftkit's training loop, mean over seeds, and the share of the training time. "
+             "Evaluation is the per-epoch validation; data is waiting for the next batch (collation, copy to the "
+             "device); other is logging, the progress bar and bookkeeping. On a GPU, kernels run asynchronously: "
+             "their time lands where the host next waits (the loss check that ends each backward pass).", "",
+             "| strategy | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    for strategy, runs in per.items():
+        means = {p: statistics.fmean(r.get(p, 0.0) for r in runs) for p in PHASES}
+        total = sum(means.values()) or 1.0
+        lines.append(f"| {strategy} | " + " | ".join(f"{means[p]:.1f} ({100 * means[p] / total:.0f}%)" if means[p]
+                                                       else "-" for p in PHASES) + " |")
+    return lines
+
+
 def _spread(entry: dict[str, Any], key: str, unit: float, spec: str) -> str:
     """Mean (+- sample standard deviation when there are several seeds) of ``key`` in ``unit``."""
     if key not in entry["mean"]:
@@ -244,6 +270,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
             + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
     lines += against_the_stock_route(summary, score)
+    lines += time_breakdown(main_rows(results))
     lines += scaling(results)
     lines += learning_curve(results)
     if results.get("missing"):

@@ -154,6 +154,7 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
             "peak_memory_reserved_bytes": res.get("peak_memory_reserved_bytes"),
             "loaded_memory_bytes": res.get("loaded_memory_bytes"),
             "real_token_share": res.get("train_real_token_share"),
+            "time_breakdown_s": res.get("time_breakdown_s"), "host_memory_trims": res.get("host_memory_trims"),
             "samples_per_s": res["train_samples_per_s"], "tokens_per_s": res.get("train_tokens_per_s"),
             "step_time_median_s": res.get("step_time_median_s"), "trainable_params": res["trainable_params"],
             "trainable_params_without_head": res.get("trainable_params_without_head"),

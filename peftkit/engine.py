@@ -56,6 +56,38 @@ class FitResult:
     step_time_median_s: float | None = None
     train_tokens: int = 0
     train_positions: int = 0
+    time_breakdown_s: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseClock:
+    """Seconds of training spent in each phase, summed over the run: where a step's time goes.
+
+    Host-side wall time. On a CPU that is the work itself; on a GPU kernels run asynchronously, so their time
+    lands in the phase where the host next waits for them (the loss check closes each backward pass)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
+
+    def iterate(self, items, phase: str):
+        """``items``, with the time spent waiting for each one counted as ``phase``."""
+        items = iter(items)
+        while True:
+            with self(phase):
+                item = next(items, _END)
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: float,
@@ -125,6 +157,7 @@ class Engine:
         self.metric = args.metric_for_best_model or task.default_metric
         self.best_weights = BestWeights(output_dir)
         self.state = TrainState()
+        self.clock = PhaseClock()
 
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
         size = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
@@ -192,7 +225,8 @@ class Engine:
         args, acc = self.args, self.acc
         self.started = time.perf_counter()
         if self.cache is not None:
-            self._build_cache()
+            with self.clock("feature cache"):
+                self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
         self.generator = train_loader.generator  # the data order's only source of randomness (its sampler's too)
         eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
@@ -259,8 +293,9 @@ class Engine:
         if not self.checkpoints:
             return None
         self.state.train_runtime_s = self.runtime_before + time.perf_counter() - self.started
-        return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, self.prepared, self.trainable,
-                               self.optimizer, self.scheduler, self.state, self.epoch_start_rng)
+        with self.clock("checkpoint"):
+            return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, self.prepared,
+                                   self.trainable, self.optimizer, self.scheduler, self.state, self.epoch_start_rng)
 
     def _train_epoch(self, rng: dict | None) -> None:
         """The epoch's remaining optimizer steps. ``rng``: the checkpoint being resumed, in its first epoch."""
@@ -272,18 +307,21 @@ class Engine:
         if rng is not None and not skip:  # saved at an epoch's end, before the next epoch's iterator was made
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
         batches = iter(acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader)
+        timed = self.clock.iterate(batches, "data")  # collation and the copy to the device included
         if rng is not None and skip:  # saved inside the epoch, after its iterator had drawn its seeds
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
         window: list[dict] = []
-        for batch in batches:
+        for batch in timed:
             window.append(batch)
             if len(window) < self.args.gradient_accumulation_steps and state.batches_in_epoch + len(window) < \
                     self.batches_per_epoch:
                 continue
             loss = self._optimizer_step(window)
             window = []
-            HOST.release()  # what this step's batch shapes left with the allocator, once it amounts to something
-            self.scheduler.step()
+            with self.clock("host memory release"):
+                HOST.release()  # what this step's batch shapes left with the allocator, once it amounts to something
+            with self.clock("optimizer"):
+                self.scheduler.step()
             self._after_step(loss)
             if state.step >= self.total or state.stop:
                 return
@@ -312,31 +350,34 @@ class Engine:
                 if "attention_mask" in batch:  # real (non-padding) tokens, for throughput in tokens/s
                     state.tokens += int(batch["attention_mask"].sum()) * acc.num_processes
                     state.positions += batch["attention_mask"].numel() * acc.num_processes
-                out = self._forward(model, batch, "train")
-                # A micro-batch of repeats only (see _ignore_repeats) has no loss of its own (its mean is 0/0);
-                # it still takes part in the backward pass that every process must make.
-                if not n:
-                    loss = out.logits.float().sum() * 0.0
-                else:
-                    loss = self.loss_fn(*self.task.loss_inputs(out, batch)) if self.loss_fn else out.loss
+                with self.clock("forward"):
+                    out = self._forward(model, batch, "train")
+                    # A micro-batch of repeats only (see _ignore_repeats) has no loss of its own (its mean is
+                    # 0/0); it still takes part in the backward pass that every process must make.
+                    if not n:
+                        loss = out.logits.float().sum() * 0.0
+                    else:
+                        loss = self.loss_fn(*self.task.loss_inputs(out, batch)) if self.loss_fn else out.loss
                 weight = n * scale / step_units if step_units else 0.0
-                acc.backward(loss if weight == 1.0 else loss * weight)  # even when not finite: every process
-                weighted += loss.detach().float() * n                   # must reach the same collectives
-                nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))
-        for join, params in self.waiting:  # gradual unfreezing: not yet their turn, so no gradient, no update
-            if state.step < join:
-                for param in params:
-                    param.grad = None
-        norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
-        # Under fp16 the grad scaler expects and skips overflowing steps itself.
-        if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):
-            nonfinite = 1
-        if nonfinite:
-            self._nonfinite(loss)
-        else:
-            self.optimizer.step()
-            self.skip_streak = 0
-        self.optimizer.zero_grad()
+                with self.clock("backward"):
+                    acc.backward(loss if weight == 1.0 else loss * weight)  # even when not finite: every
+                    weighted += loss.detach().float() * n                   # process must reach the same
+                    nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))  # collectives
+        with self.clock("optimizer"):  # clipping, the update (or a skip) and zeroing the gradients
+            for join, params in self.waiting:  # gradual unfreezing: not their turn yet, so no gradient, no update
+                if state.step < join:
+                    for param in params:
+                        param.grad = None
+            norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+            # Under fp16 the grad scaler expects and skips overflowing steps itself.
+            if norm is not None and acc.mixed_precision != "fp16" and not math.isfinite(float(norm)):
+                nonfinite = 1
+            if nonfinite:
+                self._nonfinite(loss)
+            else:
+                self.optimizer.step()
+                self.skip_streak = 0
+            self.optimizer.zero_grad()
         if len(window) == 1 and acc.num_processes == 1:
             return loss.detach().float()
         return acc.reduce(weighted, "sum") / max(step_units, 1)
@@ -405,7 +446,8 @@ class Engine:
         if self.state.history and self.state.history[-1]["step"] == self.state.step:
             return
         try:
-            self._select()
+            with self.clock("evaluation"):
+                self._select()
         finally:
             self.timing["last"] = time.perf_counter()  # evaluation time is not step time
 
@@ -428,6 +470,13 @@ class Engine:
                 logger.info("Early stopping: no %s improvement in %d evaluations.", name, patience)
                 state.stop = True
 
+    def _breakdown(self, runtime: float) -> dict[str, float]:
+        """This session's training time by phase; "other" is the rest (progress bar, logging, bookkeeping). A
+        resumed run's earlier sessions are not in it."""
+        phases = {name: round(seconds, 3) for name, seconds in self.clock.totals.items()}
+        session = runtime - self.runtime_before
+        return phases | {"other": round(max(session - sum(self.clock.totals.values()), 0.0), 3)}
+
     def _finish(self, runtime: float) -> FitResult:
         """Put the best evaluation's weights back and report validation and test metrics with them."""
         state = self.state
@@ -445,4 +494,5 @@ class Engine:
                          feature_cache=self.cache is not None, train_tokens=state.tokens,
                          train_positions=state.positions,
                          step_time_median_s=statistics.median(times) if times else None,
-                         skipped_steps=state.skipped_steps, resumed_from_step=state.resumed_from)
+                         skipped_steps=state.skipped_steps, resumed_from_step=state.resumed_from,
+                         time_breakdown_s=self._breakdown(runtime))

@@ -203,6 +203,7 @@ def fit_results(fit) -> dict[str, Any]:
         # Real tokens over the positions computed for them: padding's cost (see --group_by_length)
         "train_real_token_share": round(fit.train_tokens / fit.train_positions, 4) if fit.train_positions else None,
         "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
+        "time_breakdown_s": fit.time_breakdown_s,
         "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
         "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
         "resumed_from_step": fit.resumed_from_step, "history": fit.history, "train_history": fit.train_history,

@@ -48,6 +48,12 @@ def test_quick_suite(tmp_path):
     assert "[7/7] bare_loop" in proc.stdout  # a progress line per run
     assert "## peftkit LoRA against the routes without peftkit" in table
     assert "| a bare torch loop on peftkit's batches |" in table and "| the stock route" in table
+    # where each peftkit run's training time went, phase by phase; the rows without peftkit have no phase clock
+    assert "## Where the training time goes" in table
+    for name in ("full", "head", "partial", "lora", "qlora"):
+        phases = rows[name]["time_breakdown_s"]
+        assert phases["forward"] > 0 and sum(phases.values()) <= rows[name]["train_runtime_s"] * 1.02 + 0.05, name
+    assert rows["head"]["time_breakdown_s"]["feature cache"] > 0 and "backward" in rows["full"]["time_breakdown_s"]
 
 
 def test_quick_sft_suite_with_the_trl_reference(tmp_path, tiny_lm_dir):

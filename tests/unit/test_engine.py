@@ -162,6 +162,17 @@ def test_length_grouping_computes_less_padding_for_the_same_examples(tiny_model_
     assert grouped.train_positions < 0.85 * plain.train_positions
 
 
+def test_time_breakdown_accounts_for_the_training_time(tiny_model_dir, tmp_path):
+    fit = engine(tiny_model_dir, tmp_path, strategy="lora", per_device_train_batch_size=4, num_train_epochs=2,
+                 save_steps=1).fit()
+    phases = fit.time_breakdown_s
+    assert {"data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["forward"] > 0 and phases["backward"] > 0 and phases["checkpoint"] > 0
+    # the clock covers the loop: what no phase claims (progress bar, logging) is a small part of the time
+    assert phases["other"] < 0.3 * fit.train_runtime_s
+
+
 # -- optimizers and schedules ---------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop"])
 def test_every_optimizer_moves_the_trainable_tensors_only(optimizer, tiny_model_dir, tmp_path):
