@@ -147,8 +147,11 @@ class TrainingArguments:
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm (0 = no clipping)."})
     mixed_precision: str | None = field(
-        default=None, metadata={"help": "no, fp16, bf16 or fp8 (--fp16 and --bf16 also work). Default: what "
-                                "`accelerate config` or `accelerate launch --mixed_precision` chose (no on CPU)."}
+        default=None, metadata={"help": "no, fp16, bf16, fp8 or auto (--fp16 and --bf16 also work). auto: bf16 "
+                                "where the hardware computes it (a bf16 GPU; a CPU with avx512_bf16 or AMX), fp16 "
+                                "on an older GPU, float32 otherwise (bf16 emulated on a CPU without those "
+                                "instructions is many times slower). Default: what `accelerate config` or "
+                                "`accelerate launch --mixed_precision` chose (no on CPU)."}
     )
     group_by_length: bool = field(
         default=True, metadata={"help": "Put training examples of similar length in the same batch (random groups in a "
@@ -227,7 +230,7 @@ class TrainingArguments:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
-MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8")
+MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8", "auto")
 TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 

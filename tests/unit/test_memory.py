@@ -65,3 +65,4 @@ def test_glibc_malloc_trim_is_found_and_runs():
     assert trim is not None
     assert trim(0) in (0, 1)
     assert memory.resident_bytes() > 0
+
