@@ -164,7 +164,7 @@ def test_trainer_flags_users_type_by_habit_map_onto_peftkits(tmp_path):
     (["--save_strategy", "best"], "use --save_steps N"),
     (["--learning_rat", "0.1"], "Unrecognised arguments: --learning_rat 0.1. Did you mean --learning_rate?"),
     (["--metric_for_best_model", "acc"], "'acc' is not a metric of task text_cls. Choose one of: accuracy, f1"),
-    (["--mixed_precision", "banana"], "--mixed_precision must be one of no, fp16, bf16, fp8, got 'banana'"),
+    (["--mixed_precision", "banana"], "--mixed_precision must be one of no, fp16, bf16, fp8, auto, got 'banana'"),
 ])
 def test_flag_mistakes_are_named_before_any_work(flags, message, capsys, tmp_path):
     out = tmp_path / "o"
