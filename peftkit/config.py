@@ -47,8 +47,9 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": f"Hub dataset name (where the Hub is reachable) or '{BUILTIN_DATASET}'. "
-                  "Default: the built-in Rotten Tomatoes reviews, unless --train_file is given."},
+        metadata={"help": f"Hub dataset name (where the Hub is reachable) or '{BUILTIN_DATASET}'. Default: the task's "
+                  "built-in data (Rotten Tomatoes reviews; token_cls: WNUT-16 tweets, 'builtin:wnut16'), unless "
+                  "--train_file is given."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSON/JSONL/parquet file."})

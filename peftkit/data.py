@@ -16,6 +16,7 @@ from peftkit.errors import PeftkitError, check
 
 logger = logging.getLogger(__name__)
 
+CONLL_SUFFIXES = (".conll", ".txt")  # read by load_conll (token_cls: one token and its tag per line)
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Where each example came from ("reviews.csv row 4"), so that errors name the user's own rows even after
 # shuffling and splitting. Dropped with every other raw column when the task tokenizes.
@@ -26,6 +27,9 @@ ROW_NAMES = {".csv": ("row", 2), ".tsv": ("row", 2), ".jsonl": ("line", 1), ".js
 
 
 def with_origin(ds: Dataset, source: str, unit: str = "example", first: int = 0) -> Dataset:
+    """``ds`` with each example's origin, unless its loader named them already (a CoNLL file's lines)."""
+    if ORIGIN in ds.column_names:
+        return ds
     return ds.add_column(ORIGIN, [f"{source} {unit} {i + first}" for i in range(len(ds))])
 
 
@@ -46,10 +50,11 @@ def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None) -> tupl
         raw = DatasetDict({split: load_file(path) for split, path in files.items() if path})
         description = Path(data_args.train_file).name
     else:
-        use_builtin = data_args.dataset_name in (None, BUILTIN_DATASET)
-        raw = (builtin or builtin_rotten_tomatoes)() if use_builtin else load_hub_dataset(
-            data_args.dataset_name, data_args.dataset_config_name)
-        description = BUILTIN_DATASET if use_builtin else data_args.dataset_name
+        builtin = builtin or builtin_rotten_tomatoes
+        name = getattr(builtin, "dataset_name", BUILTIN_DATASET)  # a task's own built-in data names itself
+        use_builtin = data_args.dataset_name in (None, name)
+        raw = builtin() if use_builtin else load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        description = name if use_builtin else data_args.dataset_name
         raw = DatasetDict({split: with_origin(ds, f"{description} {split}") for split, ds in raw.items()})
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if "validation" not in raw:
@@ -72,9 +77,11 @@ def load_file(path: str) -> Dataset:
     p = Path(path)
     check(p.is_file(), f"Data file {path!r} does not exist. Check the path.")
     suffixes = [s for s in p.suffixes if s != ".bz2" and s != ".gz"]
+    if suffixes and suffixes[-1] in CONLL_SUFFIXES:
+        return load_conll(p)
     builder = BUILDERS.get(suffixes[-1] if suffixes else "")
-    check(builder is not None,
-          f"Cannot tell the format of {path!r}: use a .csv, .tsv, .json, .jsonl or .parquet file.")
+    check(builder is not None, f"Cannot tell the format of {path!r}: use a .csv, .tsv, .json, .jsonl or .parquet "
+          "file (or, for token_cls, a CoNLL .conll/.txt file).")
     kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
     check(p.stat().st_size > 0, f"Data file {path!r} is empty. Give it a header row and examples.")
     try:
@@ -86,6 +93,16 @@ def load_file(path: str) -> Dataset:
     check(len(ds) > 0, f"Data file {path!r} holds no examples.")
     unit, first = ROW_NAMES[suffixes[-1]]
     return with_origin(ds, p.name, unit, first)
+
+
+def load_conll(path: Path) -> Dataset:
+    """A CoNLL-format file (token_cls) as columns ``tokens`` and ``ner_tags``, each sentence named by its line."""
+    from peftkit.tasks.token_data import read_conll
+
+    check(path.stat().st_size > 0, f"Data file {str(path)!r} is empty.")
+    rows = read_conll(path)
+    return Dataset.from_dict({"tokens": [r["tokens"] for r in rows], "ner_tags": [r["ner_tags"] for r in rows],
+                              ORIGIN: [f"{path.name} line {r['line']}" for r in rows]})
 
 
 def read_lines(path: str | None) -> list[tuple[int, str]] | None:

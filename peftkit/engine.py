@@ -24,7 +24,7 @@ from peftkit import checkpoint
 from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
 from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check
-from peftkit.evaluation import evaluate
+from peftkit.evaluation import evaluate, model_inputs
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
@@ -207,7 +207,7 @@ class Engine:
     def _forward(self, model, batch: dict, split: str):
         if self.cache is not None:
             self.cache.select(split, batch.pop(INDEX_KEY))
-        return model(**batch)
+        return model(**model_inputs(batch))
 
     def evaluate(self, model, loader: DataLoader, split: str) -> dict[str, float]:
         return evaluate(self.acc, self.task, model, loader, lambda m, b: self._forward(m, b, split))

@@ -15,6 +15,13 @@ from torch.utils.data import DataLoader
 
 from peftkit.memory import HOST
 
+TASK_KEY_PREFIX = "task_"  # batch keys a task adds for its own evaluation (token_cls: word tags); not model inputs
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without the task's own keys: what the model's forward takes."""
+    return {k: v for k, v in batch.items() if not k.startswith(TASK_KEY_PREFIX)}
+
 
 @torch.no_grad()
 def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callable | None = None,
@@ -28,7 +35,7 @@ def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callabl
     rows: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
         labels = {k: v for k, v in batch.items() if k == "labels"}  # the forward may consume the batch
-        out = forward(model, batch) if forward else model(**batch)
+        out = forward(model, batch) if forward else model(**model_inputs(batch))
         part = acc.gather_for_metrics(task.eval_rows(out, batch | labels))
         for key, value in part.items():
             rows.setdefault(key, []).append(value.detach().cpu())

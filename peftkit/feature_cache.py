@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from peftkit.evaluation import model_inputs
 from peftkit.modeling import backbone
 
 INDEX_KEY = "feature_idx"
@@ -83,7 +84,7 @@ class FeatureCache:
         self.real.eval()
         rows: list[dict[str, torch.Tensor]] = []
         for batch in tqdm(loader, desc=f"Caching {split} features", disable=not show_progress, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", INDEX_KEY)}
+            batch = {k: v.to(device) for k, v in model_inputs(batch).items() if k not in ("labels", INDEX_KEY)}
             out = self.real(**batch)
             mask = batch.get("attention_mask")
             if mask is None:

@@ -113,6 +113,8 @@ def metric_is_better(task, name: str, value: float, best: float | None) -> bool:
 
 from peftkit.tasks.causal_lm import CausalLM  # noqa: E402
 from peftkit.tasks.text_cls import TextClassification  # noqa: E402
+from peftkit.tasks.token_cls import TokenClassification  # noqa: E402
 
 register("text_cls", TextClassification)
 register("causal_lm", CausalLM)
+register("token_cls", TokenClassification)
