@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from peftkit import assets
@@ -61,7 +61,14 @@ def builtin_wnut16() -> DatasetDict:
         rows[split]["tokens"].append(sentence["tokens"])
         rows[split]["ner_tags"].append(sentence["ner_tags"])
         rows[split][ORIGIN].append(f"WNUT-16 line {sentence['line']}")
-    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+    # The tag set is the whole file's (a ClassLabel sequence, as on the Hub), so that a --max_train_samples
+    # subset that misses a rare tag still knows it, and evaluation data holding it is not refused.
+    tags = sorted({t for cols in rows.values() for row in cols["ner_tags"] for t in row}, key=lambda t: (t != "O", t))
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=tags)),
+                         ORIGIN: Value("string")})
+    return DatasetDict({split: Dataset.from_dict({**cols, "ner_tags": [[tags.index(t) for t in row]
+                                                                       for row in cols["ner_tags"]]},
+                                                 features=features) for split, cols in rows.items()})
 
 
 builtin_wnut16.dataset_name = "builtin:wnut16"  # what --dataset_name and results.json call it
