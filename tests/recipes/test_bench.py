@@ -74,6 +74,27 @@ def test_quick_sft_suite_with_the_trl_reference(tmp_path, tiny_lm_dir):
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_quick_ner_suite_with_the_run_ner_style_reference(tmp_path):
+    proc = run_bench("--task", "token_cls", "--quick", "--strategies", "lora", "head", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["strategy"]: r for r in results["runs"]}
+    assert set(rows) == {"lora", "head", "reference"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        assert 0 <= row["accuracy"] <= 1 and 0 < row["f1"] <= 1, name  # entity F1, word accuracy
+    # the same LoRA model both ways (peft's TOKEN_CLS defaults), on the same exported splits and tag set
+    assert rows["lora"]["trainable_params"] == rows["reference"]["trainable_params"]
+    data = tmp_path / "data" / "seed42"
+    tags = json.loads((data / "labels.json").read_text())
+    assert tags[0] == "O" and len(tags) == 21  # the built-in file's tags, as peftkit's ClassLabel has them
+    test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    assert len(test_rows) == 32 and all(len(r["tokens"]) == len(r["ner_tags"]) > 0 for r in test_rows)
+    assert results["config"]["dataset"] == "builtin:wnut16" and "entity F1" in results["config"]["score"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| strategy | entity F1 | word acc |" in table and "| the stock route" in table
+
+
 def test_a_failing_strategy_is_reported_and_the_rest_runs(tmp_path):
     # Through `peftkit bench`, from the user's own directory: a relative --output_dir lands there.
     proc = subprocess.run([sys.executable, "-m", "peftkit", "bench", "--quick", "--no_reference", "--strategies",
@@ -94,6 +115,20 @@ def test_quick_suite_on_gpu_reports_tokens_and_reserved_memory(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for row in json.loads((tmp_path / "results.json").read_text())["runs"]:
         assert row["tokens_per_s"] > 0 and row["peak_memory_reserved_bytes"] >= row["peak_memory_bytes"] > 0
+
+
+@pytest.mark.gpu
+def test_quick_ner_suite_on_gpu(tmp_path):
+    proc = run_bench("--task", "token_cls", "--quick", "--no_reference", "--strategies", "lora", "qlora",
+                     "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["strategy"]: r for r in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    assert set(rows) == {"lora", "qlora"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        assert row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0, name
+    # QLoRA's base is 4-bit on the GPU: its frozen linear weights take less memory than LoRA's float32 ones
+    assert rows["qlora"]["peak_memory_bytes"] < rows["lora"]["peak_memory_bytes"]
 
 
 def test_several_process_counts_give_a_scaling_table(tmp_path):
