@@ -16,7 +16,8 @@ from peftkit import pooling
 from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
-from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.modeling import load_tokenizer
+from peftkit.tasks.labelled import LabelledHead
 
 METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TextClassification:
+class TextClassification(LabelledHead):
     """Sequence classification with any number of classes; labels are discovered from the data."""
 
     pooling: str = field(
@@ -129,17 +130,6 @@ class TextClassification:
             unseen = sorted({str(v) for v in values} - known)
             check(not unseen, f"The {split} data has label(s) {unseen[:10]} that training never saw "
                   f"(training labels: {sorted(known)[:20]}). Add examples of them to training or drop them.")
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)), "label2id": self.label2id}
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: i for i, label in enumerate(self.labels)}
-
-    def new_modules(self, model) -> list[str]:
-        """The classification head (``classifier``, ``score``, ...): created for the task, trained fully."""
-        return head_module_names(model)
 
     def load_processor(self, source):
         return load_tokenizer(source)

@@ -1,0 +1,14 @@
+"""Full fine-tuning for token classification (NER): every weight trains; the reference the other strategies
+are measured against.
+
+    accelerate launch recipes/full_token_cls.py                     # built-in MiniLM on WNUT-16 tweets (NER)
+    accelerate launch recipes/full_token_cls.py --train_file train.conll --validation_file dev.conll
+    python recipes/full_token_cls.py --help                         # every flag, with its default
+
+Flags may also come from a YAML/JSON file: --config my_run.yaml (flags on the command line win).
+"""
+
+from peftkit.cli import train_main
+
+if __name__ == "__main__":
+    raise SystemExit(train_main(task="token_cls", strategy="full", prog="full_token_cls.py"))
