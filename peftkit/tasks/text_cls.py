@@ -16,8 +16,8 @@ from peftkit import pooling
 from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
-from peftkit.modeling import load_tokenizer
-from peftkit.tasks.labelled import LabelledHead
+from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.tasks.labelled import head_config, label_ids
 
 METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TextClassification(LabelledHead):
+class TextClassification:
     """Sequence classification with any number of classes; labels are discovered from the data."""
 
     pooling: str = field(
@@ -130,6 +130,17 @@ class TextClassification(LabelledHead):
             unseen = sorted({str(v) for v in values} - known)
             check(not unseen, f"The {split} data has label(s) {unseen[:10]} that training never saw "
                   f"(training labels: {sorted(known)[:20]}). Add examples of them to training or drop them.")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return head_config(self.labels)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return label_ids(self.labels)
+
+    def new_modules(self, model) -> list[str]:
+        """The head (``classifier``, ``score``, ...): created for the task, trained fully."""
+        return head_module_names(model)
 
     def load_processor(self, source):
         return load_tokenizer(source)

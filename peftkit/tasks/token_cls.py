@@ -16,8 +16,8 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from peftkit import assets
 from peftkit.data import ORIGIN, check_columns, load_file, read_lines
 from peftkit.errors import check
-from peftkit.modeling import load_tokenizer
-from peftkit.tasks.labelled import LabelledHead
+from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.tasks.labelled import head_config, label_ids
 from peftkit.tasks.token_data import (
     IGNORE_INDEX,
     align_labels,
@@ -98,7 +98,7 @@ class TokenCollator:
 
 
 @dataclass
-class TokenClassification(LabelledHead):
+class TokenClassification:
     """Tag every word (NER, POS, chunking): tags are discovered from the data, in any scheme."""
 
     label_all_tokens: bool = field(
@@ -184,6 +184,17 @@ class TokenClassification(LabelledHead):
             unseen = sorted({t for row in self._tags(ds, split) for t in row} - known)
             check(not unseen, f"The {split} data has tag(s) {unseen[:10]} that training never saw (training tags: "
                   f"{sorted(known)[:30]}). Add examples of them to training or map them to known tags.")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return head_config(self.labels)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return label_ids(self.labels)
+
+    def new_modules(self, model) -> list[str]:
+        """The head (``classifier``, ``score``, ...): created for the task, trained fully."""
+        return head_module_names(model)
 
     def load_processor(self, source):
         tokenizer = load_tokenizer(source)
