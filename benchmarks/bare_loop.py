@@ -7,7 +7,7 @@ No Accelerate, no Trainer, no peftkit engine: tokenize D/{train,validation,test}
 the model in peft LoRA as peftkit's lora strategy does (r=8, alpha=16, dropout 0.1, peft's default target
 modules, the classifier trained in full), and run AdamW (decay 0.01, none on biases and norms) with 6% warm-up
 and linear decay, clipping at 1, one validation pass per epoch keeping the best weights, and the test split at
-the end. The batches are peftkit's: the one thing imported from peftkit is its sampler (pure torch, seeded the
+the end. The batches are peftkit's: the only things imported from peftkit are its samplers (pure torch, seeded the
 same way), so that the engine's overhead over this loop is measured on identical work. Writes
 O/results.json with the keys the suite reads.
 """
@@ -28,7 +28,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from peftkit.sampling import LengthGroupedSampler
+from peftkit.sampling import LengthGroupedSampler, LengthSortedSampler
 
 
 @torch.no_grad()
@@ -74,7 +74,9 @@ def main() -> int:
     else:
         train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True,
                                   generator=generator, collate_fn=collate)
-    eval_loader = {s: DataLoader(data[s], batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+    # Evaluation batches as peftkit orders them (longest first; pure torch, like the sampler above).
+    eval_loader = {s: DataLoader(data[s], batch_size=args.per_device_eval_batch_size, collate_fn=collate,
+                                 sampler=LengthSortedSampler([len(ids) for ids in data[s]["input_ids"]]))
                    for s in ("validation", "test")}
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

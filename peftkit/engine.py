@@ -24,19 +24,18 @@ from peftkit import checkpoint
 from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
 from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check
-from peftkit.evaluation import evaluate, model_inputs
+from peftkit.evaluation import eval_loader, evaluate, model_inputs
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
 from peftkit.memory import HOST
-from peftkit.sampling import LengthGroupedSampler, real_token_share
+from peftkit.sampling import LENGTH_KEY, LengthGroupedSampler, real_token_share
 from peftkit.tasks import metric_is_better
 from peftkit.train_state import BestWeights, TrainState
 
 logger = logging.getLogger(__name__)
 MAX_SKIP_STREAK = 10
 IGNORE_INDEX = -100  # the label transformers' losses skip
-LENGTH_KEY = "input_ids"  # the column whose length --group_by_length groups by
 
 
 @dataclass
@@ -229,7 +228,8 @@ class Engine:
                 self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
         self.generator = train_loader.generator  # the data order's only source of randomness (its sampler's too)
-        eval_loaders = {s: self.loader(self.data[s], train=False) for s in ("validation", "test") if s in self.data}
+        eval_loaders = {s: eval_loader(self.data[s], args.per_device_eval_batch_size, self.collator,
+                                       args.dataloader_num_workers) for s in ("validation", "test") if s in self.data}
         optimizer = build_optimizer(self.model, args, self.lr, self.lr_scales)
         model, self.optimizer, self.train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
                                                                           *eval_loaders.values())

@@ -8,13 +8,12 @@ from typing import Any
 
 from accelerate import Accelerator
 from datasets import DatasetDict
-from torch.utils.data import DataLoader
 
 from peftkit.config import DataArguments, ModelArguments
 from peftkit.console import quiet_known_noise, transformers_errors_only
 from peftkit.data import load_file, load_raw_datasets
 from peftkit.errors import PeftkitError, check
-from peftkit.evaluation import evaluate
+from peftkit.evaluation import eval_loader, evaluate
 from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
 from peftkit.runner import CONFIG_FILE
@@ -99,8 +98,7 @@ def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str
     model, processor, cfg, task = load_run(run_dir, data_overrides)
     raw, data = eval_data(task, cfg, processor, split, eval_file)
     acc = Accelerator()
-    loader = DataLoader(data[split], batch_size=cfg["training"].get("per_device_eval_batch_size", 64),
-                        collate_fn=task.collator(processor))
+    loader = eval_loader(data[split], cfg["training"].get("per_device_eval_batch_size", 64), task.collator(processor))
     model, loader = acc.prepare(model, loader)
     metrics = evaluate(acc, task, model, loader)
     final = task.final_evaluation(acc, model, processor, raw, None, "fine_tuned")

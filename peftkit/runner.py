@@ -85,31 +85,45 @@ def make_accelerator(args: TrainingArguments, output_dir: Path) -> Accelerator:
     except ValueError as exc:  # e.g. fp8 without its kernels, or a precision this device lacks
         raise PeftkitError(f"Accelerate cannot set up this run: {str(exc).splitlines()[0][:300]} Check "
                            "--mixed_precision (no, fp16, bf16, fp8, auto) and your `accelerate config`.") from exc
-    if acc.device.type == "cpu" and acc.mixed_precision == "bf16" and not cpu_has_native_bf16():
-        logger.warning("bf16 on a CPU without bf16 instructions (avx512_bf16 or AMX): PyTorch emulates it, and one "
-                       "MiniLM training step took about 20x as long as in float32 on such a CPU. Use "
-                       "--mixed_precision no (or auto, which picks bf16 only where the CPU has it).")
+    if acc.device.type == "cpu" and acc.mixed_precision == "bf16":
+        warn_slow_cpu_bf16(cpu_bf16_instructions())
     return acc
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (oneDNN's own check: avx512_bf16 / AMX), not by emulation."""
+def cpu_bf16_instructions() -> str | None:
+    """How this CPU computes bf16: "amx" (matrix tiles), "avx512_bf16" (vector dot products), or None (PyTorch
+    emulates it)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if torch.cpu._is_amx_tile_supported():
+            return "amx"
+        return "avx512_bf16" if torch.cpu._is_avx512_bf16_supported() else None
     except (AttributeError, RuntimeError):
-        return False
+        return None
+
+
+def warn_slow_cpu_bf16(instructions: str | None) -> None:
+    """bf16 autocast on a CPU is slower than float32 unless the CPU has AMX (measured: README, bf16 on a CPU)."""
+    if instructions is None:
+        logger.warning("bf16 on a CPU without bf16 instructions (avx512_bf16 or AMX): PyTorch emulates it, and one "
+                       "MiniLM training step took about 20x as long as in float32 on such a CPU. Use "
+                       "--mixed_precision no (or auto, which keeps float32 on a CPU).")
+    elif instructions == "avx512_bf16":
+        logger.warning("bf16 on a CPU with avx512_bf16 but no AMX: measured slower than float32 here (a MiniLM "
+                       "training step 1.5x as long for full fine-tuning, 2.2x for LoRA: autocast re-casts every "
+                       "weight each step). Use --mixed_precision no unless you need bf16's memory savings.")
 
 
 def resolve_mixed_precision(requested: str | None) -> str | None:
-    """``auto``: bf16 where the hardware computes it (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX),
-    fp16 on an older CUDA GPU, otherwise float32. Anything else is passed to Accelerate as given (None: what
-    `accelerate config` or `accelerate launch --mixed_precision` chose)."""
+    """``auto``: bf16 on a CUDA GPU that has it, fp16 on an older CUDA GPU, float32 on a CPU (bf16 autocast was
+    measured slower than float32 on CPUs with avx512_bf16 and emulated on those without; CPUs with AMX are not
+    measured yet, so bf16 there stays a choice: --mixed_precision bf16). Anything else is passed to Accelerate
+    as given (None: what `accelerate config` or `accelerate launch --mixed_precision` chose)."""
     if requested != "auto":
         return requested
     if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true"):
         chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     else:
-        chosen = "bf16" if cpu_has_native_bf16() else "no"
+        chosen = "no"
     logger.info("--mixed_precision auto: %s on this machine.", chosen)
     return chosen
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+LENGTH_KEY = "input_ids"  # the column whose length orders batches (--group_by_length; evaluation)
+
 # Examples are sorted by length within windows of this many global batches: wide enough to find neighbours of
 # similar length, narrow enough that each window is still a random draw from the whole data (transformers: 50).
 WINDOW_BATCHES = 50
@@ -65,3 +67,18 @@ def real_token_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
     return real / padded if padded else 1.0
+
+
+class LengthSortedSampler(Sampler[int]):
+    """Evaluation order: longest example first, equal lengths in data order. Batches of similar length pad
+    little (the metrics do not depend on the order), and the largest batch comes first, so an evaluation that
+    does not fit in memory fails at once. No randomness."""
+
+    def __init__(self, lengths: Sequence[int]):
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)

@@ -244,3 +244,22 @@ def test_gradual_unfreezing_trains_each_layer_from_its_step_on_and_resumes_exact
     resumed.fit(tmp_path / "b" / "checkpoint-2")
     for name, param in resumed.model.named_parameters():
         torch.testing.assert_close(param, end[name], rtol=0, atol=0, msg=name)
+
+
+def test_evaluation_in_length_order_gives_the_metrics_of_data_order(tiny_model_dir):
+    from torch.utils.data import DataLoader
+
+    from peftkit.evaluation import eval_loader, evaluate
+
+    model, task, _ = build("bert", "full", tiny_model_dir)
+    rows = [{k: v for k, v in r.items() if k != "feature_idx"} for r in examples(40, seed=3)]
+    ds = Dataset.from_list(rows)
+    acc = Accelerator()
+    sorted_loader = eval_loader(ds, 8, collate)
+    assert [len(ds[i]["input_ids"]) for i in sorted_loader.sampler] == sorted(
+        (len(r["input_ids"]) for r in rows), reverse=True)
+    in_order = evaluate(acc, task, model, DataLoader(ds, batch_size=8, collate_fn=collate))
+    by_length = evaluate(acc, task, model, sorted_loader)
+    assert by_length.keys() == in_order.keys()
+    for key, value in in_order.items():
+        assert by_length[key] == pytest.approx(value, abs=1e-6), key

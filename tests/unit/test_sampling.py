@@ -60,3 +60,16 @@ def test_each_process_share_of_a_global_batch_is_grouped_too():
     order = list(sampler(lens, global_batch=32))
     halves = [order[i:i + 16] for i in range(0, len(order), 16)]
     assert real_token_share(lens, halves) > 0.9
+
+
+def test_evaluation_order_is_longest_first_stable_and_pads_less():
+    from peftkit.sampling import LengthSortedSampler
+
+    lens = lengths()
+    order = list(LengthSortedSampler(lens))
+    assert sorted(order) == list(range(len(lens)))
+    assert all(lens[a] > lens[b] or (lens[a] == lens[b] and a < b) for a, b in zip(order, order[1:], strict=False))
+    size = 64
+    data_order = [list(range(i, min(i + size, len(lens)))) for i in range(0, len(lens), size)]
+    sorted_batches = [order[i:i + size] for i in range(0, len(order), size)]
+    assert real_token_share(lens, sorted_batches) > 0.85 > 0.5 > real_token_share(lens, data_order)
