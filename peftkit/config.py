@@ -107,7 +107,8 @@ class TrainingArguments:
     per_device_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Batch size per process. Default: derived from the data: 32, or 16 or 8 where 32 would give "
-                  f"a run fewer than {MIN_STEPS} optimizer steps (small data; the choice is logged and saved)."},
+                  f"a run fewer than {MIN_STEPS} optimizer steps (300 for token_cls; small data; the choice is logged "
+                  "and saved)."},
     )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
@@ -319,14 +320,14 @@ def epochs_for_classes(num_train: int, num_classes: int) -> float:
 
 
 def derive_batch_size(train_args: TrainingArguments, num_train: int, num_processes: int,
-                      base_epochs: float = DEFAULT_EPOCHS) -> tuple[int, str] | None:
+                      base_epochs: float = DEFAULT_EPOCHS, min_steps: int = MIN_STEPS) -> tuple[int, str] | None:
     """The per-process batch size of a run that did not set one, and why; None if it was set.
 
     Small data at batch 32 gets few optimizer steps: 2,000 examples for one epoch are 63 steps, over which
     LoRA on the built-in data learned on some seeds and not on others (test accuracy 0.63 to 0.75 over
     seeds 0-4); at batch 16 (125 steps) all five reached 0.75 or more (2026-11-26). So: the largest of
-    32, 16, 8 that gives at least MIN_STEPS optimizer steps over the run, else 8. ``base_epochs``: the epochs a
-    run that did not set them starts from (``epochs_for_classes``)."""
+    32, 16, 8 that gives at least ``min_steps`` optimizer steps over the run (MIN_STEPS unless the task asks for
+    more), else 8. ``base_epochs``: the epochs a run that did not set them starts from (``epochs_for_classes``)."""
     if train_args.per_device_train_batch_size is not None:
         return None
     if train_args.max_steps > 0:
@@ -336,21 +337,21 @@ def derive_batch_size(train_args: TrainingArguments, num_train: int, num_process
     def steps(size: int) -> int:
         return _optimizer_steps(train_args, num_train, num_processes, size, epochs)
 
-    size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= MIN_STEPS), AUTO_BATCH_SIZES[-1])
+    size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= min_steps), AUTO_BATCH_SIZES[-1])
     why = (f"{num_train:,} training examples, {epochs:g} epoch(s), {num_processes} process(es): {steps(size)} "
            "optimizer steps")
     if size != AUTO_BATCH_SIZES[0]:
         why += (f" (batch {AUTO_BATCH_SIZES[0]} would give {steps(AUTO_BATCH_SIZES[0])}; small data needs enough "
-                f"steps to learn, at least {MIN_STEPS} where the batch size allows)")
+                f"steps to learn, at least {min_steps} where the batch size allows)")
     return size, why
 
 
-def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: int, num_classes: int = 0
-                  ) -> tuple[float, str] | None:
+def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: int, num_classes: int = 0,
+                  min_steps: int = MIN_STEPS) -> tuple[float, str] | None:
     """The number of epochs of a run that did not set one (after its batch size is known), and why.
 
     DEFAULT_EPOCHS, or more for a classification task whose classes would each be seen fewer than
-    MIN_CLASS_VISITS times (``epochs_for_classes``), or more again if the run would stay under MIN_STEPS
+    MIN_CLASS_VISITS times (``epochs_for_classes``), or more again if the run would stay under ``min_steps``
     optimizer steps (100 examples at batch 8 are 13 steps an epoch), at most MAX_AUTO_EPOCHS. The best
     validation epoch is what is kept, so the extra epochs cannot make the saved model worse on validation."""
     if train_args.num_train_epochs is not None:
@@ -360,7 +361,7 @@ def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: 
     size = train_args.per_device_train_batch_size
     per_epoch = _optimizer_steps(train_args, num_train, num_processes, size, 1)
     for_classes = epochs_for_classes(num_train, num_classes)
-    epochs = float(min(MAX_AUTO_EPOCHS, max(for_classes, math.ceil(MIN_STEPS / per_epoch))))
+    epochs = float(min(MAX_AUTO_EPOCHS, max(for_classes, math.ceil(min_steps / per_epoch))))
     why = f"{per_epoch} optimizer steps per epoch at batch {size} x {num_processes} process(es)"
     if for_classes > DEFAULT_EPOCHS:
         why += (f"; {num_train:,} examples in {num_classes} classes: {for_classes:g} epochs show each class about "
@@ -368,7 +369,7 @@ def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: 
                 f"{DEFAULT_EPOCHS * num_train / num_classes:.0f})")
     if epochs > for_classes:
         why += (f"; {for_classes:g} epochs would give {math.ceil(for_classes * per_epoch)} steps, and small data "
-                f"needs at least {MIN_STEPS} to learn")
+                f"needs at least {min_steps} to learn")
     if epochs == MAX_AUTO_EPOCHS:
         why += f" (at most {MAX_AUTO_EPOCHS} epochs)"
     return epochs, why + f": {math.ceil(epochs * per_epoch)} steps"
@@ -395,15 +396,17 @@ def derive_eval_every_epochs(train_args: TrainingArguments, num_train: int, num_
 
 
 def derive_defaults(train_args: TrainingArguments, num_train: int, num_validation: int,
-                    num_processes: int, num_classes: int = 0) -> dict[str, dict[str, Any]]:
+                    num_processes: int, num_classes: int = 0, min_steps: int = MIN_STEPS) -> dict[str, dict[str, Any]]:
     """Fill in, in place, the settings a run left to peftkit: batch size, then epochs, then evaluation spacing
-    (each depends on the one before). ``num_classes``: a classification task's label count (0: none).
+    (each depends on the one before). ``num_classes``: a classification task's label count (0: none);
+    ``min_steps``: the optimizer steps the task needs at least (its ``min_steps``, else MIN_STEPS).
     Returns ``{flag: {"value", "why"}}`` for each one derived."""
     derived = {}
     base = epochs_for_classes(num_train, num_classes)
     for name, derive in (
-        ("per_device_train_batch_size", lambda: derive_batch_size(train_args, num_train, num_processes, base)),
-        ("num_train_epochs", lambda: derive_epochs(train_args, num_train, num_processes, num_classes)),
+        ("per_device_train_batch_size",
+         lambda: derive_batch_size(train_args, num_train, num_processes, base, min_steps)),
+        ("num_train_epochs", lambda: derive_epochs(train_args, num_train, num_processes, num_classes, min_steps)),
         ("eval_every_epochs", lambda: derive_eval_every_epochs(train_args, num_train, num_validation)),
     ):
         if result := derive():

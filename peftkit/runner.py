@@ -19,6 +19,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from peftkit import __version__, checkpoint, model_card
 from peftkit.config import (
+    MIN_STEPS,
     DataArguments,
     ModelArguments,
     TrainingArguments,
@@ -281,7 +282,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         processor = task.load_processor(model_args)
         data = task.preprocess(raw, processor)
     config["derived"] = derive_defaults(train_args, len(data["train"]), len(data.get("validation", ())),
-                                        acc.num_processes, num_classes=len(task_state.get("labels") or ()))
+                                        acc.num_processes, num_classes=len(task_state.get("labels") or ()),
+                                        min_steps=getattr(task, "min_steps", MIN_STEPS))
     for name, derived in config["derived"].items():
         # evaluating every epoch is what a user expects unless told: said only when it is not that
         if name != "eval_every_epochs" or derived["value"] > 1:

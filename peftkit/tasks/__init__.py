@@ -11,6 +11,8 @@ Class attributes::
     name, auto_class, peft_task_type, pipeline_tag
     metrics: dict[str, str]      # every metric compute_metrics returns -> "max" or "min" (which is better)
     default_metric: str          # what selects the best checkpoint unless --metric_for_best_model says
+    min_steps: int               # optional: optimizer steps a run with derived defaults gets at least
+                                 # (config.MIN_STEPS = 100 unless the task needs more; token_cls: 300)
 
 Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`)::
 

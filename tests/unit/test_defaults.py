@@ -155,3 +155,35 @@ def test_eval_every_epochs_evaluates_then_and_at_the_end(tmp_path, builtin_model
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [h["epoch"] for h in results["history"]] == evaluated
     assert "eval_every_epochs" not in results["derived"]
+
+
+@pytest.mark.parametrize("n,min_steps,expected", [
+    (300, MIN_STEPS, (32, 10)),   # the general rule: 100 steps at batch 32 (full fine-tuning stayed at all-`O`)
+    (300, 300, (8, 10)),          # token_cls: 380 steps
+    (1891, 300, (32, 6)),         # the whole built-in NER data keeps batch 32: 360 steps
+])
+def test_a_task_can_ask_for_more_steps(n, min_steps, expected):
+    args = TrainingArguments()
+    derived = derive_defaults(args, n, 200, 1, num_classes=21, min_steps=min_steps)
+    assert (args.per_device_train_batch_size, args.num_train_epochs) == expected
+    if expected[0] != 32:
+        assert f"at least {min_steps}" in derived["per_device_train_batch_size"]["why"]
+
+
+def test_token_cls_runs_derive_their_batch_from_the_task_minimum(tmp_path, builtin_model_dir):
+    from peftkit.cli import train_main
+    from peftkit.tasks.token_cls import TokenClassification
+
+    assert TokenClassification.min_steps == 300 > MIN_STEPS
+    data = tmp_path / "d.jsonl"
+    rows = [{"tokens": ["visit", f"city{i}", "today"], "ner_tags": ["O", "B-LOC", "O"]} for i in range(200)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
+                       str(tmp_path / "run"), "--report_to", "none"], task="token_cls", strategy="head")
+    assert code == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    # 180 sentences (20 held out): batch 16 would give the general 100 steps, the task wants 300
+    derived = results["derived"]["per_device_train_batch_size"]
+    assert derived["value"] == 8 and "at least 300" in derived["why"]
+    assert results["global_step"] >= 200
+
