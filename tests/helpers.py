@@ -88,3 +88,20 @@ def run_recipe(name: str, argv: list[str]) -> int:
     finally:
         sys.argv = old
     raise AssertionError("recipes must exit with a status")
+
+
+def train_each(tmp_path_factory, task: str, strategies: list[str], argv: list[str]) -> dict[str, Path]:
+    """Train ``task`` once per strategy (through its recipe where there is one, else ``peftkit train``) with
+    ``argv``; returns each run directory, for module fixtures whose tests read the outputs."""
+    from peftkit.cli import main
+
+    out = {}
+    for strategy in strategies:
+        run_dir = tmp_path_factory.mktemp(strategy)
+        args = [*argv, "--output_dir", str(run_dir)]
+        if (ROOT / "recipes" / f"{strategy}_{task}.py").exists():
+            assert run_recipe(f"{strategy}_{task}.py", args) == 0
+        else:
+            assert main(["train", "--task", task, "--strategy", strategy, *args]) == 0
+        out[strategy] = run_dir
+    return out

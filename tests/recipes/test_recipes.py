@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_recipe
+from helpers import run_recipe, train_each
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ["head", "lora", "partial", "full", "qlora"]
@@ -22,12 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run each recipe once; the tests below read their output directories."""
-    out = {}
-    for strategy in STRATEGIES:
-        run_dir = tmp_path_factory.mktemp(strategy)
-        assert run_recipe(f"{strategy}_text_cls.py", [*SMALL, "--output_dir", str(run_dir)]) == 0
-        out[strategy] = run_dir
-    return out
+    return train_each(tmp_path_factory, "text_cls", STRATEGIES, SMALL)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

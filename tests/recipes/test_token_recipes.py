@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_recipe
+from helpers import run_recipe, train_each
 from safetensors.torch import load_file
 
 from peftkit.cli import main
@@ -29,16 +29,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    out = {}
-    for strategy in STRATEGIES:
-        run_dir = tmp_path_factory.mktemp(strategy)
-        args = [*SMALL, "--output_dir", str(run_dir)]
-        if (ROOT / "recipes" / f"{strategy}_token_cls.py").exists():
-            assert run_recipe(f"{strategy}_token_cls.py", args) == 0
-        else:
-            assert main(["train", "--task", "token_cls", "--strategy", strategy, *args]) == 0
-        out[strategy] = run_dir
-    return out
+    return train_each(tmp_path_factory, "token_cls", STRATEGIES, SMALL)
 
 
 def results(run_dir: Path) -> dict:
