@@ -114,10 +114,11 @@ def learning_curve(results: dict[str, Any]) -> list[str]:
             if not runs:
                 row.append("-")
                 continue
-            settings = sorted({(r.get("batch_size"), r.get("epochs"), r.get("global_step")) for r in runs},
-                              key=str)
+            settings = sorted({(r.get("batch_size"), r.get("epochs"), r.get("global_step"), r.get("learning_rate"))
+                               for r in runs}, key=str)
             row.append(f"{statistics.fmean(r['train_runtime_s'] for r in runs):.1f} s; "
-                       + ", ".join(f"batch {b} x {_fmt(e, 'g')} ep = {st} steps" for b, e, st in settings))
+                       + ", ".join(f"batch {b} x {_fmt(e, 'g')} ep = {st} steps" + (f", lr {lr:g}" if lr else "")
+                                   for b, e, st, lr in settings))
         lines.append(f"| {strategy} | " + " | ".join(row) + " |")
     return lines
 

@@ -168,6 +168,7 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
             "artifact_bytes": artifact_bytes(run_dir), "num_processes": res["num_processes"],
             "train_examples": res["num_examples"]["train"], "batch_size": res.get("per_device_train_batch_size"),
             "epochs": res.get("num_train_epochs"), "global_step": res.get("global_step"),
+            "learning_rate": res.get("learning_rate"),
             "derived": {k: v["value"] for k, v in res.get("derived", {}).items()}, "git_commit": git_commit()}
     row = merge_row(run_dir, row)
     (run_dir / ROW_FILE).write_text(json.dumps(row, indent=2))  # the run is finished: --resume reuses it

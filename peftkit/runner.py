@@ -283,7 +283,11 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         data = task.preprocess(raw, processor)
     config["derived"] = derive_defaults(train_args, len(data["train"]), len(data.get("validation", ())),
                                         acc.num_processes, num_classes=len(task_state.get("labels") or ()),
-                                        min_steps=getattr(task, "min_steps", MIN_STEPS))
+                                        min_steps=getattr(task, "min_steps", MIN_STEPS),
+                                        default_learning_rate=lr,
+                                        lr_reference_batch=getattr(strategy, "lr_reference_batch", None))
+    # config["training"] keeps the rate asked for (what a resumption is checked against); "derived" the one used.
+    lr = train_args.learning_rate or lr
     for name, derived in config["derived"].items():
         # evaluating every epoch is what a user expects unless told: said only when it is not that
         if name != "eval_every_epochs" or derived["value"] > 1:
@@ -310,8 +314,9 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if acc.is_main_process and resume is None:
         (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"label_type": task_state.get("label_type")},
                                                          indent=2))
-    acc.init_trackers(logging_dir(train_args, output_dir).name, config={k: v for k, v in config["training"].items()
-                                          if isinstance(v, int | float | str | bool)})
+    tracked = config["training"] | {name: derived["value"] for name, derived in config["derived"].items()}
+    acc.init_trackers(logging_dir(train_args, output_dir).name,
+                      config={k: v for k, v in tracked.items() if isinstance(v, int | float | str | bool)})
 
     HOST.enable(train_args.release_host_memory and acc.device.type == "cpu")
     baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)

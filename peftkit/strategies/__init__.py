@@ -5,7 +5,9 @@ A strategy is a small dataclass (its fields become CLI flags) with two methods::
     load_kwargs(head_names) -> dict        # extra from_pretrained kwargs, e.g. a quantization config
     prepare(model, task, head_names) -> nn.Module   # freeze, or wrap with peft
 
-and a ``default_learning_rate`` class attribute. Optional methods, used where present::
+and a ``default_learning_rate`` class attribute. Optional: an ``lr_reference_batch`` class attribute (the global
+batch that rate was chosen at; a run with a smaller derived batch and no --learning_rate gets the rate x
+sqrt(batch / reference)), and these methods, used where present::
 
     lr_scales(model) -> {param name: factor}        # per-parameter learning rates (LoRA+, layer-wise decay)
     unfreeze_schedule(model) -> {param name: frac}  # when each parameter starts to train (gradual unfreezing)

@@ -15,6 +15,7 @@ from peftkit.config import (
     derive_defaults,
     derive_epochs,
     derive_eval_every_epochs,
+    derive_learning_rate,
 )
 
 
@@ -170,7 +171,7 @@ def test_a_task_can_ask_for_more_steps(n, min_steps, expected):
         assert f"at least {min_steps}" in derived["per_device_train_batch_size"]["why"]
 
 
-def test_token_cls_runs_derive_their_batch_from_the_task_minimum(tmp_path, builtin_model_dir):
+def test_token_cls_runs_derive_their_batch_and_lora_rate_from_the_data(tmp_path, builtin_model_dir):
     from peftkit.cli import train_main
     from peftkit.tasks.token_cls import TokenClassification
 
@@ -178,12 +179,62 @@ def test_token_cls_runs_derive_their_batch_from_the_task_minimum(tmp_path, built
     data = tmp_path / "d.jsonl"
     rows = [{"tokens": ["visit", f"city{i}", "today"], "ner_tags": ["O", "B-LOC", "O"]} for i in range(200)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
-                       str(tmp_path / "run"), "--report_to", "none"], task="token_cls", strategy="head")
-    assert code == 0
+    argv = ["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
+            str(tmp_path / "run"), "--report_to", "none", "--keep_checkpoints"]
+    assert train_main(argv, task="token_cls", strategy="lora") == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     # 180 sentences (20 held out): batch 16 would give the general 100 steps, the task wants 300
     derived = results["derived"]["per_device_train_batch_size"]
     assert derived["value"] == 8 and "at least 300" in derived["why"]
     assert results["global_step"] >= 200
+    # ... and LoRA's rate follows the derived batch: 2e-3 x sqrt(8 / 32), the rate the run trained at
+    assert results["derived"]["learning_rate"]["value"] == results["learning_rate"] == 1e-3
+    assert 0.8e-3 < max(h["learning_rate"] for h in results["train_history"]) <= 1e-3
+    # config.json keeps the rate asked for (the strategy's), what a resumption is checked against
+    config = json.loads((tmp_path / "run" / "peftkit_config.json").read_text())
+    assert config["training"]["learning_rate"] == 2e-3 and config["derived"]["learning_rate"]["value"] == 1e-3
+    # A resumption derives the same rate and accepts the saved settings: it ends where the whole run did.
+    (tmp_path / "run" / "results.json").unlink()
+    middle = min((tmp_path / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    step = int(middle.name.split("-")[1])
+    assert step < results["global_step"]
+    assert train_main([*argv, "--resume_from_checkpoint", str(middle)], task="token_cls", strategy="lora") == 0
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert resumed["resumed_from_step"] == step and resumed["learning_rate"] == 1e-3
+    assert resumed["train_history"] == results["train_history"] and resumed["eval"] == results["eval"]
+
+
+@pytest.mark.parametrize("batch,procs,derived,lr,expected", [
+    (8, 1, True, None, 1e-3),       # 2e-3 x sqrt(8 / 32)
+    (16, 1, True, None, 0.00141),   # x sqrt(1/2), to 3 digits
+    (8, 2, True, None, 0.00141),    # the global batch counts: 2 x 8
+    (32, 1, True, None, None),      # the batch the default was chosen at
+    (8, 1, False, None, None),      # a batch the user (or the task's defaults) chose keeps the strategy's rate
+    (8, 1, True, 5e-4, None),       # so does a rate the user chose
+])
+def test_lora_rate_follows_a_derived_batch(batch, procs, derived, lr, expected):
+    from peftkit.strategies.lora import LoRA
+
+    args = TrainingArguments(per_device_train_batch_size=None if derived else batch, learning_rate=lr,
+                             num_train_epochs=2)
+    if derived:  # what derive_batch_size gave
+        args.per_device_train_batch_size = batch
+        got = derive_learning_rate(args, procs, LoRA.default_learning_rate, LoRA.lr_reference_batch)
+        assert (got and got[0]) == expected or (got is None and expected is None)
+        if got:
+            assert f"sqrt({batch * procs}/32)" in got[1]
+    else:
+        n = 100  # small data: only the batch is the user's
+        result = derive_defaults(args, n, 100, procs, default_learning_rate=2e-3, lr_reference_batch=32)
+        assert "learning_rate" not in result and args.learning_rate is None
+
+
+def test_derive_defaults_scales_only_adam_and_only_strategies_that_say_where_their_rate_was_chosen():
+    small = dict(num_train=300, num_validation=100, num_processes=1, default_learning_rate=2e-3)
+    args = TrainingArguments()
+    assert derive_defaults(args, **small, lr_reference_batch=32)["learning_rate"]["value"] == 1e-3
+    assert args.learning_rate == 1e-3
+    assert "learning_rate" not in derive_defaults(TrainingArguments(), **small, lr_reference_batch=None)
+    sgd = TrainingArguments(optimizer="sgd")
+    assert "learning_rate" not in derive_defaults(sgd, **small, lr_reference_batch=32)
 
