@@ -69,8 +69,10 @@ def main() -> int:
     if args.group_by_length == "true":
         sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], args.per_device_train_batch_size,
                                        generator)
+        # generator= as peftkit passes it: the loader then draws its per-epoch base seed from it (before the
+        # sampler's draws) instead of from the global RNG that dropout uses, so both loops see the same batches.
         train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, sampler=sampler,
-                                  collate_fn=collate)
+                                  collate_fn=collate, generator=generator)
     else:
         train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True,
                                   generator=generator, collate_fn=collate)
