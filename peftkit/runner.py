@@ -285,7 +285,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
                                         acc.num_processes, num_classes=len(task_state.get("labels") or ()),
                                         min_steps=getattr(task, "min_steps", MIN_STEPS),
                                         default_learning_rate=lr,
-                                        lr_reference_batch=getattr(strategy, "lr_reference_batch", None))
+                                        lr_reference_batch=getattr(strategy, "lr_reference_batch", None)
+                                        if getattr(task, "lr_follows_batch", False) else None)
     # config["training"] keeps the rate asked for (what a resumption is checked against); "derived" the one used.
     lr = train_args.learning_rate or lr
     for name, derived in config["derived"].items():

@@ -6,8 +6,8 @@ A strategy is a small dataclass (its fields become CLI flags) with two methods::
     prepare(model, task, head_names) -> nn.Module   # freeze, or wrap with peft
 
 and a ``default_learning_rate`` class attribute. Optional: an ``lr_reference_batch`` class attribute (the global
-batch that rate was chosen at; a run with a smaller derived batch and no --learning_rate gets the rate x
-sqrt(batch / reference)), and these methods, used where present::
+batch that rate was chosen at; a run of a task with ``lr_follows_batch``, a smaller derived batch and no
+--learning_rate gets the rate x sqrt(batch / reference)), and these methods, used where present::
 
     lr_scales(model) -> {param name: factor}        # per-parameter learning rates (LoRA+, layer-wise decay)
     unfreeze_schedule(model) -> {param name: frac}  # when each parameter starts to train (gradual unfreezing)

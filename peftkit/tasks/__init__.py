@@ -13,6 +13,9 @@ Class attributes::
     default_metric: str          # what selects the best checkpoint unless --metric_for_best_model says
     min_steps: int               # optional: optimizer steps a run with derived defaults gets at least
                                  # (config.MIN_STEPS = 100 unless the task needs more; token_cls: 300)
+    lr_follows_batch: bool       # optional (default False): a batch derived for small data under the one a
+                                 # strategy's default rate was chosen at scales that rate by sqrt(batch /
+                                 # reference) (config.derive_learning_rate; token_cls: True)
 
 Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`)::
 
