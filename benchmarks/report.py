@@ -14,7 +14,8 @@ MARKERS = "osD^vP*Xh<>p"
 # What the accuracy and f1 columns hold for each task (see suite.SCORES), as table and axis labels.
 NAMES = {"text_cls": ("test acc", "macro F1", "test accuracy (%)"),
          "causal_lm": ("exact match", "token F1", "held-out exact match (%)"),
-         "token_cls": ("entity F1", "word acc", "test entity F1 (%)")}
+         "token_cls": ("entity F1", "word acc", "test entity F1 (%)"),
+         "image_cls": ("test acc", "macro F1", "test accuracy (%)")}
 # Rows trained without peftkit (suite.SCRIPTS): always one process, never in the scaling table.
 WITHOUT_PEFTKIT = ("reference", "bare_loop")
 METRICS = ("accuracy", "f1", "base_accuracy", "eval_loss", "peak_memory_bytes", "train_runtime_s", "samples_per_s",

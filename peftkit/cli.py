@@ -36,6 +36,7 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     if not debug:
         quiet_known_noise()
     try:
+        check_torchvision()
         return fn()
     except PeftkitError as exc:
         if debug:
@@ -49,7 +50,27 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
         return 130
 
 
-def build_train_parser(strategy_name: str, prog: str | None = None, task_name: str = "text_cls"):
+def check_torchvision() -> None:
+    """transformers imports torchvision whenever it is installed, and a torchvision built for another torch fails
+    to load (``operator torchvision::nms does not exist``), which breaks every task: say so, with the fix."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the mismatch described
+        import importlib.metadata
+
+        versions = {n: importlib.metadata.version(n) for n in ("torch", "torchvision")}
+        raise PeftkitError(f"torchvision {versions['torchvision']} does not load beside torch {versions['torch']} "
+                           f"({str(exc).splitlines()[0][:150]}), and transformers imports it whenever it is "
+                           "installed. Install the pair built together, e.g. pip install torch==2.14.1 "
+                           "torchvision==0.29.1, or pip uninstall torchvision (text tasks do not need it).") from exc
+
+
+def build_train_parser(strategy_name: str, prog: str | None = None, task_name: str = "text_cls",
+                       defaults: dict | None = None):
     """HfArgumentParser over the shared dataclasses plus the strategy's own, with its preset applied."""
     from transformers import HfArgumentParser
 
@@ -70,7 +91,8 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
                             f"{', '.join(available())} (each adds its own flags to this list)")
         parser.add_argument("--task", default=task_name, help=f"what is learned: {', '.join(available_tasks())} "
                             "(each sets its own defaults and adds its own flags)")
-    parser.set_defaults(**getattr(task_spec.cls, "training_defaults", {}), **task_spec.preset, **spec.preset)
+    parser.set_defaults(**getattr(task_spec.cls, "training_defaults", {}), **task_spec.preset, **spec.preset,
+                        **(defaults or {}))
     for action in parser._actions:  # HfArgumentParser's --no_X flags show the default of X, which misleads
         if action.option_strings and action.option_strings[0].startswith("--no_"):
             action.help = f"turn off --{action.option_strings[0][5:]} (on by default)"
@@ -78,11 +100,13 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
     return parser, spec
 
 
-def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None = None, task_name: str = "text_cls"):
-    """``(model_args, data_args, train_args, strategy, task)`` from flags and an optional config file."""
+def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None = None, task_name: str = "text_cls",
+                     defaults: dict | None = None):
+    """``(model_args, data_args, train_args, strategy, task)`` from flags and an optional config file; ``defaults``:
+    a recipe's own flag defaults."""
     from peftkit.config import load_config_file
 
-    parser, spec = build_train_parser(strategy_name, prog, task_name)
+    parser, spec = build_train_parser(strategy_name, prog, task_name, defaults)
     argv = hf_flags.rewrite_argv(list(argv))
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
@@ -107,14 +131,16 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
     return model_args, data_args, train_args, strategy, task
 
 
-def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, prog: str | None = None) -> int:
-    """Train one run; what ``peftkit train`` and every recipe execute."""
+def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, prog: str | None = None,
+               defaults: dict | None = None) -> int:
+    """Train one run; what ``peftkit train`` and every recipe execute. ``defaults``: the recipe's flag defaults
+    (the command line and --config override them)."""
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
         from peftkit import runner
 
-        model_args, data_args, train_args, strat, task_obj = parse_train_args(argv, strategy, prog, task)
+        model_args, data_args, train_args, strat, task_obj = parse_train_args(argv, strategy, prog, task, defaults)
         _setup_logging(train_args.debug)
         results = runner.train(task, strategy, strat, model_args, data_args, train_args, task_obj)
         from accelerate import PartialState
@@ -166,6 +192,7 @@ def _command_parser() -> argparse.ArgumentParser:
     e = sub.choices["eval"]
     e.add_argument("--split", default="test", help="split of the run's data to evaluate (test or validation)")
     e.add_argument("--eval_file", default=None, help="evaluate on this file instead of the run's data")
+    e.add_argument("--test_dir", default=None, help="image_cls: evaluate on this folder of class sub-folders instead")
     e.add_argument("--label_column", default=None)
     e.add_argument("--max_eval_samples", type=int, default=None)
     e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
@@ -220,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "eval":
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",
                                                      "max_eval_samples") if getattr(ns, k) is not None}
-            metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file)
+            metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file, ns.test_dir)
             text = json.dumps(metrics, indent=2)
             if ns.output_file:
                 with open(ns.output_file, "w") as fh:

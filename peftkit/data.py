@@ -40,10 +40,17 @@ def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
     return ", ".join(names) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None) -> tuple[DatasetDict, str]:
+def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None) -> tuple[DatasetDict, str]:
     """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
-    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews."""
-    if data_args.train_file:
+    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``own``: the
+    task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when not asked for."""
+    mine = own(data_args) if own is not None else None
+    folders = [f"--{k}" for k in ("train_dir", "validation_dir", "test_dir") if getattr(data_args, k, None)]
+    check(own is not None or not folders, f"{', '.join(folders)}: folders of images are read by the image_cls task "
+          "only. Pass data files with --train_file (and --validation_file, --test_file).")
+    if mine is not None:
+        raw, description = mine
+    elif data_args.train_file:
         check(not data_args.dataset_name, "Pass either --dataset_name or --train_file, not both.")
         files = {"train": data_args.train_file, "validation": data_args.validation_file,
                  "test": data_args.test_file}

@@ -40,14 +40,18 @@ class CachedBackbone(nn.Module):
         self.store: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.split, self.indices = "train", None
 
-    def forward(self, input_ids=None, attention_mask=None, **_: object):
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, **_: object):
         rows = [self.store[self.split][i] for i in self.indices.tolist()]
-        shape = (input_ids if input_ids is not None else attention_mask).shape
-        mask = attention_mask.bool() if attention_mask is not None else torch.ones(shape, dtype=torch.bool)
-        device = mask.device
+        if input_ids is None and attention_mask is None:  # an image model: every output is per example
+            device = pixel_values.device if pixel_values is not None else self.indices.device
+            shape, mask = (len(rows),), None
+        else:
+            shape = (input_ids if input_ids is not None else attention_mask).shape
+            mask = attention_mask.bool() if attention_mask is not None else torch.ones(shape, dtype=torch.bool)
+            device = mask.device
         # Outputs the head never reads keep a zero-width placeholder: models index outputs by position
         # (BERT reads `outputs[1]`), so a missing field would shift the others.
-        out = {key: torch.zeros((*shape, 0) if key in self.per_token else (shape[0], 0), device=mask.device)
+        out = {key: torch.zeros((*shape, 0) if key in self.per_token else (shape[0], 0), device=device)
                for key in self.dropped}
         for key, first in rows[0].items():
             if key in self.per_token:  # scatter each example's real-token vectors back into its padding
@@ -87,17 +91,17 @@ class FeatureCache:
             batch = {k: v.to(device) for k, v in model_inputs(batch).items() if k not in ("labels", INDEX_KEY)}
             out = self.real(**batch)
             mask = batch.get("attention_mask")
-            if mask is None:
+            if mask is None and "input_ids" in batch:
                 mask = torch.ones(batch["input_ids"].shape, dtype=torch.long, device=device)
             fields = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-            if self.stub is None:
-                per_token = {k for k, v in fields.items() if v.shape[:2] == mask.shape}
+            if self.stub is None:  # token outputs are stored without padding; an image model's are all per image
+                per_token = {k for k, v in fields.items() if mask is not None and v.shape[:2] == mask.shape}
                 self.stub = CachedBackbone(type(out), per_token)
                 self.stub.fields = self._fields_the_head_reads(batch, type(out), fields)
                 self.stub.dropped = set(fields) - self.stub.fields
             fields = {k: v for k, v in fields.items() if k in self.stub.fields}
-            for i in range(mask.shape[0]):
-                keep = mask[i].bool()
+            for i in range(next(iter(batch.values())).shape[0]):
+                keep = mask[i].bool() if mask is not None else None
                 rows.append({k: (v[i][keep] if k in self.stub.per_token else v[i]).cpu() for k, v in fields.items()})
         self.stub.store[split] = rows
 

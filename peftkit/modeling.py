@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from peftkit import assets
-from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, ModelArguments
+from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL, ModelArguments
 from peftkit.errors import PeftkitError, check
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ def resolve_model_path(name: str) -> str:
     """Map the built-in aliases to their directories; anything else is a Hub name or local path."""
     if name == BUILTIN_MODEL:
         return str(assets.builtin_model_path())
+    if name == BUILTIN_VISION_MODEL:
+        return str(assets.builtin_vision_model_path())
     return str(assets.builtin_lm_path()) if name == BUILTIN_LM else name
 
 
@@ -75,11 +77,15 @@ def head_module_names(model: nn.Module) -> list[str]:
 def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The stack of transformer blocks: the backbone's ModuleList holding the most parameters."""
     best, best_size = None, 0
-    for name, module in backbone(model).named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            size = sum(p.numel() for p in module.parameters())
-            if size > best_size:
-                best, best_size = (name, module), size
+    # Transformers keep their blocks in a ModuleList; timm's CNNs keep their stages in an nn.Sequential.
+    for kind in (nn.ModuleList, nn.Sequential):
+        for name, module in backbone(model).named_modules():
+            if isinstance(module, kind) and len(module) > (0 if kind is nn.ModuleList else 1):
+                size = sum(p.numel() for p in module.parameters())
+                if size > best_size:
+                    best, best_size = (name, module), size
+        if best is not None:
+            break
     check(best is not None, f"Cannot find the transformer layers of {type(model).__name__}.")
     return best
 
@@ -205,7 +211,14 @@ def planned_head_names(task: Any, config) -> list[str]:
 def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=None):
     """Load the pretrained model with the task's new modules (a head for its labels), ready for the strategy;
     returns ``(model, names of the new modules)``."""
-    config = load_config(model_args, **task.model_kwargs())
+    config_kwargs = task.model_kwargs()
+    # A pretrained head of another size (an ImageNet classifier) is replaced by a new one when the task asks.
+    replace_head = config_kwargs.pop("ignore_mismatched_sizes", False)
+    config = load_config(model_args, **config_kwargs)
+    if getattr(config, "label_names", None) is not None and "id2label" in config_kwargs:
+        # TimmWrapperConfig saves class names as `label_names` and keeps the base's (ImageNet's) there unless told:
+        # plain transformers (pipeline) would then name a run's classes after ImageNet's.
+        config.label_names = list(config_kwargs["id2label"].values())
     try:
         task.auto_class._model_mapping[type(config)]  # noqa: B018 - a lookup that raises when missing
     except KeyError:
@@ -216,6 +229,8 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=N
     head_names = planned_head_names(task, config)
     path = resolve_model_path(model_args.model_name_or_path)
     kwargs = strategy.load_kwargs(head_names)
+    if replace_head:
+        kwargs["ignore_mismatched_sizes"] = True
     # transformers 5 loads a checkpoint in its own dtype unless told; most LLM checkpoints are bfloat16, and
     # full fine-tuning would then train half-precision weights without the user asking. A strategy that needs
     # one dtype throughout (FSDP-QLoRA) sets its own.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,22 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None):
     return model, processor, cfg, task
 
 
-def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str | None = None) -> DatasetDict:
-    """``split`` of a run's data (or ``eval_file`` as that split), checked against the run's label space and
-    preprocessed; raw and processed."""
-    if eval_file:
+def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str | None = None,
+              eval_dir: str | None = None) -> DatasetDict:
+    """``split`` of a run's data (or ``eval_file`` / the image folder ``eval_dir`` as that split), checked against
+    the run's label space and preprocessed; raw and processed."""
+    if eval_dir:
+        check(hasattr(task, "load_raw"), f"--test_dir is a folder of images: task {task.name!r} reads data files "
+              "(--eval_file).")
+        check(not eval_file, "Pass --eval_file or --test_dir, not both.")
+        args = dataclasses.replace(task.data, train_dir=eval_dir, validation_dir=None, test_dir=None,
+                                   train_file=None, dataset_name=None)
+        raw = DatasetDict({split: task.load_raw(args)[0]["train"]})
+    elif eval_file:
         raw = DatasetDict({split: load_file(eval_file)})
     else:
-        raw, _ = load_raw_datasets(task.data, cfg["training"]["seed"], builtin=task.builtin_dataset)
+        raw, _ = load_raw_datasets(task.data, cfg["training"]["seed"], builtin=task.builtin_dataset,
+                                   own=getattr(task, "load_raw", None))
         check(split in raw, f"The run's data has no {split!r} split (splits: {sorted(raw)}).")
         raw = DatasetDict({split: raw[split]})
     task.check_known_labels(raw)
@@ -93,10 +103,11 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
 
 
 def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str,
-                 eval_file: str | None) -> dict[str, float]:
-    """Metrics of a trained run on ``eval_file``, or on ``split`` of its data (with overrides)."""
+                 eval_file: str | None, eval_dir: str | None = None) -> dict[str, float]:
+    """Metrics of a trained run on ``eval_file`` (or image folder ``eval_dir``), or on ``split`` of its data (with
+    overrides)."""
     model, processor, cfg, task = load_run(run_dir, data_overrides)
-    raw, data = eval_data(task, cfg, processor, split, eval_file)
+    raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     acc = Accelerator()
     loader = eval_loader(data[split], cfg["training"].get("per_device_eval_batch_size", 64), task.collator(processor))
     model, loader = acc.prepare(model, loader)

@@ -271,13 +271,16 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     set_seed(train_args.seed)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    lr = train_args.learning_rate or strategy.default_learning_rate
+    # A task may know better rates for some strategies than the strategy's own (image_cls: CNNs, full at 3e-4)
+    lr = train_args.learning_rate or getattr(task, "learning_rates", {}).get(strategy_name) \
+        or strategy.default_learning_rate
     config = resolved_config(task, strategy_name, strategy, model_args, data_args, train_args, lr)
     # Every process then reads the checkpoint itself (on several machines: from a shared disk).
     resume = on_main(acc, lambda: prepare_output_dir(output_dir, train_args, config))
 
     with acc.main_process_first():
-        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset)
+        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset,
+                                              own=getattr(task, "load_raw", None))
         task_state = task.discover(raw)
         processor = task.load_processor(model_args)
         data = task.preprocess(raw, processor)
@@ -307,8 +310,9 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
     trainable, total = count_parameters(model)
+    head_leaves = {h.rsplit(".", 1)[-1] for h in head_names}  # timm_model.classifier -> classifier
     head_params = sum(p.numel() for n, p in model.named_parameters()
-                      if p.requires_grad and set(n.split(".")) & set(head_names))
+                      if p.requires_grad and set(n.split(".")) & head_leaves)
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
     config |= {"labels": task_state.get("labels"), "task_state": task_state}
@@ -321,8 +325,13 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
 
     HOST.enable(train_args.release_host_memory and acc.device.type == "cpu")
     baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)
+    cache = getattr(strategy, "cache_features", False)
+    if cache and not getattr(task, "features_fixed", lambda: True)():
+        cache = False
+        logger.info("No feature cache: augmentation changes the training images every epoch, so the frozen "
+                    "backbone runs on each batch (exact, slower); --augment none allows the cache.")
     engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
-                    use_feature_cache=getattr(strategy, "cache_features", False),
+                    use_feature_cache=cache,
                     lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None,
                     unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None)
     # The baseline that a CPU run's memory comes on top of (a GPU's peak needs none): with the model loaded, it

@@ -10,6 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import IMAGE_SIZE as SIZE  # noqa: E402
+from helpers import make_photo_folder  # noqa: E402
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
             max_position_embeddings=64, initializer_range=0.5)  # large init: one step moves every tensor
@@ -70,6 +72,42 @@ def tiny_lm_dir(tmp_path_factory, builtin_lm_dir):
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> str:
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_vit")
+    config = ViTConfig(image_size=SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory) -> str:
+    """A tiny HF ResNet with an (ImageNet-style) head of 5 classes, as a pretrained classifier would be saved."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_resnet")
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)
+    model = ResNetForImageClassification(config)
+    for m in model.modules():  # pretrained-looking running statistics, so that a change would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.9, 1.1)
+    model.save_pretrained(path)
+    ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    return make_photo_folder(tmp_path_factory.mktemp("photos"))
 
 
 def pytest_collection_modifyitems(config, items):

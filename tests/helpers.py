@@ -16,6 +16,7 @@ from peftkit.strategies import get_strategy
 from peftkit.tasks.text_cls import TextClassification
 
 ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 32  # the tiny vision models' input side
 LABELS = ["a", "b", "c"]
 LORA_R = 4
 STRATEGY_ARGS = {"partial": {"num_trainable_layers": 1}, "lora": {"lora_r": LORA_R}, "qlora": {"lora_r": LORA_R},
@@ -105,3 +106,28 @@ def train_each(tmp_path_factory, task: str, strategies: list[str], argv: list[st
             assert main(["train", "--task", task, "--strategy", strategy, *args]) == 0
         out[strategy] = run_dir
     return out
+
+
+def pattern(kind: str, seed: int, size: tuple[int, int]):
+    """An image of class ``kind``: horizontal stripes (a) or vertical ones (anything else), with noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    period = int(rng.integers(4, 9))
+    ys, xs = np.mgrid[0:h, 0:w]
+    base = ((ys if kind == "a" else xs) // period) % 2 * 200
+    return Image.fromarray(np.clip(base[..., None] + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def make_photo_folder(root: Path, n: int = 12, classes=("a", "b")) -> Path:
+    """JPEG and PNG files of different sizes, one in five greyscale: what a user's photo folder looks like."""
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = pattern(c, 1000 * classes.index(c) + i, (40 + 7 * i, 36 + 5 * (i % 4)))
+            if i % 5 == 0:
+                img = img.convert("L")
+            img.save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root

@@ -136,12 +136,14 @@ class LoRA:
             kwargs["device_map"] = {"": PartialState().device}  # each rank quantizes onto its own GPU
         return kwargs
 
-    def peft_config(self, task: Any, head_names: list[str]):
+    def peft_config(self, task: Any, head_names: list[str], model: nn.Module | None = None):
         from peft import LoraConfig
 
         targets = self.lora_target_modules
         if targets is not None and len(targets) == 1 and targets[0].lower() == "all-linear":
             targets = "all-linear"  # peft's shorthand is a string; as a one-element list it names a module
+        if targets is None and model is not None and hasattr(task, "lora_targets"):
+            targets = task.lora_targets(model, head_names)  # e.g. a CNN's convolutions, which peft has no default for
         return LoraConfig(
             task_type=task.peft_task_type,
             r=self.lora_r,
@@ -161,9 +163,13 @@ class LoRA:
             # Casts the non-quantized parts (norms, head) to float32 for stable training; not under FSDP,
             # which needs one dtype per shard group. Activation checkpointing is the engine's choice
             # (--gradient_checkpointing), not forced here.
+            quantized = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+            check(bool(quantized), f"--quantization {self.quantization}: bitsandbytes quantizes linear layers only, "
+                  f"and {type(model).__name__} has none outside its head (a convolutional network?), so nothing "
+                  "would be quantized. Use lora on the full-precision model.")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
-            model = get_peft_model(model, self.peft_config(task, head_names))
+            model = get_peft_model(model, self.peft_config(task, head_names, model))
         except ValueError as exc:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, nn.Linear) and n.split(".")[0] not in head_names})

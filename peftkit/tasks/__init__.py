@@ -13,6 +13,8 @@ Class attributes::
     default_metric: str          # what selects the best checkpoint unless --metric_for_best_model says
     min_steps: int               # optional: optimizer steps a run with derived defaults gets at least
                                  # (config.MIN_STEPS = 100 unless the task needs more; token_cls: 300)
+    learning_rates: dict[str, float]   # optional: default rates of some strategies for this task, where they differ
+                                 # from the strategy's own (image_cls: full 3e-4, for CNNs)
     lr_follows_batch: bool       # optional (default False): a batch derived for small data under the one a
                                  # strategy's default rate was chosen at scales that rate by sqrt(batch /
                                  # reference) (config.derive_learning_rate; token_cls: True)
@@ -42,6 +44,17 @@ Methods (``self.data`` is the run's DataArguments, set by :meth:`TaskSpec.build`
     read_inputs(path, columns) -> list[dict] ; check_inputs(inputs)   # what `peftkit predict` reads
     predict(model, processor, inputs) -> list[dict]
     headline(results) -> str                # the line the CLI prints at the end of a run
+
+Optional, used where present::
+
+    load_raw(data_args) -> (DatasetDict, description) | None   # the task's own data source (image_cls: folders)
+    features_fixed() -> bool                # False when the training inputs change each epoch (augmentation):
+                                            # the head strategy's feature cache is then not used
+    lora_targets(model, head_names) -> list[str] | None   # what LoRA adapts when the user names nothing
+                                            # (image_cls: a CNN's convolutions, where peft has no default)
+
+A collator may have ``set_epoch(epoch, seed=...)``: the engine calls it before each training epoch (image_cls
+seeds each example's augmentation from run seed, epoch and example, so resumption and N processes stay exact).
 """
 
 from __future__ import annotations
@@ -117,9 +130,11 @@ def metric_is_better(task, name: str, value: float, best: float | None) -> bool:
 
 
 from peftkit.tasks.causal_lm import CausalLM  # noqa: E402
+from peftkit.tasks.image_cls import ImageClassification  # noqa: E402
 from peftkit.tasks.text_cls import TextClassification  # noqa: E402
 from peftkit.tasks.token_cls import TokenClassification  # noqa: E402
 
 register("text_cls", TextClassification)
 register("causal_lm", CausalLM)
 register("token_cls", TokenClassification)
+register("image_cls", ImageClassification)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,9 +16,7 @@ from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
 from peftkit.modeling import head_module_names, load_tokenizer
-from peftkit.tasks.labelled import head_config, label_ids
-
-METRIC_MODULE = Path(__file__).resolve().parent.parent / "metrics" / "classification_report.py"
+from peftkit.tasks.labelled import example_metrics, example_rows, head_config, label_ids
 
 logger = logging.getLogger(__name__)
 
@@ -202,19 +199,11 @@ class TextClassification:
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits, labels = outputs.logits.float(), batch["labels"].long()
-        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        return {"prediction": logits.argmax(-1), "label": labels, "loss": loss}
+        return example_rows(outputs, batch)
 
     def compute_metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         """Loss, accuracy and macro F1/precision/recall over all examples (computed once, not averaged)."""
-        import evaluate
-
-        if self._metric is None:
-            self._metric = evaluate.load(str(METRIC_MODULE), keep_in_memory=True)
-        loss = rows["loss"].double().mean().item() if len(rows["loss"]) else float("nan")
-        scores = self._metric.compute(predictions=rows["prediction"].tolist(), references=rows["label"].tolist())
-        return {"loss": loss, **scores}
+        return example_metrics(self, rows)
 
     def parity_logits(self, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs.logits.float()

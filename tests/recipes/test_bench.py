@@ -198,3 +198,20 @@ def test_train_sizes_are_checked():
     assert proc.returncode == 2 and "--train_sizes takes positive whole numbers or `all`" in proc.stderr
     proc = run_bench("--train_sizes", "100", "--max_train_samples", "50")
     assert proc.returncode == 2 and "leave out --max_train_samples" in proc.stderr
+
+
+def test_quick_image_suite_with_the_trainer_reference(tmp_path):
+    proc = run_bench("--task", "image_cls", "--quick", "--strategies", "lora", "head", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["strategy"]: r for r in results["runs"]}
+    assert set(rows) == {"lora", "head", "reference"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["f1"] <= 1, name
+    # the same LoRA model both ways: the layers peftkit's lora chose, given to the stock route by name
+    assert rows["lora"]["trainable_params"] == rows["reference"]["trainable_params"]
+    test_images = list((tmp_path / "data" / "seed42" / "test").rglob("*.png"))
+    assert len(test_images) == 16
+    assert results["config"]["dataset"] == "builtin:mnist" and results["config"]["settings"]["augment"] == "flip"
+    assert "| the stock route" in (tmp_path / "results.md").read_text()
