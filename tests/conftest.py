@@ -80,8 +80,8 @@ def tiny_vit_dir(tmp_path_factory) -> str:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_vit")
-    config = ViTConfig(image_size=SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64)
+    config = ViTConfig(image_size=SIZE, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=128)  # 64 wide: bitsandbytes 4-bit blocks need it
     ViTModel(config, add_pooling_layer=False).save_pretrained(path)
     ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(path)
     return str(path)

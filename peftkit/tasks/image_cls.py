@@ -223,10 +223,11 @@ class ImageClassification:
         return self.augment == "none"
 
     def lora_targets(self, model: nn.Module, head_names: list[str]) -> list[str] | None:
-        """What LoRA adapts when --lora_target_modules is not given: peft's choice where it has one (ViT: query and
-        value), otherwise every linear layer and every ordinary convolution (groups 1, no dynamic padding) of the
-        backbone. Depthwise convolutions are left out: peft adapts them only as full-rank-per-group, which saves
-        nothing."""
+        """What LoRA adapts when --lora_target_modules is not given: peft's choice where it has one (it has none for
+        vision models in peft 0.21), otherwise every linear layer and every ordinary convolution (groups 1, no
+        dynamic padding) of the backbone: a ViT's attention and MLP layers and patch embedding, a CNN's 1x1 and
+        ordinary convolutions. Depthwise convolutions are left out (one filter per channel: nothing low-rank to
+        learn), and timm's dynamically padded convolutions too (peft's LoRA convolution would pad differently)."""
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
         if getattr(model.config, "model_type", None) in PEFT_DEFAULTS:
@@ -235,7 +236,7 @@ class ImageClassification:
         prefix = getattr(model, "base_model_prefix", "")
         heads = [h.removeprefix(f"{prefix}.") for h in head_names]
         names = [f"{prefix}.{n}" for n, m in body.named_modules()
-                 if type(m) in (nn.Linear, nn.Conv2d) and getattr(m, "groups", 1) == 1
+                 if (isinstance(m, nn.Linear) or type(m) is nn.Conv2d) and getattr(m, "groups", 1) == 1
                  and not any(n == h or n.startswith(f"{h}.") for h in heads)]
         check(bool(names), f"{type(model).__name__} has no linear or ordinary convolution layers for LoRA to adapt; "
               "name some with --lora_target_modules.")

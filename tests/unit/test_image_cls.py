@@ -222,3 +222,17 @@ def test_a_torchvision_built_for_another_torch_stops_every_command_with_the_fix(
     assert main(["eval", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "does not load beside torch" in err and "pip install torch==2.14.1 torchvision==0.29.1" in err
+
+
+def test_qlora_quantizes_a_vits_linear_layers_and_keeps_its_head_in_full_precision(tmp_path, tiny_vit_dir, photos):
+    out = tmp_path / "qlora"
+    assert train_main(argv(tiny_vit_dir, photos, out, "--max_steps", "2"), task="image_cls", strategy="qlora") == 0
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    targets = adapter["target_modules"]  # peft has no default for vision models: every linear layer of the backbone
+    assert any(t.endswith("attention.q_proj") for t in targets) and any(t.endswith("mlp.fc1") for t in targets)
+    assert not any("classifier" in t for t in targets) and adapter["modules_to_save"] == ["classifier"]
+    from peftkit.run_dir import load_run
+
+    model, *_ = load_run(out)  # the reloaded base is 4-bit, its head full precision
+    kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("attention.q_proj.base_layer")}
+    assert kinds == {"Linear4bit"}
