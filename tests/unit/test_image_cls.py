@@ -236,3 +236,21 @@ def test_qlora_quantizes_a_vits_linear_layers_and_keeps_its_head_in_full_precisi
     model, *_ = load_run(out)  # the reloaded base is 4-bit, its head full precision
     kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("attention.q_proj.base_layer")}
     assert kinds == {"Linear4bit"}
+
+
+def test_a_dataset_with_an_image_feature_trains_as_a_hub_one_would(tmp_path, tiny_vit_dir):
+    """A parquet file written by `datasets` keeps its Image feature (encoded bytes, as on the Hub)."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+    from helpers import pattern
+
+    rows = {"picture": [pattern(c, i, (30 + i, 28)) for c in "ab" for i in range(8)],
+            "kind": [c for c in "ab" for _ in range(8)]}
+    ds = Dataset.from_dict(rows, features=Features({"picture": ImageFeature(), "kind": ClassLabel(names=["a", "b"])}))
+    ds.to_parquet(str(tmp_path / "train.parquet"))
+    out = tmp_path / "run"
+    assert train_main(["--model_name_or_path", tiny_vit_dir, "--train_file", str(tmp_path / "train.parquet"),
+                       "--image_column", "picture", "--label_column", "kind", "--output_dir", str(out),
+                       "--report_to", "none", "--max_steps", "2", "--validation_split_percentage", "25"],
+                      task="image_cls", strategy="lora") == 0
+    assert results(out)["labels"] == ["a", "b"]
