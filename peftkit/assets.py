@@ -179,7 +179,6 @@ def _convert_lite0(weights: Path, out: Path) -> None:
     import timm
     import torch
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-    from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = lite0_timm_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -191,8 +190,7 @@ def _convert_lite0(weights: Path, out: Path) -> None:
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(reference.state_dict(), strict=True)
     out.mkdir(parents=True)
-    model.save_pretrained(out)
-    TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg).save_pretrained(out)
+    model.save_pretrained(out)  # config.json holds timm's pretrained_cfg: AutoImageProcessor reads its settings there
 
 
 def _build_dir(final: Path, make, asset: dict[str, str]) -> None:
