@@ -3,6 +3,7 @@ transformers' TimmWrapper, a new head for the user's classes, seeded augmentatio
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 from peftkit.config import BUILTIN_VISION_MODEL
-from peftkit.data import ORIGIN, check_columns, load_file
+from peftkit.data import check_columns, load_file
 from peftkit.errors import PeftkitError, check
 from peftkit.modeling import backbone, resolve_model_path, source_kwargs
 from peftkit.tasks.image_data import (
@@ -170,8 +171,6 @@ class ImageClassification:
         if not any((Path(path) / f).is_file() for f in ("preprocessor_config.json", "config.json")) and \
                 run_config.is_file():
             # An adapter run of a timm model: its processor settings live in the base's config.json
-            import json
-
             path = resolve_model_path(json.loads(run_config.read_text())["model"]["model_name_or_path"])
         if "timm" in _model_type(path):
             from peftkit.assets import need_vision_packages
@@ -336,12 +335,8 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
 
 
 def _model_type(path: str) -> str:
-    import json
-
     try:
         return json.loads((Path(path) / "config.json").read_text()).get("model_type", "")
     except (OSError, ValueError):
         return ""
 
-
-__all__ = ["ImageClassification", "ORIGIN", "open_image"]
