@@ -79,9 +79,12 @@ def _has_fd(stream: Any) -> bool:
 
 def quiet_known_noise() -> None:
     """Silence messages that are harmless here and only alarm users: bitsandbytes warns on import that it cannot
-    fetch an optional CPU kernel from the Hub (its built-in kernels are used instead), and peft calls a
+    fetch an optional CPU kernel from the Hub (its built-in kernels are used instead; kernels, which fetches it,
+    says offline that it skips a Hub check), and peft calls a
     transformers method that transformers deprecates."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # kernels >= 0.19 (which bitsandbytes asks for that kernel) says it skips the Hub's publisher check offline
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
