@@ -173,13 +173,88 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "benchmarks", *argv], env={**os.environ, "PYTHONPATH": path})
 
 
+def search_parser() -> argparse.ArgumentParser:
+    from peftkit.search.study import METHODS
+
+    p = argparse.ArgumentParser(
+        prog="peftkit search", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search hyper-parameters, strategies included, on Optuna. Every other --flag is a `peftkit train` "
+        "flag with its values: several values are choices, low:high (or low:high:log) a range, one value is kept "
+        "in every trial.\n\n  peftkit search --strategy lora full --learning_rate 1e-4:3e-3:log --lora_r 4 8 16 \\\n"
+        "      --max_train_samples 500 --n_trials 6 --output_dir runs/search\n\nEach trial is a run directory "
+        "(OUTPUT_DIR/trial_NNN); selection reads the validation split only, and the chosen configuration alone is "
+        "evaluated on the test split. Rerun the same command after an interruption to finish the remaining trials.")
+    p.add_argument("--task", default="text_cls", help="what is learned (one task per search)")
+    p.add_argument("--output_dir", default="runs/search", help="the study, its trials and the leaderboard")
+    p.add_argument("--method", default="tpe", choices=METHODS, help="tpe (Optuna's default Bayesian sampler), random, "
+                   "or grid (every combination of listed values)")
+    p.add_argument("--n_trials", type=int, default=None, help="trials in the study, those of earlier runs of this "
+                   "command included (default: the grid's size, else 10)")
+    p.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"), help="stop hopeless trials "
+                   "at their validation evaluations (median: worse than the median of finished trials at that step, "
+                   "once 2 have finished; add --eval_steps N for more chances)")
+    p.add_argument("--space", default=None, help="YAML file of flags and values (name: value | [choices] | {low, "
+                   "high, log}); command-line flags override it")
+    p.add_argument("--launcher", default=None, help="command that starts each trial's Python, e.g. \"accelerate "
+                   "launch --num_processes 2\" (default: this Python, one process)")
+    p.add_argument("--sampler_seed", type=int, default=42, help="seed of the sampler (and of the grid's order)")
+    p.add_argument("--no_test", action="store_true", help="do not evaluate the chosen configuration on the test split")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="discard a study in --output_dir and start over")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def _search(argv: list[str]) -> int:
+    parser = search_parser()
+    ns, rest = parser.parse_known_args(argv)
+
+    def run() -> int:
+        from pathlib import Path
+
+        from peftkit.config import load_config_file
+        from peftkit.search import report, study
+        from peftkit.search.space import build_space
+
+        _setup_logging(ns.debug)
+        check(ns.n_trials is None or ns.n_trials > 0, f"--n_trials must be positive, got {ns.n_trials}.")
+        try:
+            import optuna  # noqa: F401
+        except ImportError as exc:
+            raise PeftkitError("peftkit search runs on Optuna: pip install optuna (or peftkit[search]).") from exc
+        space = build_space(ns.task, rest, load_config_file(ns.space) if ns.space else None)
+        opts = study.Options(Path(ns.output_dir), ns.method, ns.n_trials, ns.timeout, ns.pruner, ns.sampler_seed,
+                             ns.launcher, ns.overwrite_output_dir, test=not ns.no_test)
+        summary = study.run(space, opts)
+        best, out = summary.get("best"), Path(ns.output_dir)
+        print(f"\nLeaderboard: {out / 'search.md'} (search.json, search.png)")
+        if best is None:
+            print("No trial completed: see the errors in search.md and each trial's train.log.", file=sys.stderr)
+            return 1
+        test = best.get("test") or {}
+        metric = summary["metric"]
+        print(f"Best: trial {best['trial']} ({best['strategy']}"
+              + "".join(f", {k}={report.show(v)}" for k, v in best["params"].items())
+              + f"): validation {metric} {best['validation']:.4f}"
+              + (f", test {metric} {test[metric]:.4f}" if metric in test else "")
+              + f"\nTrain it: peftkit train --config {out / 'best.yaml'} --output_dir runs/best")
+        if "error" in test:
+            print(f"peftkit: error: the test evaluation of trial {best['trial']} failed: {test['error']}",
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    return _guard(run, argv)
+
+
 def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="fine-tune a model (see `peftkit train --task T --strategy S --help`)",
                        add_help=False)
-    t.add_argument("--strategy", default="lora")
-    t.add_argument("--task", default="text_cls")
+    t.add_argument("--strategy", default=None)
+    t.add_argument("--task", default=None)
+    t.add_argument("--config", default=None)
     uses = (("eval", "evaluate a trained run"),
             ("predict", "use a trained run on new inputs (labels; generated answers for causal_lm)"))
     for name, help_text in uses:
@@ -197,6 +272,8 @@ def _command_parser() -> argparse.ArgumentParser:
     e.add_argument("--max_eval_samples", type=int, default=None)
     e.add_argument("--output_file", default=None, help="also write the metrics here as JSON")
     sub.add_parser("bench", help="run the benchmark suite (from a source checkout; see --help)", add_help=False)
+    sub.add_parser("search", help="search hyper-parameters and strategies (see `peftkit search --help`)",
+                   add_help=False)
     m = sub.add_parser("merge", help="merge adapters into the base weights, with a parity report")
     m.add_argument("run_dirs", nargs="+", help="one run, or several adapter runs on one base to combine")
     m.add_argument("--output_dir", required=True, help="where the plain transformers model goes")
@@ -221,9 +298,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _command_parser()
     ns, rest = parser.parse_known_args(argv)
     if ns.command == "train":
-        return train_main(rest, task=ns.task, strategy=ns.strategy, prog="peftkit train")
+        # A config file (e.g. a search's best.yaml) names its strategy and task; the command line still wins.
+        chosen = {}
+        if ns.config:
+            try:
+                from peftkit.config import load_config_file
+
+                chosen = load_config_file(ns.config)
+            except PeftkitError:
+                pass  # reported by the run itself, with the rest of the flags
+        strategy, task = ns.strategy or chosen.get("strategy") or "lora", ns.task or chosen.get("task") or "text_cls"
+        return train_main(rest + (["--config", ns.config] if ns.config else []), task=str(task),
+                          strategy=str(strategy), prog="peftkit train")
     if ns.command == "bench":
         return _bench(rest)
+    if ns.command == "search":
+        return _search(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
 

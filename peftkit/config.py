@@ -63,6 +63,10 @@ class DataArguments:
         default=None, metadata={"help": "Local validation file; if absent one is carved from train."}
     )
     test_file: str | None = field(default=None, metadata={"help": "Local test file (never used for selection)."})
+    use_test_split: bool = field(
+        default=True, metadata={"help": "Report the test split (where the data has one) after training. The trials "
+                                "of `peftkit search` run with false: selection never sees test data, which is read "
+                                "for the chosen configuration alone."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     text_pair_column: str | None = field(
         default=None, metadata={"help": "Second text column, for sentence-pair tasks."}

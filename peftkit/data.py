@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -44,6 +45,8 @@ def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=Non
     """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
     ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``own``: the
     task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when not asked for."""
+    if not data_args.use_test_split:  # not even opened: a search's trials must not see it
+        data_args = dataclasses.replace(data_args, test_file=None, test_dir=None)
     mine = own(data_args) if own is not None else None
     folders = [f"--{k}" for k in ("train_dir", "validation_dir", "test_dir") if getattr(data_args, k, None)]
     check(own is not None or not folders, f"{', '.join(folders)}: folders of images are read by the image_cls task "
@@ -64,6 +67,8 @@ def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=Non
         description = name if use_builtin else data_args.dataset_name
         raw = DatasetDict({split: with_origin(ds, f"{description} {split}") for split, ds in raw.items()})
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
+    if not data_args.use_test_split:
+        raw.pop("test", None)
     if "validation" not in raw:
         fraction, n = data_args.validation_split_percentage / 100, len(raw["train"])
         check(n >= 2, f"Only {n} training example(s): too few to split.")

@@ -9,6 +9,7 @@ import math
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from transformers import get_scheduler
 
 from peftkit import checkpoint
 from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
-from peftkit.distributed import any_process, gather_trainable, restore_trainable, sharded, sum_processes
+from peftkit.distributed import any_process, gather_trainable, on_main, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check
-from peftkit.evaluation import eval_loader, evaluate, model_inputs
+from peftkit.evaluation import eval_loader, evaluate, model_inputs, own_generator
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
@@ -49,6 +50,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    pruned_at_step: int | None = None  # stopped by peftkit search's pruner
     feature_cache: bool = False
     skipped_steps: int = 0
     resumed_from_step: int | None = None
@@ -137,9 +139,12 @@ class Engine:
 
     def __init__(self, accelerator: Accelerator, task, model, data: DatasetDict, collator,
                  args: TrainingArguments, lr: float, output_dir: Path, use_feature_cache: bool,
-                 lr_scales: dict[str, float] | None = None, unfreeze: dict[str, float] | None = None):
+                 lr_scales: dict[str, float] | None = None, unfreeze: dict[str, float] | None = None,
+                 should_stop: Callable[[int, dict[str, float]], bool] | None = None):
         self.acc, self.task, self.args, self.lr, self.output_dir = accelerator, task, args, lr, output_dir
         self.lr_scales = lr_scales
+        # Asked after each validation evaluation, on the main process (peftkit search prunes hopeless trials)
+        self.should_stop, self.pruned_at_step = should_stop, None
         # Gradual unfreezing: parameter name -> fraction of the run's steps after which it starts to train.
         self.unfreeze = {n: f for n, f in (unfreeze or {}).items() if f > 0}
         self.waiting: list[tuple[int, list[torch.nn.Parameter]]] = []
@@ -163,7 +168,7 @@ class Engine:
         # An own seeded generator makes the data order a function of --seed alone: Accelerate shares it
         # across processes, so N processes see the global batches that one process would, and drawing
         # it does not move the global RNG that initialisation and dropout use.
-        generator = torch.Generator().manual_seed(self.args.seed) if train else None
+        generator = torch.Generator().manual_seed(self.args.seed) if train else own_generator()
         if train and self.args.group_by_length and LENGTH_KEY in ds.column_names:
             # Grouped per optimizer step (every process, every accumulated micro-batch), so that N processes and
             # accumulation train on the same examples per step as one process with the whole batch would.
@@ -463,6 +468,10 @@ class Engine:
         state.history.append({"step": state.step, "epoch": round(epoch, 3), **metrics})
         self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
         logger.info("step %d: %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
+        if self.should_stop is not None and on_main(self.acc, lambda: self.should_stop(state.step, metrics)):
+            logger.info("Stopping at step %d: peftkit search pruned this trial (its %s trails the other trials' at "
+                        "this point).", state.step, name)
+            state.stop, self.pruned_at_step = True, state.step
         if metric_is_better(self.task, name, metrics[name], state.best):
             state.best, state.bad_evals = metrics[name], 0
             self._save_best()
@@ -494,6 +503,7 @@ class Engine:
         return FitResult(eval=results["validation"], test=results.get("test"), global_step=state.step,
                          epochs=state.epoch, train_runtime_s=runtime, train_samples=state.samples,
                          history=state.history, train_history=state.train_history, stopped_early=state.stop,
+                         pruned_at_step=self.pruned_at_step,
                          feature_cache=self.cache is not None, train_tokens=state.tokens,
                          train_positions=state.positions,
                          step_time_median_s=statistics.median(times) if times else None,

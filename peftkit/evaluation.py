@@ -29,7 +29,15 @@ def eval_loader(ds: Dataset, batch_size: int, collate_fn: Callable, num_workers:
     """Batches for evaluation, longest examples first: similar lengths share a batch and pad little (random
     or data-order batches of the built-in reviews are half padding). The metrics do not depend on the order."""
     sampler = LengthSortedSampler([len(ids) for ids in ds[LENGTH_KEY]]) if LENGTH_KEY in ds.column_names else None
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      generator=own_generator())
+
+
+def own_generator() -> torch.Generator:
+    """A loader without a generator draws its workers' base seed from the global RNG each time it is iterated,
+    which moves the random numbers that dropout uses afterwards: evaluating (or caching the test split's features)
+    would change how training goes on. Its own generator leaves them alone."""
+    return torch.Generator().manual_seed(0)
 
 
 @torch.no_grad()

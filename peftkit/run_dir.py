@@ -94,7 +94,9 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
     elif eval_file:
         raw = DatasetDict({split: load_file(eval_file)})
     else:
-        raw, _ = load_raw_datasets(task.data, cfg["training"]["seed"], builtin=task.builtin_dataset,
+        # A search's trials trained without the test split; evaluating the chosen one on it is the point.
+        raw, _ = load_raw_datasets(dataclasses.replace(task.data, use_test_split=True), cfg["training"]["seed"],
+                                   builtin=task.builtin_dataset,
                                    own=getattr(task, "load_raw", None))
         check(split in raw, f"The run's data has no {split!r} split (splits: {sorted(raw)}).")
         raw = DatasetDict({split: raw[split]})

@@ -40,6 +40,7 @@ from peftkit.modeling import (
     load_model,
     resolve_model_path,
 )
+from peftkit.search import trial as search_trial
 from peftkit.tasks import get_task, task_fields
 from peftkit.tasks import prepare_model as prepare_task_model
 from peftkit.train_state import BEST_FILE
@@ -169,7 +170,7 @@ def resolved_config(task: Any, strategy_name: str, strategy: Any, model_args, da
 # the model nor the updates.
 RESUMABLE_CHANGES = {"resume_from_checkpoint", "overwrite_output_dir", "debug", "report_to", "logging_steps",
                      "save_steps", "save_total_limit", "per_device_eval_batch_size", "on_nonfinite", "output_dir",
-                     "keep_checkpoints", "logging_dir", "dataloader_num_workers"}
+                     "keep_checkpoints", "logging_dir", "dataloader_num_workers", "use_test_split"}
 BASELINE_FILE = "baseline.json"  # the untrained model's final evaluation, kept for a resumed run
 PEFTKIT_FILES = (CONFIG_FILE, RESULTS_FILE, BEST_FILE, BASELINE_FILE, "adapter_config.json",
                  "adapter_model.safetensors", "model.safetensors", "config.json", "predictions.jsonl")
@@ -248,6 +249,7 @@ def fit_results(fit) -> dict[str, Any]:
         "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
         "time_breakdown_s": fit.time_breakdown_s,
         "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
+        "pruned_at_step": fit.pruned_at_step,
         "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
         "resumed_from_step": fit.resumed_from_step, "history": fit.history, "train_history": fit.train_history,
     }
@@ -333,7 +335,8 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
                     use_feature_cache=cache,
                     lr_scales=strategy.lr_scales(model) if hasattr(strategy, "lr_scales") else None,
-                    unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None)
+                    unfreeze=strategy.unfreeze_schedule(model) if hasattr(strategy, "unfreeze_schedule") else None,
+                    should_stop=search_trial.pruning_hook(metric))
     # The baseline that a CPU run's memory comes on top of (a GPU's peak needs none): with the model loaded, it
     # holds the interpreter, libraries and weights, where the strategies do not differ.
     loaded = resident_bytes() if acc.device.type == "cpu" else None
