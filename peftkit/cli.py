@@ -285,6 +285,18 @@ def _command_parser() -> argparse.ArgumentParser:
     m.add_argument("--base_model_name_or_path", default=None, help="the base, if it moved since training")
     m.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     m.add_argument("--debug", action="store_true", help="show full tracebacks")
+    a = sub.add_parser("analyze", help="what a trained classifier gets wrong: per-class scores, confusion matrix, "
+                       "calibration, the most confident mistakes")
+    a.add_argument("run_dir", help="the --output_dir of a finished run")
+    a.add_argument("--split", default="test", help="split of the run's data (test or validation)")
+    a.add_argument("--eval_file", default=None, help="analyse this data file instead of the run's data")
+    a.add_argument("--test_dir", default=None, help="image_cls: analyse this folder of class sub-folders instead")
+    a.add_argument("--output_dir", default=None, help="where the files go (default: RUN_DIR/analysis_<split>)")
+    a.add_argument("--top_k", type=int, default=20, help="mistakes (and unsure correct answers) in errors.csv")
+    a.add_argument("--bins", type=int, default=10, help="confidence bins of the calibration")
+    for flag in ("--text_column", "--text_pair_column", "--label_column"):
+        a.add_argument(flag, default=None, help="column of --eval_file (default: the run's)")
+    a.add_argument("--debug", action="store_true", help="show full tracebacks")
     p = sub.choices["predict"]
     p.add_argument("--input_file", default=None, help=".txt (one text or prompt per line; for a sentence-pair "
                    "run `text<TAB>second text`), CSV/JSON/JSONL/parquet (for causal_lm: a messages or prompt column); "
@@ -333,6 +345,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"prediction agreement {diff['prediction_agreement']:.4f} over {report['parity_rows']} predictions "
                   f"of {report['parity_samples']} examples; "
                   f"{report['metric']} {report[report['metric']]}")
+            return 0
+        if ns.command == "analyze":
+            from peftkit.analysis import analyze
+
+            overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column")
+                         if getattr(ns, k) is not None}
+            result = analyze(ns.run_dir, ns.split, ns.eval_file, ns.test_dir, ns.output_dir, ns.top_k, ns.bins,
+                             overrides)
+            out = result["output_dir"]
+            print(f"{result['examples']} examples of {result['data']}: accuracy {result['accuracy']:.4f}, macro F1 "
+                  f"{result['macro_f1']:.4f}, expected calibration error "
+                  f"{result['calibration']['expected_calibration_error']:.4f}\nWritten to {out}: analysis.md, "
+                  "analysis.json, confusion_matrix.png, reliability.png, errors.csv")
             return 0
         if ns.command == "eval":
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",

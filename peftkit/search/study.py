@@ -21,6 +21,7 @@ from typing import Any
 
 from peftkit import checkpoint
 from peftkit.errors import PeftkitError, check
+from peftkit.interrupt import SIGNALS, TrainingInterrupted
 from peftkit.search import report
 from peftkit.search.space import Space
 from peftkit.search.trial import ENV, STUDY_NAME, make_pruner, open_storage
@@ -41,12 +42,6 @@ class Options:
     launcher: str | None = None
     overwrite_output_dir: bool = False
     test: bool = True  # evaluate the chosen configuration on the test split at the end
-
-
-class SearchInterrupted(PeftkitError):
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 def direction(task: str, metric: str) -> str:
@@ -157,8 +152,10 @@ class TrialRunner:
         import optuna
         from tqdm.auto import tqdm
 
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM,
-                                                                       signal.SIGHUP)}
+        # As in training, a signal the user chose to ignore (nohup: SIGHUP) stays ignored, here and in the trials;
+        # the ones caught here reach a trial's process as the default, which its training loop then catches.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
         bar = tqdm(total=n_trials, initial=min(self.finished(), n_trials), desc="Search", unit="trial",
                    dynamic_ncols=True)
         try:
@@ -176,7 +173,7 @@ class TrialRunner:
                 trial = self.study.ask()
                 self.run_trial(trial, self.space.suggest(trial), bar)
             if self.stop_signal:
-                raise SearchInterrupted(f"Stopped by {signal.Signals(self.stop_signal).name} between trials. Rerun "
+                raise TrainingInterrupted(f"Stopped by {signal.Signals(self.stop_signal).name} between trials. Rerun "
                                         "the same command to continue the search.", self.stop_signal)
             if self._out_of_time() and self.finished() < n_trials:
                 bar.write(f"--timeout {self.opts.timeout:g} s reached: no further trial started.")
@@ -219,12 +216,12 @@ class TrialRunner:
         started = time.monotonic()
         if not results_file.is_file():  # a trial whose run finished before the search was stopped is only told
             if self.stop_signal:
-                raise SearchInterrupted(f"Stopped before trial {trial.number} started. Rerun the same command to "
+                raise TrainingInterrupted(f"Stopped before trial {trial.number} started. Rerun the same command to "
                                         "continue the search.", self.stop_signal)
             bar.write(f"Trial {trial.number}: {shown} (log: {run_dir / 'train.log'})")
             rc = self._spawn(trial, self.command(settings, run_dir), run_dir)
             if rc != 0 and self.stop_signal:
-                raise SearchInterrupted(f"Stopped during trial {trial.number}; its run kept its last checkpoint. "
+                raise TrainingInterrupted(f"Stopped during trial {trial.number}; its run kept its last checkpoint. "
                                         "Rerun the same command to continue the search.", self.stop_signal)
         wall = time.monotonic() - started
         if not results_file.is_file():

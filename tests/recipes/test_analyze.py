@@ -1,0 +1,55 @@
+"""`peftkit analyze` on a real (small) text_cls run of the built-in MiniLM and reviews."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from peftkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--strategy", "head", "--max_train_samples", "96", "--max_eval_samples", "80",
+                 "--max_steps", "6", "--report_to", "none", "--output_dir", str(run)]) == 0
+    assert main(["analyze", str(run), "--top_k", "5"]) == 0
+    return run, run / "analysis_test"
+
+
+def test_counts_match_the_runs_own_test_results(analysed):
+    run, out = analysed
+    result = json.loads((out / "analysis.json").read_text())
+    recorded = json.loads((run / "results.json").read_text())
+    counts = result["confusion_matrix"]["counts"]
+    assert result["confusion_matrix"]["labels"] == recorded["labels"] == ["fresh", "rotten"]
+    assert sum(map(sum, counts)) == result["examples"] == recorded["num_examples"]["test"] == 80
+    assert result["accuracy"] == pytest.approx(recorded["test"]["accuracy"], abs=1e-4)
+    assert result["accuracy"] == pytest.approx((counts[0][0] + counts[1][1]) / 80, abs=1e-4)
+    assert [s["support"] for s in result["per_class"].values()] == [sum(row) for row in counts]
+    assert result["macro_f1"] == pytest.approx(recorded["test"]["f1"], abs=1e-3)
+    assert sum(b["count"] for b in result["calibration"]["bins"]) == 80
+    assert "(the same)" in (out / "analysis.md").read_text()
+
+
+def test_pictures_and_error_table_are_written(analysed):
+    _, out = analysed
+    for name in ("confusion_matrix.png", "reliability.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 10_000
+    with open(out / "errors.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    mistakes = [r for r in rows if r["kind"] == "confident mistake"]
+    unsure = [r for r in rows if r["kind"] == "unsure correct"]
+    assert 0 < len(mistakes) <= 5 and 0 < len(unsure) <= 5
+    assert all(r["label"] != r["predicted"] and r["input"] and "builtin:rotten_tomatoes test" in r["example"]
+               for r in mistakes)
+    assert all(r["label"] == r["predicted"] for r in unsure)
+    confidences = [float(r["p_predicted"]) for r in mistakes]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_a_missing_run_is_named(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "is not a peftkit run directory" in capsys.readouterr().err
