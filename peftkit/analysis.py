@@ -3,7 +3,8 @@
 Writes, into OUTPUT_DIR (default RUN/analysis_<split>): ``analysis.json`` (per-class precision, recall, F1 and
 support, the confusion matrix's counts, calibration), ``confusion_matrix.png``, ``reliability.png``, ``errors.csv``
 (the most confident mistakes and the least confident correct answers, with their input and probabilities) and
-``analysis.md``, which ties them together. For tasks with one label per example (text_cls, image_cls).
+``analysis.md``, which ties them together. For tasks with one label per example (text_cls, image_cls); a task may
+bring its own (``analyze_split``: token_cls by entity type, causal_lm by its worst generations).
 """
 
 from __future__ import annotations
@@ -14,29 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from peftkit.data import ORIGIN
 from peftkit.errors import check
-from peftkit.evaluation import model_inputs, own_generator
+from peftkit.evaluation import in_order
 
 TOP_PAIRS = 5  # confused pairs named in analysis.md
 
 
 def predict_split(task, model, collator, data, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels, probabilities)`` of every example, in data order (no sampler: row i is example i)."""
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=collator, generator=own_generator())
-    device = next(p.device for p in model.parameters())
     labels, probs = [], []
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = task.parity_logits(model(**model_inputs(batch)), batch)
-            check(batch["labels"].dim() == 1 and logits.shape[0] == batch["labels"].shape[0],
-                  f"peftkit analyze reads one label per example (text_cls, image_cls); task {task.name!r} labels "
-                  "parts of examples. Use `peftkit eval` for its metrics.")
-            labels.append(batch["labels"].cpu())
-            probs.append(logits.float().softmax(-1).cpu())
+    for outputs, batch in in_order(model, data, collator, batch_size):
+        logits = task.parity_logits(outputs, batch)
+        check(batch["labels"].dim() == 1 and logits.shape[0] == batch["labels"].shape[0],
+              f"peftkit analyze reads one label per example (text_cls, image_cls); task {task.name!r} labels "
+              "parts of examples. Use `peftkit eval` for its metrics.")
+        labels.append(batch["labels"].cpu())
+        probs.append(logits.float().softmax(-1).cpu())
     return torch.cat(labels), torch.cat(probs)
 
 
@@ -91,7 +87,8 @@ def analyze(run_dir: str, split: str = "test", eval_file: str | None = None, eva
             output_dir: str | None = None, top_k: int = 20, bins: int = 10,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Analyse a trained run on ``split`` of its data (or ``eval_file`` / image folder ``eval_dir``); returns
-    analysis.json's content and writes the files listed in the module's docstring."""
+    analysis.json's content and writes the files listed in the module's docstring. A task with its own analysis
+    (``analyze_split``: token_cls, causal_lm) gives its figures; the rest read one label per example."""
     from peftkit.run_dir import eval_data, load_run
 
     check(top_k > 0 and bins > 0, "--top_k and --bins must be positive.")
@@ -99,57 +96,76 @@ def analyze(run_dir: str, split: str = "test", eval_file: str | None = None, eva
     raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     check(len(data[split]) > 0, f"The {split} data holds no examples.")
     batch_size = cfg["training"].get("per_device_eval_batch_size", 64)
-    labels, probs = predict_split(task, model, task.collator(processor), data[split], batch_size)
+    named = split if not (eval_file or eval_dir) else None
+    out = Path(output_dir or Path(run_dir) / f"analysis_{named or 'file'}")
+    out.mkdir(parents=True, exist_ok=True)
+    source = eval_file or eval_dir or f"the run's {split} split"
+    own = getattr(task, "analyze_split", None)
+    if own is not None:
+        part = own(model, processor, raw[split], data[split], batch_size, out, top_k)
+    else:
+        part = classification(task, model, processor, raw[split], data[split], batch_size, top_k, bins, out)
+    from peftkit import analysis_plots
+
+    if part.get("confusion") is not None:
+        analysis_plots.confusion_matrix(out / "confusion_matrix.png", part["confusion"], part["names"],
+                                        f"{Path(run_dir).name}: {source}")
+    write_errors(out / "errors.csv", part["errors"])
+    result = {"run_dir": str(run_dir), "data": source} | part["result"]
+    (out / "analysis.json").write_text(json.dumps(result, indent=2))
+    metric, value = part["check"]
+    lines = [f"# Analysis of {run_dir} on {source}", ""]
+    recorded = _recorded(run_dir, named, metric)
+    if recorded is not None:
+        same = abs(recorded - value) < 5e-4
+        lines += [f"The run's results.json records {named} {metric} {recorded:.4f}; this analysis finds {value:.4f} "
+                  f"({'the same' if same else 'DIFFERENT: the data or the model changed since'}).", ""]
+    (out / "analysis.md").write_text("\n".join(lines + part["markdown"]) + "\n")
+    return result | {"output_dir": str(out), "headline": part["headline"]}
+
+
+def classification(task, model, processor, raw, data, batch_size: int, top_k: int, bins: int,
+                   out: Path) -> dict[str, Any]:
+    """One label per example (text_cls, image_cls): per-class scores, confusion, calibration, error rows."""
+    from peftkit import analysis_plots
+
+    labels, probs = predict_split(task, model, task.collator(processor), data, batch_size)
     check(bool((labels >= 0).all()), "Some examples carry no known label; peftkit analyze needs every label.")
     names = [str(n) for n in task.labels]
     confidence, predicted = probs.max(-1)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    out = Path(output_dir or Path(run_dir) / f"analysis_{split if not (eval_file or eval_dir) else 'file'}")
-    out.mkdir(parents=True, exist_ok=True)
     scores = per_class(confusion, names)
-    source = eval_file or eval_dir or f"the run's {split} split"
     result = {
-        "run_dir": str(run_dir), "data": source, "examples": len(labels),
-        "accuracy": round((predicted == labels).float().mean().item(), 4),
+        "examples": len(labels), "accuracy": round((predicted == labels).float().mean().item(), 4),
         "macro_f1": round(sum(s["f1"] for s in scores.values()) / len(scores), 4), "per_class": scores,
         "confusion_matrix": {"labels": names, "counts": confusion.tolist(), "rows": "true label",
                              "columns": "predicted label"},
         "calibration": calibration(confidence, predicted == labels, bins),
     }
-    errors = error_rows(raw[split], labels, probs, names, getattr(task.data, "text_column", None), top_k)
-    write_errors(out / "errors.csv", errors)
-    from peftkit import analysis_plots
-
-    analysis_plots.confusion_matrix(out / "confusion_matrix.png", confusion, names, f"{Path(run_dir).name}: {source}")
     analysis_plots.reliability(out / "reliability.png", result["calibration"], confidence, bins)
-    (out / "analysis.json").write_text(json.dumps(result, indent=2))
-    (out / "analysis.md").write_text(markdown(result, errors, cfg, split if not (eval_file or eval_dir) else None,
-                                              run_dir))
-    return result | {"output_dir": str(out)}
+    errors = error_rows(raw, labels, probs, names, getattr(task.data, "text_column", None), top_k)
+    return {"result": result, "errors": errors, "confusion": confusion, "names": names,
+            "markdown": markdown(result, errors), "check": ("accuracy", result["accuracy"]),
+            "headline": f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, expected "
+                        f"calibration error {result['calibration']['expected_calibration_error']:.4f}"}
 
 
 def write_errors(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = ["kind", "example", "input", "label", "predicted", "p_predicted", "p_label", "top3"]
+    fields = list(rows[0]) if rows else ["kind", "example", "input", "label", "predicted"]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
 
-def markdown(result: dict[str, Any], errors: list[dict], cfg: dict, split: str | None, run_dir: str) -> str:
+def markdown(result: dict[str, Any], errors: list[dict]) -> list[str]:
     names, counts = result["confusion_matrix"]["labels"], result["confusion_matrix"]["counts"]
     pairs = sorted(((counts[i][j], names[i], names[j]) for i in range(len(names)) for j in range(len(names))
                     if i != j and counts[i][j]), reverse=True)[:TOP_PAIRS]
-    lines = [f"# Analysis of {run_dir} on {result['data']}", "",
-             f"{result['examples']} examples: accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, "
+    lines = [f"{result['examples']} examples: accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, "
              f"expected calibration error {result['calibration']['expected_calibration_error']:.4f} "
              f"({len(result['calibration']['bins'])} confidence bins with examples).", ""]
-    recorded = _recorded_accuracy(run_dir, split)
-    if recorded is not None:
-        same = abs(recorded - result["accuracy"]) < 5e-4
-        lines += [f"The run's results.json records {split} accuracy {recorded:.4f} "
-                  f"({'the same' if same else 'DIFFERENT: the data or the model changed since'}).", ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
               for n, s in result["per_class"].items()]
@@ -166,12 +182,12 @@ def markdown(result: dict[str, Any], errors: list[dict], cfg: dict, split: str |
                   "| example | input | label | predicted | p(predicted) |", "|---|---|---|---|---|"]
         lines += [f"| {e['example']} | {str(e['input'])[:120].replace('|', '/')} | {e['label']} | {e['predicted']} | "
                   f"{e['p_predicted']:.3f} |" for e in mistakes]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _recorded_accuracy(run_dir: str, split: str | None) -> float | None:
+def _recorded(run_dir: str, split: str | None, metric: str) -> float | None:
+    """``metric`` on ``split`` as the run's results.json recorded it (None where it has none)."""
     path = Path(run_dir) / "results.json"
     if split not in ("test", "validation") or not path.is_file():
         return None
-    metrics = json.loads(path.read_text()).get("test" if split == "test" else "eval") or {}
-    return metrics.get("accuracy")
+    return (json.loads(path.read_text()).get("test" if split == "test" else "eval") or {}).get(metric)

@@ -347,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{report['metric']} {report[report['metric']]}")
             return 0
         if ns.command == "analyze":
+            from pathlib import Path
+
             from peftkit.analysis import analyze
 
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column")
@@ -354,10 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = analyze(ns.run_dir, ns.split, ns.eval_file, ns.test_dir, ns.output_dir, ns.top_k, ns.bins,
                              overrides)
             out = result["output_dir"]
-            print(f"{result['examples']} examples of {result['data']}: accuracy {result['accuracy']:.4f}, macro F1 "
-                  f"{result['macro_f1']:.4f}, expected calibration error "
-                  f"{result['calibration']['expected_calibration_error']:.4f}\nWritten to {out}: analysis.md, "
-                  "analysis.json, confusion_matrix.png, reliability.png, errors.csv")
+            files = ", ".join(sorted(p.name for p in Path(out).iterdir()))
+            print(f"{result['examples']} examples of {result['data']}: {result['headline']}\nWritten to {out}: "
+                  f"{files}")
             return 0
         if ns.command == "eval":
             overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",

@@ -33,6 +33,17 @@ def eval_loader(ds: Dataset, batch_size: int, collate_fn: Callable, num_workers:
                       generator=own_generator())
 
 
+def in_order(model, data: Dataset, collate_fn: Callable, batch_size: int):
+    """``(outputs, batch)`` over ``data`` in its own order (example i of the split is row i), without gradients:
+    `peftkit analyze` pairs each prediction with its raw example."""
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn, generator=own_generator())
+    device = next(p.device for p in model.parameters())
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            yield model(**model_inputs(batch)), batch
+
+
 def own_generator() -> torch.Generator:
     """A loader without a generator draws its workers' base seed from the global RNG each time it is iterated,
     which moves the random numbers that dropout uses afterwards: evaluating (or caching the test split's features)

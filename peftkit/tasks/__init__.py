@@ -52,6 +52,9 @@ Optional, used where present::
                                             # the head strategy's feature cache is then not used
     lora_targets(model, head_names) -> list[str] | None   # what LoRA adapts when the user names nothing
                                             # (image_cls: a CNN's convolutions, where peft has no default)
+    analyze_split(model, processor, raw, data, batch_size, out_dir, top_k) -> dict   # the task's own `peftkit
+                                            # analyze` (token_cls: entity types; causal_lm: worst generations);
+                                            # without it, analysis reads one label per example (peftkit/analysis.py)
 
 A collator may have ``set_epoch(epoch, seed=...)``: the engine calls it before each training epoch (image_cls
 seeds each example's augmentation from run seed, epoch and example, so resumption and N processes stay exact).

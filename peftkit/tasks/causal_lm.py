@@ -276,6 +276,36 @@ class CausalLM:
                     stage.replace("_", "-"), scores["exact_match"], scores["token_f1"])
         return scores
 
+    def analyze_split(self, model, tokenizer, raw, data, batch_size: int, out, top_k: int) -> dict[str, Any]:
+        """`peftkit analyze`: greedy generations on the split's first --max_generation_samples prompts, scored by
+        token F1 and exact match; the ``top_k`` worst (lowest token F1) go to errors.csv."""
+        check(self.format != "text", "peftkit analyze scores generations against references: a plain-text run "
+              "(--text_column) has none. Use `peftkit eval` for its loss and perplexity.")
+        ds = raw.select(range(min(self.max_generation_samples or len(raw), len(raw))))
+        kept = [(i, row, pair) for i, row in enumerate(ds) if (pair := self._prompt_and_reference(tokenizer, row))]
+        check(bool(kept), "No prompt with a reference answer in this data: nothing to score.")
+        prompts = [pair[0] for _, _, pair in kept]
+        outputs = generation.generate(model, tokenizer, prompts, self.generation_max_new_tokens)
+        rows = [{"kind": "worst generation", "example": row.get(ORIGIN, f"example {i}"), "prompt": p, "reference": r,
+                 "output": o, "token_f1": round(generation.token_f1(o, r), 4),
+                 "exact_match": generation.exact_match(o, r)}
+                for (i, row, (p, r)), o in zip(kept, outputs, strict=True)]
+        scores = generation.score(rows)
+        worst = sorted(rows, key=lambda r: (r["token_f1"], r["example"]))[:top_k]
+        result = {"examples": len(rows), **{k: round(v, 4) for k, v in scores.items()},
+                  "token_f1_histogram": [sum(lo <= r["token_f1"] < lo + 0.25 or (lo == 0.75 and r["token_f1"] == 1)
+                                             for r in rows) for lo in (0, 0.25, 0.5, 0.75)]}
+        lines = [f"{len(rows)} prompts, greedy generation of at most {self.generation_max_new_tokens} tokens: exact "
+                 f"match {scores['exact_match']:.4f}, token F1 {scores['token_f1']:.4f}. Token F1 in [0, .25), "
+                 f"[.25, .5), [.5, .75), [.75, 1]: {', '.join(map(str, result['token_f1_histogram']))} prompts.", "",
+                 "The worst generations (all in errors.csv):", "",
+                 "| example | prompt | reference | output | token F1 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['example']} | {cell(r['prompt'], tail=True)} | {cell(r['reference'])} | {cell(r['output'])} | "
+                  f"{r['token_f1']:.3f} |" for r in worst[:5]]
+        return {"result": result, "errors": worst, "confusion": None, "markdown": lines,
+                "check": ("token_f1", scores["token_f1"]), "headline": f"token F1 {scores['token_f1']:.4f}, exact "
+                f"match {scores['exact_match']:.4f} over {len(rows)} generations"}
+
     # -- using a trained run ----------------------------------------------------------------------
     def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, Any]]:
         """Prompts: lines of stdin or a .txt file (each a user message), or a data file's messages (the
@@ -324,3 +354,12 @@ class CausalLM:
                      f"{base['exact_match']:.4f} -> fine-tuned {tuned['exact_match']:.4f}; token F1: "
                      f"{base['token_f1']:.4f} -> {tuned['token_f1']:.4f}")
         return line
+
+
+def cell(text: str, width: int = 80, tail: bool = False) -> str:
+    """A table cell: one line, no pipes, cut to ``width`` (keeping the end with ``tail``: a rendered chat prompt
+    ends with the user's question)."""
+    flat = " ".join(str(text).split()).replace("|", "/")
+    if len(flat) <= width:
+        return flat
+    return "…" + flat[-(width - 1):] if tail else flat[:width - 1] + "…"

@@ -307,6 +307,12 @@ class TokenClassification:
     def final_evaluation(self, acc, model, tokenizer, raw, output_dir, stage: str) -> dict[str, Any] | None:
         return None  # the evaluation loop's metrics say it all
 
+    def analyze_split(self, model, tokenizer, raw, data, batch_size: int, out, top_k: int) -> dict[str, Any]:
+        """`peftkit analyze`: entity scores per type, types confused word by word, the worst sentences."""
+        from peftkit.tasks import token_analysis
+
+        return token_analysis.analyze(self, model, tokenizer, raw, data, batch_size, out, top_k)
+
     # -- using a trained run ----------------------------------------------------------------------
     def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, Any]]:
         """Raw texts from stdin or a .txt file (one per line), or a data file's text column (strings, or

@@ -53,3 +53,21 @@ def test_pictures_and_error_table_are_written(analysed):
 def test_a_missing_run_is_named(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert "is not a peftkit run directory" in capsys.readouterr().err
+
+
+def test_token_cls_is_analysed_by_entity_type(tmp_path):
+    run = tmp_path / "ner"
+    assert main(["train", "--task", "token_cls", "--strategy", "head", "--max_train_samples", "64",
+                 "--max_eval_samples", "40", "--max_steps", "4", "--report_to", "none", "--output_dir", str(run)]) == 0
+    assert main(["analyze", str(run), "--top_k", "4"]) == 0
+    analysis = json.loads((run / "analysis_test" / "analysis.json").read_text())
+    recorded = json.loads((run / "results.json").read_text())["test"]
+    assert analysis["examples"] == 40 and analysis["entity_f1"] == pytest.approx(recorded["f1"], abs=1e-4)
+    counts = analysis["confusion_matrix"]["counts"]
+    assert analysis["confusion_matrix"]["labels"][0] == "O" and sum(map(sum, counts)) == analysis["words"]
+    assert {"person", "geo-loc"} <= set(analysis["per_type"])  # WNUT-16's types, B-/I- folded
+    with open(run / "analysis_test" / "errors.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    wrong = [int(r["wrong_words"]) for r in rows]
+    assert 0 < len(rows) <= 4 and wrong == sorted(wrong, reverse=True) and wrong[-1] > 0
+    assert "(the same)" in (run / "analysis_test" / "analysis.md").read_text()

@@ -3,6 +3,7 @@ merge into a plain transformers model, and an exact resume after SIGKILL."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -65,6 +66,20 @@ def test_eval_gives_the_loss_of_training_and_the_generation_scores(lora_run, cap
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
     assert metrics["final_evaluation"]["exact_match"] == results["final_evaluation"]["fine_tuned"]["exact_match"]
+
+
+def test_analyze_ranks_the_worst_generations(lora_run):
+    results = json.loads((lora_run / "results.json").read_text())
+    assert main(["analyze", str(lora_run), "--top_k", "3"]) == 0
+    out = lora_run / "analysis_test"
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["examples"] == 4  # --max_generation_samples, as in training's final evaluation
+    assert analysis["token_f1"] == pytest.approx(results["final_evaluation"]["fine_tuned"]["token_f1"], abs=1e-4)
+    with open(out / "errors.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    scores = [float(r["token_f1"]) for r in rows]
+    assert len(rows) == 3 and scores == sorted(scores) and rows[0]["reference"] in ("positive", "negative")
+    assert "The worst generations" in (out / "analysis.md").read_text()
 
 
 PLAIN_LOAD = """
