@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from peftkit.search.space import Space
+from peftkit.search.space import Space, flag_of
 
 logger = logging.getLogger(__name__)
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "interrupted",
@@ -30,7 +30,8 @@ def trial_rows(study, metric: str) -> list[dict[str, Any]]:
         results = json.loads(results_file.read_text()) if attrs.get("run_dir") and results_file.is_file() else {}
         rows.append({
             "trial": t.number, "state": STATES.get(t.state.name, t.state.name.lower()),
-            "strategy": t.params.get("strategy"), "params": {k: v for k, v in t.params.items() if k != "strategy"},
+            "strategy": t.params.get("strategy"),
+            "params": {flag_of(k): v for k, v in t.params.items() if k != "strategy"},
             "validation": (results.get("eval") or {}).get(metric),
             "train_runtime_s": attrs.get("train_runtime_s"), "wall_s": attrs.get("wall_s"),
             "peak_memory_bytes": attrs.get("peak_memory_bytes"), "pruned_at_step": attrs.get("pruned_at_step"),

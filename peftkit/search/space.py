@@ -7,9 +7,11 @@ On the command line, after the search's own options, every ``--flag`` takes its 
     --learning_rate 1e-4:3e-3:log   a range: low:high, optionally :log; integers when both ends are integers
     --max_train_samples 500         one value: the same in every trial
     --gradient_checkpointing        no value: passed as given
+    --learning_rate lora=5e-4:5e-3:log full=2e-5,5e-5   per strategy (choices separated by commas)
 
 A YAML file (``--space``) holds the same: ``name: value`` (fixed), ``name: [a, b]`` (choices),
-``name: {low: 1e-4, high: 3e-3, log: true}`` (range). The command line overrides the file.
+``name: {low: 1e-4, high: 3e-3, log: true}`` (range), ``name: {lora: ..., full: ...}`` (per strategy). The command
+line overrides the file. A value drawn for one strategy is an Optuna parameter of its own (``learning_rate@lora``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Param:
     high: float | None = None
     log: bool = False
     integer: bool = False
+    strategy: str | None = None  # drawn only for this strategy (the name is then flag@strategy)
 
     def suggest(self, trial) -> Any:
         if self.choices is not None:
@@ -68,9 +71,15 @@ class Param:
         return f"{self.low:g} .. {self.high:g}{' (log)' if self.log else ''}{' (integers)' if self.integer else ''}"
 
     def as_dict(self) -> dict[str, Any]:
+        only = {"strategy": self.strategy} if self.strategy else {}
         if self.choices is not None:
-            return {"choices": self.choices}
-        return {"low": self.low, "high": self.high, "log": self.log, "integer": self.integer}
+            return {"choices": self.choices} | only
+        return {"low": self.low, "high": self.high, "log": self.log, "integer": self.integer} | only
+
+
+def flag_of(key: str) -> str:
+    """The train flag of a space entry: ``learning_rate@lora`` -> ``learning_rate``."""
+    return key.split("@", 1)[0]
 
 
 def parse_range(name: str, text: str) -> Param | None:
@@ -92,6 +101,22 @@ def make_range(name: str, low: Any, high: Any, log: bool = False) -> Param:
     check(not log or low > 0, f"--{name} {low}:{high}:log: a log range needs a positive low end.")
     integer = isinstance(low, int) and isinstance(high, int)
     return Param(name, low=low, high=high, log=log, integer=integer)
+
+
+def per_strategy(name: str, value: Any) -> dict[str, Any] | None:
+    """``{strategy: entry}`` for a per-strategy entry (a YAML mapping of strategies, or command-line values
+    ``lora=1e-3:1e-2:log full=1e-5,5e-5``), else None."""
+    if isinstance(value, dict) and not set(value) & {"low", "high", "log"}:
+        return {str(k): entry(name, v) for k, v in value.items()}
+    values = value if isinstance(value, list) else [value]
+    if values and all(isinstance(v, str) and "=" in v for v in values):
+        out = {}
+        for v in values:
+            strategy, spec = v.split("=", 1)
+            check(strategy not in out, f"--{name}: strategy {strategy!r} is given twice.")
+            out[strategy] = entry(name, spec.split(",") if "," in spec else spec)
+        return out
+    return None
 
 
 def entry(name: str, value: Any) -> Param | Any:
@@ -135,8 +160,12 @@ class Space:
     fixed: dict[str, Any]
     known: dict[str, set[str]]  # strategy -> the flags its runs accept
 
-    def applies(self, name: str, strategy: str) -> bool:
-        return name in self.known[strategy]
+    def applies(self, key: str, strategy: str) -> bool:
+        """Whether entry ``key`` (a flag, or flag@strategy) takes part in a trial of ``strategy``."""
+        param = self.params.get(key)
+        if param is not None and param.strategy not in (None, strategy):
+            return False
+        return flag_of(key) in self.known[strategy]
 
     def suggest(self, trial) -> dict[str, Any]:
         """The trial's settings, strategy first; flags the chosen strategy has no use for are not drawn."""
@@ -162,7 +191,8 @@ class Space:
         strategy, argv = settings["strategy"], []
         for name, value in [*self.fixed.items(), *((k, v) for k, v in settings.items() if k != "strategy")]:
             if self.applies(name, strategy):
-                argv += [f"--{name}"] if value is None else [f"--{name}", flag_value(value)]
+                flag = f"--{flag_of(name)}"
+                argv += [flag] if value is None else [flag, flag_value(value)]
         return argv
 
     def as_dict(self) -> dict[str, Any]:
@@ -180,23 +210,40 @@ def build_space(task: str, tokens: list[str], space_file: dict[str, Any] | None)
     from peftkit.cli import build_train_parser, parse_train_args
     from peftkit.strategies import available
 
-    entries = {k: entry(k, v) for k, v in (space_file or {}).items()}
+    raw = dict(space_file or {})
     for name, values in split_flags(tokens).items():
-        entries[name] = (entry(name, values) if len(values) > 1 else entry(name, values[0]) if values else None)
+        raw[name] = values if len(values) > 1 else values[0] if values else None
+    entries, by_strategy = {}, {}
+    for name, value in raw.items():
+        split = per_strategy(name, value) if name != "strategy" else None
+        if split is not None:
+            by_strategy[name] = split
+        else:
+            entries[name] = entry(name, value) if name != "strategy" or not isinstance(value, list) else \
+                Param(name, choices=[str(v) for v in value])
     strategy = entries.pop("strategy", "lora")
     strategies = [str(s) for s in (strategy.choices if isinstance(strategy, Param) else [strategy])]
     check(all(s in available() for s in strategies), f"Unknown strategy among {', '.join(strategies)}. Choose from: "
           f"{', '.join(available())}.")
     check(isinstance(strategy, Param) or strategy is not None, "--strategy needs a value.")
-    for name in entries:
+    for name in [*entries, *by_strategy]:
         if name in RESERVED:
             raise PeftkitError(f"--{name} cannot be part of a search space ({RESERVED[name] or 'one per search'}).")
     known = {}
     for s in strategies:
         parser, _ = build_train_parser(s, task_name=task)
         known[s] = {a.option_strings[0][2:] for a in parser._actions if a.option_strings} | hf_flags.HF_FLAGS
+    for name, split in by_strategy.items():
+        unknown = sorted(set(split) - set(strategies))
+        check(not unknown, f"--{name} gives values for {', '.join(unknown)}, which this search does not try "
+              f"(--strategy {' '.join(strategies)}).")
+        for s, value in split.items():
+            param = value if isinstance(value, Param) else Param(name, choices=[value])
+            entries[f"{name}@{s}"] = Param(f"{name}@{s}", param.choices, param.low, param.high, param.log,
+                                           param.integer, strategy=s)
     every = set().union(*known.values())
-    for name in entries:
+    for key in entries:
+        name = flag_of(key)
         if name not in every:
             raise PeftkitError(f"--{name} is not a flag of `peftkit train --task {task}` with strategy "
                                f"{' or '.join(strategies)}.{hf_flags.suggest([f'--{name}'], sorted(every))} See "

@@ -23,7 +23,7 @@ from peftkit import checkpoint
 from peftkit.errors import PeftkitError, check
 from peftkit.interrupt import SIGNALS, TrainingInterrupted
 from peftkit.search import report
-from peftkit.search.space import Space
+from peftkit.search.space import Space, flag_of
 from peftkit.search.trial import ENV, STUDY_NAME, make_pruner, open_storage
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class TrialRunner:
         import optuna
 
         run_dir = self.opts.output_dir / f"trial_{trial.number:03d}"
-        shown = ", ".join(f"{k}={report.show(v)}" for k, v in settings.items())
+        shown = ", ".join(f"{flag_of(k)}={report.show(v)}" for k, v in settings.items())
         trial.set_user_attr("run_dir", str(run_dir))
         results_file = run_dir / "results.json"
         started = time.monotonic()

@@ -98,3 +98,34 @@ def test_train_takes_strategy_and_task_from_the_config_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "task 'token_cls' with the 'head' strategy" in out
+
+
+def test_values_per_strategy_are_parameters_of_their_own():
+    space = build_space("text_cls", ["--strategy", "lora", "full", "--learning_rate", "lora=5e-4:5e-3:log",
+                                     "full=2e-5,5e-5", "--lora_r", "4", "8"], None)
+    assert space.params["learning_rate@lora"] == Param("learning_rate@lora", low=5e-4, high=5e-3, log=True,
+                                                        strategy="lora")
+    assert space.params["learning_rate@full"].choices == [2e-5, 5e-5]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        settings = space.suggest(study.ask())
+        rate = settings.get("learning_rate@lora", settings.get("learning_rate@full"))
+        assert len([k for k in settings if k.startswith("learning_rate")]) == 1
+        argv = space.trial_argv(settings)
+        assert argv[argv.index("--learning_rate") + 1] == repr(rate)
+        if settings["strategy"] == "full":
+            assert rate in (2e-5, 5e-5) and "--lora_r" not in argv
+        else:
+            assert 5e-4 <= rate <= 5e-3
+    with pytest.raises(PeftkitError, match="learning_rate@lora is a range"):
+        space.grid(seed=0)
+
+
+def test_per_strategy_values_from_yaml_and_for_an_absent_strategy():
+    space = build_space("text_cls", [], {"strategy": ["lora", "head"], "learning_rate": {"lora": [1e-3, 2e-3],
+                                                                                          "head": 2e-2}})
+    assert sorted(map(str, space.grid(seed=0))) == sorted(map(str, [
+        {"strategy": "lora", "learning_rate@lora": 1e-3}, {"strategy": "lora", "learning_rate@lora": 2e-3},
+        {"strategy": "head", "learning_rate@head": 2e-2}]))
+    with pytest.raises(PeftkitError, match="gives values for full, which this search does not try"):
+        build_space("text_cls", ["--strategy", "lora", "--learning_rate", "full=1e-5"], None)
