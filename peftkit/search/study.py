@@ -314,13 +314,15 @@ def _die_with_parent() -> None:
 
 
 def last_error(log: Path) -> str:
-    """What a failed trial said last: its `peftkit: error:` line, else the last line of its output."""
+    """What a failed trial said last: its `peftkit: error:` line (wherever a progress bar left it on the line),
+    else the last line of its output."""
     try:
-        # progress bars redraw with carriage returns: an error line may share a "line" with one
-        lines = [line.strip() for line in re.split(r"[\r\n]+", log.read_text(errors="replace")) if line.strip()]
+        text = log.read_text(errors="replace")
     except OSError:
         return "no output"
-    for line in reversed(lines):
-        if line.startswith("peftkit: error:") or line.startswith("peftkit: stopped:"):
-            return line.split(":", 2)[2].strip()
+    said = re.findall(r"peftkit: (?:error|stopped): ([^\r\n]*)", text)
+    if said:
+        return said[-1].strip()
+    # progress bars redraw with carriage returns: split on them too
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     return lines[-1][:500] if lines else "no output"

@@ -129,3 +129,14 @@ def test_per_strategy_values_from_yaml_and_for_an_absent_strategy():
         {"strategy": "head", "learning_rate@head": 2e-2}]))
     with pytest.raises(PeftkitError, match="gives values for full, which this search does not try"):
         build_space("text_cls", ["--strategy", "lora", "--learning_rate", "full=1e-5"], None)
+
+
+def test_a_failed_trials_error_is_found_behind_a_progress_bar(tmp_path):
+    from peftkit.search.study import last_error
+
+    log = tmp_path / "train.log"
+    log.write_text("Training:  38%|###| 3/8 [00:00<00:00]peftkit: error: The training loss became NaN/inf at step 4.\n"
+                   "Training:  38%|###| 3/8\n")
+    assert last_error(log) == "The training loss became NaN/inf at step 4."
+    log.write_text("Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory.\n")
+    assert last_error(log) == "torch.OutOfMemoryError: CUDA out of memory."
