@@ -383,12 +383,22 @@ class Engine:
             if nonfinite:
                 self._nonfinite(loss)
             else:
-                self.optimizer.step()
+                self._step_optimizer()
                 self.skip_streak = 0
             self.optimizer.zero_grad()
         if len(window) == 1 and acc.num_processes == 1:
             return loss.detach().float()
         return acc.reduce(weighted, "sum") / max(step_units, 1)
+
+    def _step_optimizer(self) -> None:
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # Adam's lr / bias correction past float's range (e.g. --learning_rate 1e38)
+            if "overflow" not in str(exc):
+                raise
+            raise PeftkitError(f"The optimizer step {self.state.step + 1} overflowed ({str(exc).splitlines()[0]}): "
+                               f"--learning_rate {self.lr:g} is far beyond any rate that trains (they lie between "
+                               "about 1e-6 and 1). Lower it.") from exc
 
     def _ignore_repeats(self, batch: dict, position: int) -> None:
         """Under N processes, Accelerate completes an epoch's last global batch with repeats of its first

@@ -20,13 +20,13 @@ def data(n=16):
     return DatasetDict({"train": Dataset.from_list(rows), "validation": Dataset.from_list(rows[:6])})
 
 
-def engine(tiny_model_dir, tmp_path, strategy="full", unfreeze=False, **overrides):
+def engine(tiny_model_dir, tmp_path, strategy="full", unfreeze=False, lr=1e-3, should_stop=None, **overrides):
     model, task, _ = build("bert", strategy, tiny_model_dir)
     disable_dropout(model)  # runs can then be compared exactly
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **overrides)
     acc = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
-    return Engine(acc, task, model, data(), collate, args, lr=1e-3, output_dir=tmp_path,
-                  use_feature_cache=False, unfreeze=unfreeze_schedule(model) if unfreeze else None)
+    return Engine(acc, task, model, data(), collate, args, lr=lr, output_dir=tmp_path, use_feature_cache=False,
+                  unfreeze=unfreeze_schedule(model) if unfreeze else None, should_stop=should_stop)
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tiny_model_dir, tmp_path):
@@ -73,6 +73,26 @@ def test_nan_loss_stops_with_the_step(tiny_model_dir, tmp_path):
         eng.model.classifier.weight.fill_(float("nan"))
     with pytest.raises(PeftkitError, match=r"loss or its gradients became NaN/inf at step 1 \(loss nan\)"):
         eng.fit()
+
+
+def test_a_rate_beyond_floats_is_named_not_a_traceback(tiny_model_dir, tmp_path):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=2, lr=1e38)
+    with pytest.raises(PeftkitError, match=r"optimizer step \d+ overflowed.*--learning_rate 1e\+38"):
+        eng.fit()
+
+
+def test_a_search_pruner_stops_the_run_at_an_evaluation(tiny_model_dir, tmp_path):
+    asked = []
+
+    def prune_at_two(step, metrics):
+        asked.append((step, sorted(metrics)))
+        return step == 2
+
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=8, eval_steps=1,
+                 should_stop=prune_at_two)
+    fit = eng.fit()
+    assert fit.pruned_at_step == 2 and fit.global_step == 2 and fit.stopped_early
+    assert [step for step, _ in asked] == [1, 2] and "accuracy" in asked[0][1]
 
 
 def nan_at(eng, bad_steps):

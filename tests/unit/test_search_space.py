@@ -140,3 +140,13 @@ def test_a_failed_trials_error_is_found_behind_a_progress_bar(tmp_path):
     assert last_error(log) == "The training loss became NaN/inf at step 4."
     log.write_text("Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory.\n")
     assert last_error(log) == "torch.OutOfMemoryError: CUDA out of memory."
+
+
+def test_timeout_starts_no_trial_after_it(tmp_path, capsys):
+    out = tmp_path / "s"
+    code = main(["search", "--timeout", "0.000001", "--n_trials", "3", "--output_dir", str(out), "--strategy", "head",
+                 "--max_steps", "1"])
+    captured = capsys.readouterr()
+    assert code == 1 and "--timeout 1e-06 s reached: no further trial started" in captured.out + captured.err
+    assert "No trial completed" in captured.err and not list(out.glob("trial_*"))
+    assert "0 trials" in (out / "search.md").read_text()
