@@ -206,3 +206,32 @@ def test_image_cls_with_augmentation_on_two_processes_trains_like_one(tmp_path):
     for key in w1:
         assert (w1[key] - w2[key]).abs().max() < 1e-3, key
     assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 1e-2  # moved far beyond the tolerance (0.023)
+
+
+def test_a_search_prunes_a_two_process_trial(tmp_path):
+    """Trials under `accelerate launch`: the main process asks the pruner, and every process stops with it."""
+    import csv
+
+    from peftkit.search.space import build_space
+
+    files = []
+    for name, n in (("train.csv", 64), ("validation.csv", 32)):
+        files.append(tmp_path / name)
+        with open(files[-1], "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows([f"a {('dull', 'fine')[i % 2]} film, number {i}", ("neg", "pos")[i % 2]] for i in range(n))
+    space = ["--strategy", "head", "--learning_rate", "0.05", "0.02", "1e-7", "--metric_for_best_model", "loss",
+             "--max_steps", "8", "--eval_steps", "2"]
+    seed = next(s for s in range(50) if build_space("text_cls", space, None).grid(s)[-1]["learning_rate"] == 1e-7)
+    launcher = f"{sys.executable} -m accelerate.commands.launch --config_file {ROOT / CONFIG}"
+    cmd = [sys.executable, "-m", "peftkit", "search", "--method", "grid", "--sampler_seed", str(seed), "--launcher",
+           launcher, "--output_dir", str(tmp_path / "s"), *space, "--train_file", str(files[0]), "--validation_file",
+           str(files[1]), "--report_to", "none"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert {t["params"]["learning_rate"]: t["state"] for t in summary["trials"]} == {
+        0.05: "complete", 0.02: "complete", 1e-7: "pruned"}
+    results = json.loads((tmp_path / "s" / "trial_002" / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["pruned_at_step"] == 2 and results["global_step"] == 2
