@@ -49,6 +49,13 @@ def per_class(confusion: torch.Tensor, names: list[str]) -> dict[str, dict[str, 
     return out
 
 
+def macro_f1(confusion: torch.Tensor, scores: dict[str, dict[str, float]]) -> float:
+    """Mean F1 over the classes seen among the labels or the predictions, as the runs' own metric averages it (a
+    class absent from both would only pull the mean down)."""
+    seen = [s["f1"] for i, s in enumerate(scores.values()) if confusion[i].sum() or confusion[:, i].sum()]
+    return round(sum(seen) / len(seen), 4) if seen else 0.0
+
+
 def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> dict[str, Any]:
     """Expected calibration error over ``bins`` equal-width confidence bins, and each bin's figures."""
     edges = torch.linspace(0, 1, bins + 1)
@@ -138,7 +145,7 @@ def classification(task, model, processor, raw, data, batch_size: int, top_k: in
     scores = per_class(confusion, names)
     result = {
         "examples": len(labels), "accuracy": round((predicted == labels).float().mean().item(), 4),
-        "macro_f1": round(sum(s["f1"] for s in scores.values()) / len(scores), 4), "per_class": scores,
+        "macro_f1": macro_f1(confusion, scores), "per_class": scores,
         "confusion_matrix": {"labels": names, "counts": confusion.tolist(), "rows": "true label",
                              "columns": "predicted label"},
         "calibration": calibration(confidence, predicted == labels, bins),

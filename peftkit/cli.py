@@ -305,6 +305,11 @@ def _command_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given(ns: argparse.Namespace, *names: str) -> dict:
+    """The options among ``names`` that the user set (the run's own values stand for the rest)."""
+    return {k: getattr(ns, k) for k in names if getattr(ns, k) is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _command_parser()
@@ -351,8 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from peftkit.analysis import analyze
 
-            overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column")
-                         if getattr(ns, k) is not None}
+            overrides = given(ns, "text_column", "label_column", "text_pair_column")
             result = analyze(ns.run_dir, ns.split, ns.eval_file, ns.test_dir, ns.output_dir, ns.top_k, ns.bins,
                              overrides)
             out = result["output_dir"]
@@ -361,8 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{files}")
             return 0
         if ns.command == "eval":
-            overrides = {k: getattr(ns, k) for k in ("text_column", "label_column", "text_pair_column",
-                                                     "max_eval_samples") if getattr(ns, k) is not None}
+            overrides = given(ns, "text_column", "label_column", "text_pair_column", "max_eval_samples")
             metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file, ns.test_dir)
             text = json.dumps(metrics, indent=2)
             if ns.output_file:
@@ -375,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg = run_dir.read_config(ns.run_dir)
         task = build_from_config(cfg, DataArguments(**cfg["data"]))
-        inputs = task.read_inputs(ns.input_file, {k: getattr(ns, k) for k in ("text_column", "text_pair_column")})
+        inputs = task.read_inputs(ns.input_file, given(ns, "text_column", "text_pair_column"))
         check(bool(inputs), "No inputs: " + ("stdin" if ns.input_file in (None, "-") else ns.input_file)
               + " held none.")
         rows = run_dir.predict(ns.run_dir, inputs)

@@ -22,6 +22,7 @@ from typing import Any
 from peftkit import checkpoint
 from peftkit.errors import PeftkitError, check
 from peftkit.interrupt import SIGNALS, TrainingInterrupted
+from peftkit.runner import CONFIG_FILE
 from peftkit.search import report
 from peftkit.search.space import Space, flag_of
 from peftkit.search.trial import ENV, STUDY_NAME, make_pruner, open_storage
@@ -45,12 +46,14 @@ class Options:
 
 
 def direction(task: str, metric: str) -> str:
+    """Optuna's direction for ``metric`` of ``task`` (the task says which way is better)."""
     from peftkit.tasks import get_task
 
     return "minimize" if get_task(task).cls.metrics.get(metric, "max") == "min" else "maximize"
 
 
 def metric_of(space: Space) -> str:
+    """The metric that ranks trials: --metric_for_best_model if the space fixes it, else the task's."""
     from peftkit.tasks import get_task
 
     metric = space.fixed.get("metric_for_best_model") or get_task(space.task).cls.default_metric
@@ -60,6 +63,7 @@ def metric_of(space: Space) -> str:
 
 
 def make_sampler(method: str, seed: int, n_trials: int):
+    """Optuna sampler for ``--method``."""
     import optuna
 
     if method == "tpe":  # its first trials are random draws, then it models the good ones
@@ -118,7 +122,8 @@ def run(space: Space, opts: Options) -> dict[str, Any]:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(str(out / JOURNAL))
         # A seeded sampler restarted on a resumed study would draw its first trials' values again: offset the seed
-        earlier = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if _exists(storage) else 0
+        earlier = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) \
+            if STUDY_NAME in optuna.get_all_study_names(storage) else 0
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
                                     direction=direction(space.task, metric), pruner=make_pruner(opts.pruner),
                                     sampler=make_sampler(opts.method, opts.sampler_seed + earlier, n_trials))
@@ -130,10 +135,6 @@ def run(space: Space, opts: Options) -> dict[str, Any]:
         if opts.test and summary.get("best") is not None:
             summary = report.add_test(out, summary, runner.evaluate_test(summary["best"]["run_dir"]))
         return summary
-
-
-def _exists(storage) -> bool:
-    return any(s.study_name == STUDY_NAME for s in storage.get_all_studies())
 
 
 class TrialRunner:
@@ -193,8 +194,8 @@ class TrialRunner:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
         if first:
-            print(f"\npeftkit search: {signal.Signals(signum).name} received: the running trial saves a checkpoint "
-                  "and stops (again to stop it at once); rerun the same command to continue.", file=sys.stderr)
+            logger.warning("%s received: the running trial saves a checkpoint and stops (send it again to stop it at "
+                           "once); rerun the same command to continue.", signal.Signals(signum).name)
 
     def command(self, settings: dict[str, Any], run_dir: Path) -> list[str]:
         argv = ["-m", "peftkit", "train", "--task", self.space.task, "--strategy", settings["strategy"],
@@ -279,7 +280,7 @@ class TrialRunner:
 
     def evaluate_test(self, run_dir: str) -> dict[str, Any]:
         """The chosen configuration's test metrics (a separate `peftkit eval`); an error is reported, not raised."""
-        data = json.loads((Path(run_dir) / "peftkit_config.json").read_text())["data"]
+        data = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["data"]
         if not has_test_split(data):
             return {"skipped": "the data has no test split (pass --test_file, or --test_dir for images, to have the "
                                "chosen configuration tested)"}

@@ -29,6 +29,7 @@ def make_pruner(name: str):
 
 
 def open_storage(journal: str):
+    """The study's journal file as Optuna storage, safe for the search and its trial processes at once."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 

@@ -10,9 +10,8 @@ import torch
 
 from peftkit.data import ORIGIN
 from peftkit.evaluation import in_order
+from peftkit.tasks.token_cls import OUTSIDE
 from peftkit.tasks.token_data import IGNORE_INDEX, as_prefixed, entities
-
-OUTSIDE = -1  # as in token_cls: a word cut by --max_seq_length, scored as predicted O
 
 
 def word_tags(task, model, collator, data, batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
