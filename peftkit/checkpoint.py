@@ -200,9 +200,10 @@ def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer
 
 
 def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optimizer,
-            scheduler) -> tuple[TrainState, dict]:
+            scheduler, metric: str | None = None) -> tuple[TrainState, dict]:
     """Put weights, optimizer, scheduler and the best-so-far back as they were at ``path``; return the training
-    state then and the checkpoint (for its random generator states)."""
+    state then and the checkpoint (for its random generator states). ``metric``: the selection metric
+    (``TrainState.from_json``)."""
     ckpt = load(path, acc.process_index)
     missing = sorted(trainable - set(ckpt["weights"]))
     check(not missing, f"Checkpoint {str(path)!r} lacks trainable weights of this model (e.g. {missing[:3]}): it "
@@ -216,4 +217,4 @@ def restore(acc, path: Path, output_dir: Path, model, trainable: set[str], optim
     if acc.is_main_process:  # the best weights as they were then, not what a later step may have written
         BestWeights(output_dir).restore(ckpt["best"])
     acc.wait_for_everyone()
-    return TrainState.from_json(ckpt["state"]), ckpt
+    return TrainState.from_json(ckpt["state"], metric), ckpt

@@ -31,10 +31,11 @@ from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
 from peftkit.memory import HOST
 from peftkit.sampling import LENGTH_KEY, LengthGroupedSampler, real_token_share
-from peftkit.tasks import metric_is_better
+from peftkit.selection import compare, describe
 from peftkit.train_state import BestWeights, TrainState
 
 logger = logging.getLogger(__name__)
+EPOCH_CHECKPOINTS = 10  # at most about this many epoch-end checkpoints per run
 MAX_SKIP_STREAK = 10
 IGNORE_INDEX = -100  # the label transformers' losses skip
 
@@ -51,6 +52,7 @@ class FitResult:
     train_history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     pruned_at_step: int | None = None  # stopped by peftkit search's pruner
+    selection: dict | None = None  # the evaluation whose weights were kept, and why (selection.describe)
     feature_cache: bool = False
     skipped_steps: int = 0
     resumed_from_step: int | None = None
@@ -244,6 +246,9 @@ class Engine:
         steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         epochs = args.num_train_epochs or DEFAULT_EPOCHS  # the runner derives it; an Engine built by hand may not
         self.total = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+        # A checkpoint at every epoch end, or every k-th where a run has more than EPOCH_CHECKPOINTS epochs: tiny data
+        # trains up to 100 short epochs, and each checkpoint writes the whole training state.
+        self.checkpoint_every_epochs = max(1, math.ceil(math.ceil(self.total / steps_per_epoch) / EPOCH_CHECKPOINTS))
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
         self.scheduler = build_scheduler(self.optimizer, args, self.total, steps_per_epoch)
@@ -279,7 +284,7 @@ class Engine:
                     self._evaluate_and_select()
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self.epoch_start_rng = self.generator.get_state()
-                if state.step < self.total and not state.stop:
+                if state.step < self.total and not state.stop and state.epoch % self.checkpoint_every_epochs == 0:
                     self._checkpoint()
             self._evaluate_and_select()
         self.bar.close()
@@ -287,7 +292,7 @@ class Engine:
 
     def _resume(self, path: Path) -> dict:
         self.state, ckpt = checkpoint.restore(self.acc, path, self.output_dir, self.prepared, self.trainable,
-                                              self.optimizer, self.scheduler)
+                                              self.optimizer, self.scheduler, self.metric)
         self.generator.set_state(ckpt["rng"]["data_epoch_start"])
         self.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
         logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, self.state.step,
@@ -482,9 +487,13 @@ class Engine:
             logger.info("Stopping at step %d: peftkit search pruned this trial (its %s trails the other trials' at "
                         "this point).", state.step, name)
             state.stop, self.pruned_at_step = True, state.step
-        if metric_is_better(self.task, name, metrics[name], state.best):
-            state.best, state.bad_evals = metrics[name], 0
+        kept = next((row for row in state.history if row["step"] == state.best_step), None)
+        keep, improved = compare(self.task.metrics, name, metrics, kept)
+        if keep:  # better, or tied and lower in validation loss, or tied throughout and later (selection.py)
+            state.best_step = state.step
             self._save_best()
+        if improved:
+            state.bad_evals = 0
         else:
             state.bad_evals += 1
             patience = self.args.early_stopping_patience
@@ -514,6 +523,8 @@ class Engine:
                          epochs=state.epoch, train_runtime_s=runtime, train_samples=state.samples,
                          history=state.history, train_history=state.train_history, stopped_early=state.stop,
                          pruned_at_step=self.pruned_at_step,
+                         selection=describe(state.history, self.metric, state.best_step)
+                         if state.best_step is not None else None,
                          feature_cache=self.cache is not None, train_tokens=state.tokens,
                          train_positions=state.positions,
                          step_time_median_s=statistics.median(times) if times else None,

@@ -30,9 +30,11 @@ def hub_name(model_name_or_path: str) -> str | None:
 def _metrics_table(results: dict[str, Any]) -> str:
     splits = [(name, results.get(key)) for name, key in (("validation", "eval"), ("test", "test"))]
     splits = [(name, m) for name, m in splits if m]
-    keys = list(splits[0][1]) if splits else []
+    # every metric of either split, in order: a split can lack one (an entity type its sentences never hold)
+    keys = list(dict.fromkeys(k for _, m in splits for k in m))
     rows = ["| split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    rows += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |" for name, m in splits]
+    rows += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "-" for k in keys) + " |"
+             for name, m in splits]
     return "\n".join(rows)
 
 
@@ -79,8 +81,10 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         f"on {results['num_processes']} process(es) ({results['device']})",
         f"- **Command:** `{results['command']}`", "",
         "## Results", "", _metrics_table(results), "", *_final_table(results),
-        "The checkpoint was selected on validation " + f"`{results.get('metric_for_best_model')}`; the test "
-        "split was never used for selection. Full settings: `peftkit_config.json`; all figures: `results.json`.", "",
+        "The checkpoint was selected on validation " + f"`{results.get('metric_for_best_model')}`"
+        + (f" (step {results['selection']['step']}: {results['selection']['reason']})" if results.get("selection")
+           else "") + "; the test split was never used for selection. Full settings: `peftkit_config.json`; all "
+        "figures: `results.json`.", "",
         "## Use", "", "```python", load, "```", "",
         "or `peftkit predict RUN_DIR` / `peftkit eval RUN_DIR`" + (", and `peftkit merge RUN_DIR --output_dir DIR` for "
                                                                    "a plain transformers model." if adapter and not

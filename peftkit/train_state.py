@@ -28,8 +28,8 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs completed
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch
-    best: float | None = None  # best value of the selection metric so far
-    bad_evals: int = 0  # evaluations since it last improved (early stopping)
+    best_step: int | None = None  # the step whose evaluation's weights are kept so far (selection.py)
+    bad_evals: int = 0  # evaluations since the selection metric last improved (early stopping)
     samples: int = 0  # training examples seen, all processes
     tokens: int = 0  # real (non-padding) training tokens seen, all processes
     positions: int = 0  # token positions computed for them, padding included (--group_by_length cuts these)
@@ -44,9 +44,15 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("saved", True)}
 
     @classmethod
-    def from_json(cls, saved: dict[str, Any]) -> TrainState:
+    def from_json(cls, saved: dict[str, Any], metric: str | None = None) -> TrainState:
+        """The state saved in a checkpoint. ``metric``: the run's selection metric, which locates the kept step in
+        a checkpoint written before 2026-12-06 (it saved the best value, not its step)."""
         names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("saved", True)}
-        return cls(**{k: v for k, v in saved.items() if k in names}, resumed_from=saved["step"])
+        state = cls(**{k: v for k, v in saved.items() if k in names}, resumed_from=saved["step"])
+        if "best_step" not in saved and saved.get("best") is not None and metric:
+            # the strict "better than" of then kept the first evaluation that reached the best value
+            state.best_step = next((row["step"] for row in state.history if row.get(metric) == saved["best"]), None)
+        return state
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:

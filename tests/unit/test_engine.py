@@ -67,6 +67,50 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_model_dir, tmp_pa
     assert not (tmp_path / "best_trainable.safetensors").exists()
 
 
+def scripted_evaluations(eng, rows, monkeypatch):
+    """Make the first ``len(rows)`` validation evaluations report ``rows``' metrics; snapshot the weights at each."""
+    snapshots, real, rows = [], eng.evaluate, list(rows)
+
+    def scripted(model, loader, split):
+        metrics = real(model, loader, split)
+        if split == "validation" and len(snapshots) < len(rows):
+            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+            metrics |= rows[len(snapshots) - 1]
+        return metrics
+
+    monkeypatch.setattr(eng, "evaluate", scripted)
+    return snapshots
+
+
+def test_a_tie_on_the_metric_keeps_the_later_lower_loss_weights(tiny_model_dir, tmp_path, monkeypatch):
+    # A small validation set at accuracy 1.0 from the first epoch on, while the loss still falls: the weights of
+    # the last epoch are kept, not the first, undertrained ones (issue 32).
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=8, num_train_epochs=4)
+    snapshots = scripted_evaluations(eng, [{"accuracy": 0.5, "loss": 0.9}, {"accuracy": 1.0, "loss": 0.649},
+                                           {"accuracy": 1.0, "loss": 0.101}, {"accuracy": 1.0, "loss": 0.065}],
+                                     monkeypatch)
+    fit = eng.fit()
+    assert [h["step"] for h in fit.history] == [2, 4, 6, 8]
+    for name, param in eng.model.named_parameters():
+        torch.testing.assert_close(param, snapshots[3][name], msg=name)
+    assert fit.selection["step"] == 8 and fit.selection["epoch"] == 4 and fit.selection["tied_steps"] == [4, 6]
+    assert fit.selection["reason"] == ("validation accuracy 1.0000 tied at steps 4, 6, 8; the lowest validation "
+                                       "loss (0.0650) broke the tie")
+
+
+def test_a_tie_with_a_higher_loss_keeps_the_earlier_weights_and_counts_for_patience(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=8, num_train_epochs=6,
+                 early_stopping_patience=2)
+    snapshots = scripted_evaluations(eng, [{"accuracy": 1.0, "loss": 0.2}, {"accuracy": 1.0, "loss": 0.3},
+                                           {"accuracy": 1.0, "loss": 0.4}], monkeypatch)
+    fit = eng.fit()
+    assert fit.stopped_early and [h["step"] for h in fit.history] == [2, 4, 6]
+    for name, param in eng.model.named_parameters():
+        torch.testing.assert_close(param, snapshots[0][name], msg=name)
+    assert fit.selection["step"] == 2 and "the lowest validation loss (0.2000) broke the tie" in fit.selection["reason"]
+
+
 def test_nan_loss_stops_with_the_step(tiny_model_dir, tmp_path):
     eng = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=3)
     with torch.no_grad():
