@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from peftkit.data import ORIGIN
-from peftkit.errors import check
+from peftkit.errors import check, require
 from peftkit.evaluation import in_order
 
 TOP_PAIRS = 5  # confused pairs named in analysis.md
@@ -90,28 +91,42 @@ def error_rows(raw, labels, probs, names: list[str], text_column: str | None, to
     return rows
 
 
-def analyze(run_dir: str, split: str = "test", eval_file: str | None = None, eval_dir: str | None = None,
+def analyze(run_dir: str, split: str | None = None, eval_file: str | None = None, eval_dir: str | None = None,
             output_dir: str | None = None, top_k: int = 20, bins: int = 10,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Analyse a trained run on ``split`` of its data (or ``eval_file`` / image folder ``eval_dir``); returns
-    analysis.json's content and writes the files listed in the module's docstring. A task with its own analysis
-    (``analyze_split``: token_cls, causal_lm) gives its figures; the rest read one label per example."""
-    from peftkit.run_dir import eval_data, load_run
+    """Analyse a trained run on ``split`` of its data (None: ``run_dir.default_split``; or ``eval_file`` / image
+    folder ``eval_dir``); returns analysis.json's content and writes the files listed in the module's docstring. A
+    task with its own analysis (``analyze_split``: token_cls, causal_lm) gives its figures; the rest read one label
+    per example."""
+    from peftkit.run_dir import default_split, eval_data, load_run
 
     check(top_k > 0 and bins > 0, "--top_k and --bins must be positive.")
+    require("peftkit analyze", {"matplotlib": "matplotlib>=3.8"})  # its plots; checked before any work
     model, processor, cfg, task = load_run(run_dir, overrides)
+    split = split or ("test" if eval_file or eval_dir else default_split(cfg))
     raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     check(len(data[split]) > 0, f"The {split} data holds no examples.")
-    batch_size = cfg["training"].get("per_device_eval_batch_size", 64)
     named = split if not (eval_file or eval_dir) else None
     out = Path(output_dir or Path(run_dir) / f"analysis_{named or 'file'}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    source = eval_file or eval_dir or f"the run's {split} split"
+    try:
+        return _write_analysis(run_dir, task, model, processor, cfg, raw[split], data[split], named,
+                               eval_file or eval_dir or f"the run's {split} split", out, top_k, bins)
+    except BaseException:
+        if created:  # no half-written folder left behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_analysis(run_dir: str, task, model, processor, cfg: dict[str, Any], raw, data, named: str | None,
+                    source: str, out: Path, top_k: int, bins: int) -> dict[str, Any]:
+    batch_size = cfg["training"].get("per_device_eval_batch_size", 64)
     own = getattr(task, "analyze_split", None)
     if own is not None:
-        part = own(model, processor, raw[split], data[split], batch_size, out, top_k)
+        part = own(model, processor, raw, data, batch_size, out, top_k)
     else:
-        part = classification(task, model, processor, raw[split], data[split], batch_size, top_k, bins, out)
+        part = classification(task, model, processor, raw, data, batch_size, top_k, bins, out)
     from peftkit import analysis_plots
 
     if part.get("confusion") is not None:

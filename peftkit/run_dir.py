@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from peftkit.runner import CONFIG_FILE
 from peftkit.strategies import get_strategy
 from peftkit.tasks import build_from_config, prepare_model
 
+logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
@@ -80,6 +82,20 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None):
     return model, processor, cfg, task
 
 
+def default_split(cfg: dict[str, Any]) -> str:
+    """The split `peftkit eval` and `analyze` read unless told: the test split where the run's data has one, else
+    the validation split, with a warning. peftkit carves a validation split out of a user's training file when
+    none is given, never a test split: a run trained on own files has one only with --test_file (--test_dir)."""
+    data = cfg.get("data") or {}
+    own = data.get("train_file") or data.get("train_dir")
+    if not own or data.get("test_file") or data.get("test_dir"):
+        return "test"
+    logger.warning("The run was trained without --test_file, so its data has no test split: evaluating its "
+                   "validation split, which chose the kept checkpoint (its figures flatter the model). For an "
+                   "unbiased figure pass --eval_file with held-out labelled data (image_cls: --test_dir).")
+    return "validation"
+
+
 def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str | None = None,
               eval_dir: str | None = None) -> DatasetDict:
     """``split`` of a run's data (or ``eval_file`` / the image folder ``eval_dir`` as that split), checked against
@@ -98,17 +114,23 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
         raw, _ = load_raw_datasets(dataclasses.replace(task.data, use_test_split=True), cfg["training"]["seed"],
                                    builtin=task.builtin_dataset,
                                    own=getattr(task, "load_raw", None))
-        check(split in raw, f"The run's data has no {split!r} split (splits: {sorted(raw)}).")
+        check(split in raw, f"The run's data has no {split!r} split (splits: {', '.join(sorted(raw))})"
+              + (": it was trained without --test_file (peftkit carves a validation split out of a training file, "
+                 "never a test split)" if split == "test" and (task.data.train_file or task.data.train_dir)
+                 and not task.data.dataset_name else "")
+              + f". Pass --split {' or --split '.join(s for s in sorted(raw) if s != 'train') or 'validation'}, "
+              "or --eval_file with labelled data (image_cls: --test_dir with a folder).")
         raw = DatasetDict({split: raw[split]})
     task.check_known_labels(raw)
     return raw, task.preprocess(raw, processor)
 
 
-def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str,
+def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str | None,
                  eval_file: str | None, eval_dir: str | None = None) -> dict[str, float]:
     """Metrics of a trained run on ``eval_file`` (or image folder ``eval_dir``), or on ``split`` of its data (with
-    overrides)."""
+    overrides; None: ``default_split``)."""
     model, processor, cfg, task = load_run(run_dir, data_overrides)
+    split = split or ("test" if eval_file or eval_dir else default_split(cfg))
     raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     acc = Accelerator()
     loader = eval_loader(data[split], cfg["training"].get("per_device_eval_batch_size", 64), task.collator(processor))
