@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -97,14 +99,62 @@ def load_file(path: str) -> Dataset:
     kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
     check(p.stat().st_size > 0, f"Data file {path!r} is empty. Give it a header row and examples.")
     try:
-        ds = datasets.load_dataset(builder, data_files={"data": str(p)}, split="data", **kwargs)
+        with _datasets_quiet():  # its reader logs a misleading 0-based row of its own before failing
+            ds = datasets.load_dataset(builder, data_files={"data": str(p)}, split="data", **kwargs)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not what it claims
         if "corresponds to no data" in str(exc):
             raise PeftkitError(f"Data file {path!r} holds no examples (a header only?).") from exc
+        bad = bad_json_place(p) if builder == "json" else None
+        if bad is not None:
+            raise PeftkitError(f"Could not read {path!r}: {bad}. Fix it (a .jsonl file holds one JSON object per "
+                               "line; a .json file one JSON document or one object per line).") from exc
         raise PeftkitError(f"Could not read {path!r} as {builder}: {str(exc).splitlines()[0][:300]}") from exc
     check(len(ds) > 0, f"Data file {path!r} holds no examples.")
     unit, first = ROW_NAMES[suffixes[-1]]
     return with_origin(ds, p.name, unit, first)
+
+
+@contextlib.contextmanager
+def _datasets_quiet():
+    logger_ = logging.getLogger("datasets")
+    before = logger_.level
+    logger_.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger_.setLevel(before)
+
+
+def bad_json_place(path: Path) -> str | None:
+    """Where a JSON or JSON Lines file stops being valid, as a person finds it: its 1-based line and column (None
+    where the text parses, and the reader failed for another reason)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return f"it is not UTF-8 text (byte {exc.start} of the file)"
+    lines = text.split("\n")  # only newlines end a line: JSON strings may hold U+2028 and the like
+
+    def first_bad_line() -> str | None:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})"
+        return None
+
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return first_bad_line()
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        first = next((line for line in lines if line.strip()), "")
+        try:  # a .json file of one object per line is read as JSON Lines, as datasets does
+            json.loads(first)
+        except json.JSONDecodeError:
+            return f"it is not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
+        return first_bad_line()
+    return None
 
 
 def load_conll(path: Path) -> Dataset:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from peftkit import assets
-from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL, ModelArguments
+from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL, UNFREEZE_BY, ModelArguments
 from peftkit.errors import PeftkitError, check
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ def resolve_model_path(name: str) -> str:
         return str(assets.builtin_model_path())
     if name == BUILTIN_VISION_MODEL:
         return str(assets.builtin_vision_model_path())
-    return str(assets.builtin_lm_path()) if name == BUILTIN_LM else name
+    if name == BUILTIN_LM:
+        return str(assets.builtin_lm_path())
+    return os.path.expanduser(name) if name.startswith("~") else name  # a config file's ~ is the shell's too
 
 
 @functools.cache
@@ -130,7 +132,6 @@ def layerwise_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
     return {name: decay**depth for name, depth in layer_depths(model).items()}
 
 
-UNFREEZE_BY = 0.5  # gradual unfreezing: the last (deepest) group joins half-way through training
 
 
 def unfreeze_schedule(model: nn.Module) -> dict[str, float]:
@@ -174,12 +175,23 @@ def load_config(model_args: ModelArguments, **config_kwargs: Any):
         return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
                                           **source_kwargs(path), **config_kwargs)
     except Exception as exc:  # noqa: BLE001
+        if not Path(path).exists() and looks_like_path(path):
+            raise PeftkitError(f"Cannot load model {model_args.model_name_or_path!r} (--model_name_or_path): no such "
+                               f"directory ({Path(path).absolute()}). Check the path.") from exc
         hint = ("The directory holds no readable config.json." if Path(path).exists() else
                 "No such local directory, and the Hub is out of reach and its local cache does not hold it."
                 if hub_unreachable() else "No such local directory, and the Hub does not know that name.")
         raise PeftkitError(f"Cannot load model {model_args.model_name_or_path!r}: {hint} Pass "
                            "--model_name_or_path with a local model directory (or a Hub name where the Hub "
                            f"is reachable). Detail: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def looks_like_path(name: str) -> bool:
+    """``name`` can only be a local path, not a Hub name (``model`` or ``owner/model``, which never start with a dot
+    or hold a backslash): it starts like a path, has more than one slash, or its first part is a local directory."""
+    if name.startswith(("/", ".", "~")) or name.endswith("/") or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
 def load_tokenizer(source: ModelArguments | str | Path):

@@ -80,6 +80,23 @@ def test_lora_merge_matches_plain_peft(runs, tmp_path, builtin_model_dir):
     torch.testing.assert_close(plain_logits(out, TEXTS), expected, rtol=0, atol=1e-4)
 
 
+def test_the_commands_print_their_verdict_not_a_report_or_loading_bars(runs, tmp_path, capsys):
+    from peftkit.cli import main
+
+    out = tmp_path / "merged"
+    capsys.readouterr()
+    assert main(["merge", str(runs["lora"]), "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"Merged into {out}: parity passed (max |logit difference| ")
+    assert lines[1] == f"Report: {out / 'merge_report.json'}" and (out / "merge_report.json").is_file()
+    (tmp_path / "in.txt").write_text("a sharp, funny film\n")
+    for command in (["eval", str(runs["lora"])], ["predict", str(runs["lora"]), "--input_file",
+                                                   str(tmp_path / "in.txt")]):
+        assert main(command) == 0
+        assert "Loading weights" not in capsys.readouterr().err
+
+
 def test_qlora_merges_into_full_precision_and_reports_both(runs, tmp_path):
     out = tmp_path / "merged"
     report = merge([str(runs["qlora"])], str(out))

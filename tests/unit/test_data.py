@@ -133,3 +133,22 @@ def test_unknown_format(tmp_path):
     path.write_text("x")
     with pytest.raises(PeftkitError, match="Cannot tell the format"):
         load_raw_datasets(DataArguments(train_file=str(path)), seed=0)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("chats.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n{"text": "c" "label": "y"}\n',
+     r"'chats.jsonl': line 4 is not valid JSON \(Expecting ',' delimiter at column 14\)"),
+    ("rows.json", '[{"text": "a", "label": 1},\n {"text": "b" "label": 2}]\n',
+     r"'rows.json': it is not valid JSON at line 2, column 15 \(Expecting ',' delimiter\)"),
+    # a broken line that does not even start with "{", after a text holding U+2028 (not a line end)
+    ("more.jsonl", '{"text": "a\u2028b", "label": "x"}\n{"text": "b", "label": "y"}\nlabel: y\n',
+     r"'more.jsonl': line 3 is not valid JSON"),
+    ("lines.json", '{"text": "a", "label": "x"}\n{"text": "b" "label": "y"}\n',
+     r"'lines.json': line 2 is not valid JSON"),
+])
+def test_a_broken_json_file_names_its_line(tmp_path, monkeypatch, caplog, name, content, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(content)
+    with pytest.raises(PeftkitError, match=message):
+        load_raw_datasets(DataArguments(train_file=name), seed=0)
+    assert "row" not in caplog.text  # the reader's own 0-based "row 2" is not shown

@@ -67,3 +67,22 @@ def test_bfloat16_base_with_lora_warns_only_about_what_trains_in_half(half_check
 def test_an_unknown_dtype_is_refused():
     with pytest.raises(PeftkitError, match="--torch_dtype must be one of float32, bfloat16, float16, auto"):
         validate(ModelArguments(torch_dtype="float64"), DataArguments(), TrainingArguments())
+
+
+@pytest.mark.parametrize("name", ["./models/my-bert", "/data/models/bert", "runs/2026/bert", "~/no-such-model"])
+def test_a_missing_local_path_is_named_as_a_path_not_blamed_on_the_hub(tmp_path, monkeypatch, name):
+    from peftkit.modeling import load_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PeftkitError) as info:
+        load_config(ModelArguments(name))
+    assert "no such directory" in str(info.value) and "Hub" not in str(info.value)
+
+
+def test_a_hub_name_still_says_the_hub_is_out_of_reach(tmp_path, monkeypatch):
+    from peftkit.modeling import load_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PeftkitError, match="the Hub is out of reach"):
+        load_config(ModelArguments("someone/some-model"))
