@@ -24,6 +24,7 @@ from peftkit.config import (
     ModelArguments,
     TrainingArguments,
     derive_defaults,
+    too_few_steps,
     validate,
 )
 from peftkit.data import load_raw_datasets
@@ -249,7 +250,7 @@ def fit_results(fit) -> dict[str, Any]:
         "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
         "time_breakdown_s": fit.time_breakdown_s,
         "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
-        "pruned_at_step": fit.pruned_at_step,
+        "pruned_at_step": fit.pruned_at_step, "best_step": (fit.selection or {}).get("step"), "selection": fit.selection,
         "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
         "resumed_from_step": fit.resumed_from_step, "history": fit.history, "train_history": fit.train_history,
     }
@@ -298,6 +299,10 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
         # evaluating every epoch is what a user expects unless told: said only when it is not that
         if name != "eval_every_epochs" or derived["value"] > 1:
             logger.info("--%s %g (derived: %s; pass it to choose).", name, derived["value"], derived["why"])
+    if acc.is_main_process and "num_train_epochs" in config["derived"] and (
+            warning := too_few_steps(train_args, len(data["train"]), acc.num_processes,
+                                     getattr(task, "min_steps", MIN_STEPS))):
+        logger.warning(warning)
     model, head_names = load_model(task, strategy, model_args, processor)
     # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
     # read packed rows (--packing) as several examples. Put back before saving.

@@ -164,13 +164,14 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
         assert row["batch_size"] == 8 and row["derived"] == {"per_device_train_batch_size": 8,
                                                              "num_train_epochs": row["epochs"],
                                                              "eval_every_epochs": 1}  # 32 validation examples
-    assert {r["epochs"] for r in rows} == {10}  # 2 and 5 steps an epoch: both capped
+    # 2 and 5 steps an epoch: each gets the epochs for 100 steps
+    assert {(r["train_size"], r["epochs"]) for r in rows} == {("16", 50), ("40", 20)}
     table = (tmp_path / "results.md").read_text()
     assert "## Learning curve" in table and "| strategy | 16 | 40 |" in table
     curve_row = next(line for line in table.split("## Learning curve")[1].splitlines() if line.startswith("| head |"))
     accs = [100 * r["accuracy"] for r in rows]
     assert curve_row.count("+-") == 2 and f"[{accs[0]:.1f} {accs[1]:.1f}]" in curve_row
-    assert "batch 8 x 10 ep = 20 steps" in table and "strategy table is at 40" in table
+    assert "batch 8 x 50 ep = 100 steps" in table and "strategy table is at 40" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Stopped after the first size (its rows kept, the second size's run directories gone): --resume runs the
     # rest only, and the table is the same

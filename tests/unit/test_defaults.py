@@ -8,6 +8,7 @@ import pytest
 
 from peftkit.config import (
     MAX_AUTO_EPOCHS,
+    MAX_CLASS_EPOCHS,
     MIN_CLASS_VISITS,
     MIN_STEPS,
     TrainingArguments,
@@ -16,6 +17,8 @@ from peftkit.config import (
     derive_epochs,
     derive_eval_every_epochs,
     derive_learning_rate,
+    epochs_for_classes,
+    too_few_steps,
 )
 
 
@@ -42,12 +45,40 @@ def test_a_set_batch_size_or_max_steps_is_not_second_guessed():
     (500, 8, 2),      # 63 steps an epoch: 2 epochs give 126
     (300, 8, 3),      # 38 an epoch: 3 epochs for 114 steps
     (100, 8, 8),      # 13 an epoch: 8 epochs for 104 steps
-    (20, 8, MAX_AUTO_EPOCHS),  # 3 an epoch: capped, not 34 epochs
+    (20, 8, 34),      # 3 an epoch: 34 epochs for 102 steps (the former cap of 10 gave 30)
+    (4, 8, MAX_AUTO_EPOCHS),  # 1 an epoch: the cap, 100 steps
 ])
 def test_small_data_gets_more_epochs_up_to_a_cap(n, batch, expected_epochs):
     epochs, why = derive_epochs(TrainingArguments(per_device_train_batch_size=batch), n, 1)
     assert epochs == expected_epochs
     assert ("needs at least" in why) == (expected_epochs > 2)
+
+
+def test_a_tiny_ner_set_gets_the_steps_its_task_asks_for():
+    """24 sentences (the issue's case): batch 8, 3 steps an epoch; the derived schedule reaches token_cls's 300
+    steps (it was 10 epochs, 30 steps, and learned nothing), and nothing warns."""
+    args = TrainingArguments()
+    derive_defaults(args, 24, 60, 1, num_classes=7, min_steps=300)
+    assert (args.per_device_train_batch_size, args.num_train_epochs) == (8, 100)
+    assert too_few_steps(args, 24, 1, 300) is None
+
+
+def test_data_too_small_even_for_the_cap_is_warned_about():
+    args = TrainingArguments()
+    derived = derive_defaults(args, 12, 60, 1, num_classes=7, min_steps=300)
+    assert derived["num_train_epochs"]["why"].endswith(f"(at most {MAX_AUTO_EPOCHS} epochs): 200 steps")
+    warning = too_few_steps(args, 12, 1, 300)
+    assert warning.startswith("Only 12 training examples: 100 epochs at batch 8 give 200 optimizer steps, under "
+                              "the 300") and "label more examples" in warning
+    # a schedule the user chose is theirs
+    assert too_few_steps(TrainingArguments(max_steps=10, per_device_train_batch_size=8), 12, 1, 300) is None
+
+
+def test_the_class_visit_rule_keeps_its_own_cap():
+    """Many classes in little data: the class-visit rule stops at MAX_CLASS_EPOCHS; only the steps rule goes
+    beyond it (300 examples in 21 classes: 10 epochs at batch 32 are already 100 steps)."""
+    assert epochs_for_classes(300, 21) == MAX_CLASS_EPOCHS
+    assert epochs_for_classes(24, 2) == MAX_CLASS_EPOCHS
 
 
 def test_set_epochs_are_not_second_guessed_and_decide_the_batch_size():
@@ -134,13 +165,17 @@ def test_a_tiny_run_gets_more_epochs_and_says_why(tmp_path, builtin_model_dir):
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
     code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
-                       str(tmp_path / "run"), "--report_to", "none"], task="text_cls", strategy="head")
+                       str(tmp_path / "run"), "--report_to", "none", "--keep_checkpoints", "--save_total_limit", "0"],
+                      task="text_cls", strategy="head")
     assert code == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    # 36 examples at batch 8: 5 steps an epoch, so the cap of epochs, evaluated after each one
-    assert results["num_train_epochs"] == MAX_AUTO_EPOCHS and results["global_step"] == 5 * MAX_AUTO_EPOCHS
+    # many short epochs write a checkpoint every other epoch (at most about 10), not one per epoch
+    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert steps == list(range(10, 100, 10)), steps
+    # 36 examples at batch 8: 5 steps an epoch, so 20 epochs for MIN_STEPS, evaluated after each one
+    assert results["num_train_epochs"] == 20 and results["global_step"] == 5 * 20 == MIN_STEPS
     assert results["derived"]["num_train_epochs"]["why"].startswith("5 optimizer steps per epoch at batch 8")
-    assert [h["epoch"] for h in results["history"]] == list(range(1, MAX_AUTO_EPOCHS + 1))
+    assert [h["epoch"] for h in results["history"]] == list(range(1, 21))
 
 
 @pytest.mark.parametrize("epochs,every,evaluated", [(4, 2, [2, 4]), (3, 2, [2, 3])])
@@ -255,3 +290,21 @@ def test_derive_defaults_scales_only_adam_and_only_strategies_that_say_where_the
     sgd = TrainingArguments(optimizer="sgd")
     assert "learning_rate" not in derive_defaults(sgd, **small, lr_reference_batch=32)
 
+
+
+def test_a_run_too_small_for_its_steps_warns_what_to_expect(tmp_path, builtin_model_dir, capsys):
+    from peftkit.cli import train_main
+
+    data = tmp_path / "d.jsonl"
+    rows = [{"tokens": ["visit", f"city{i}", "today"], "ner_tags": ["O", "B-LOC", "O"]} for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",
+                       str(tmp_path / "run"), "--report_to", "none"], task="token_cls", strategy="head") == 0
+    out = capsys.readouterr()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["num_train_epochs"] == MAX_AUTO_EPOCHS and results["global_step"] < 300
+    assert "WARNING peftkit.runner: Only 10 training examples: 100 epochs at batch 8 give 200 " in out.err
+    assert "Expect weak results" in out.err
+    # a hundred tied evaluations make one short line, not a list of a hundred steps
+    kept = next(line for line in out.out.splitlines() if line.startswith("Kept the weights"))
+    assert len(kept) < 250, kept
