@@ -200,7 +200,7 @@ def _build_dir(final: Path, make, asset: dict[str, str]) -> None:
         make(tmp)
         digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"source": asset["requirement"], "source_sha256": asset["sha256"],
-                                              "files": digests}, indent=1))
+                                              "files": digests, "checked": _stats(tmp, digests)}, indent=1))
         if final.exists():  # stale or damaged: replaced whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -227,10 +227,30 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(out)
 
 
+def _stats(directory: Path, names) -> dict[str, list[int]]:
+    """Size and modification time (ns) of each file: what changes when a file is rewritten, cut short or replaced."""
+    return {name: [(st := (directory / name).stat()).st_size, st.st_mtime_ns] for name in names}
+
+
 def _intact(directory: Path, asset: dict[str, str]) -> bool:
+    """The directory holds the files made from ``asset``, unchanged. Their digests are checked when made and again
+    only when a file's size or modification time differs from the last check: hashing the 538 MB built-in LM on
+    every load cost seconds."""
     try:
         marker = json.loads((directory / MARKER).read_text())
-        return marker["source_sha256"] == asset["sha256"] and all(
-            sha256_of(directory / name) == digest for name, digest in marker["files"].items())
+        if marker["source_sha256"] != asset["sha256"]:
+            return False
+        stats = _stats(directory, marker["files"])
+        if marker.get("checked") == stats:
+            return True
+        if not all(sha256_of(directory / name) == digest for name, digest in marker["files"].items()):
+            return False
     except (OSError, ValueError, KeyError):
         return False
+    tmp = directory / f".{MARKER}.{os.getpid()}.tmp"  # remember this check (whole, or not at all)
+    try:
+        tmp.write_text(json.dumps(marker | {"checked": stats}, indent=1))
+        os.replace(tmp, directory / MARKER)
+    except OSError:  # a read-only cache (an image's, another user's) is intact all the same: hashed every time
+        tmp.unlink(missing_ok=True)
+    return True

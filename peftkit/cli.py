@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from peftkit import hf_flags
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import PeftkitError, check, require
 
 DEBUG_FLAG = "--debug"
 
@@ -36,8 +37,11 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
     if not debug:
         quiet_known_noise()
     try:
-        check_torchvision()
-        return fn()
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - a mismatched torchvision is the user's to fix: say how
+            check_torchvision(exc)
+            raise
     except PeftkitError as exc:
         if debug:
             raise
@@ -50,12 +54,17 @@ def _guard(fn: Callable[[], int], argv: Sequence[str]) -> int:
         return 130
 
 
-def check_torchvision() -> None:
+def check_torchvision(failure: BaseException | None = None) -> None:
     """transformers imports torchvision whenever it is installed, and a torchvision built for another torch fails
-    to load (``operator torchvision::nms does not exist``), which breaks every task: say so, with the fix."""
+    to load (``operator torchvision::nms does not exist``), which breaks every task: say so, with the fix.
+
+    Asked after a command failed (``failure``), not before every command: importing torchvision to check costs
+    seconds, and a failure it does not explain is re-raised as it was."""
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
+        return
+    if failure is not None and "torchvision" not in _chain_text(failure):
         return
     try:
         import torchvision  # noqa: F401
@@ -69,6 +78,30 @@ def check_torchvision() -> None:
                            "torchvision==0.29.1, or pip uninstall torchvision (text tasks do not need it).") from exc
 
 
+def _chain_text(exc: BaseException) -> str:
+    """The messages of ``exc`` and of the exceptions it was raised from or during."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(f"{type(exc).__module__} {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
+
+
+def _one_line_error(message: str):
+    raise PeftkitError(f"{message}. See --help for every flag.")
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` answering a bad value or a missing argument with one line and exit 2, not its usage block."""
+    def error(message: str):
+        print(f"peftkit: error: {message}. See `{parser.prog} --help`.", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
+    return parser
+
+
 def build_train_parser(strategy_name: str, prog: str | None = None, task_name: str = "text_cls",
                        defaults: dict | None = None):
     """HfArgumentParser over the shared dataclasses plus the strategy's own, with its preset applied."""
@@ -80,7 +113,7 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
     from peftkit.tasks import get_task
 
     spec, task_spec = get_strategy(strategy_name), get_task(task_name)
-    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.cls, task_spec.cls), prog=prog, allow_abbrev=False,
+    parser = HfArgumentParser((*ARGUMENT_CLASSES, spec.flag_class, task_spec.flag_class), prog=prog, allow_abbrev=False,
                               description=f"Fine-tune for task {task_name!r} with the {strategy_name!r} strategy. "
                               "Trainer habits also work: --fp16/--bf16, --optim, --eval_strategy, --save_strategy, "
                               "--do_train/--do_eval.")
@@ -91,8 +124,9 @@ def build_train_parser(strategy_name: str, prog: str | None = None, task_name: s
                             f"{', '.join(available())} (each adds its own flags to this list)")
         parser.add_argument("--task", default=task_name, help=f"what is learned: {', '.join(available_tasks())} "
                             "(each sets its own defaults and adds its own flags)")
-    parser.set_defaults(**getattr(task_spec.cls, "training_defaults", {}), **task_spec.preset, **spec.preset,
+    parser.set_defaults(**getattr(task_spec.flag_class, "training_defaults", {}), **task_spec.preset, **spec.preset,
                         **(defaults or {}))
+    parser.error = _one_line_error  # a bad value gets its one line, not the 60-line usage block first
     for action in parser._actions:  # HfArgumentParser's --no_X flags show the default of X, which misleads
         if action.option_strings and action.option_strings[0].startswith("--no_"):
             action.help = f"turn off --{action.option_strings[0][5:]} (on by default)"
@@ -105,6 +139,7 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
     """``(model_args, data_args, train_args, strategy, task)`` from flags and an optional config file; ``defaults``:
     a recipe's own flag defaults."""
     from peftkit.config import load_config_file
+    from peftkit.tasks import get_task
 
     parser, spec = build_train_parser(strategy_name, prog, task_name, defaults)
     argv = hf_flags.rewrite_argv(list(argv))
@@ -127,8 +162,28 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
     check(not rest, f"Unrecognised arguments: {' '.join(rest)}.{hf_flags.suggest(rest, flags)} See --help for "
           "every flag.")
     model_args, data_args, train_args, strategy, task = outputs[:5]  # the last holds --config
+    # The parser filled the plug-ins' flags classes; the classes that do the work are built from them (and check
+    # their values) now that no --help is left to print.
+    strategy, task = _build(spec, strategy), _build(get_task(task_name), task)
     task.data = data_args
     return model_args, data_args, train_args, strategy, task
+
+
+def _build(spec, parsed):
+    """The plug-in's working class from its parsed flags; a plug-in that is its own flags class (no ``flags`` at
+    registration) is used as parsed, not built twice."""
+    if spec.flags is None or isinstance(parsed, spec.cls):
+        return parsed
+    return spec.cls(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed) if f.init})
+
+
+def kept_line(results: dict) -> str:
+    """Which evaluation's weights the run kept, and why (results.json "selection")."""
+    kept = results.get("selection")
+    if not kept:  # no evaluation chose (a run without validation data keeps its last weights)
+        return f"Kept the weights of the last step, {results['global_step']}: no validation evaluation chose."
+    epoch = f" (epoch {kept['epoch']:g})" if kept.get("epoch") is not None else ""
+    return f"Kept the weights of step {kept['step']}{epoch} of {results['global_step']}: {kept['reason']}."
 
 
 def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, prog: str | None = None,
@@ -138,10 +193,10 @@ def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, p
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
-        from peftkit import runner
-
         model_args, data_args, train_args, strat, task_obj = parse_train_args(argv, strategy, prog, task, defaults)
         _setup_logging(train_args.debug)
+        from peftkit import runner  # torch and accelerate: only once the flags are good (and no --help is asked)
+
         results = runner.train(task, strategy, strat, model_args, data_args, train_args, task_obj)
         from accelerate import PartialState
 
@@ -149,6 +204,7 @@ def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, p
             print(f"\n{strategy} on {results['dataset']}: {task_obj.headline(results)}"
                   + f" | trainable {results['trainable_params']:,} of {results['total_params']:,}"
                   f" ({results['trainable_percent']:.2f}%) | {results['train_runtime_s']:.0f} s"
+                  f"\n{kept_line(results)}"
                   f"\nSaved to {results['artifact_dir']} (results.json, peftkit_config.json, weights)")
         return 0
 
@@ -174,7 +230,7 @@ def _bench(argv: list[str]) -> int:
 
 
 def search_parser() -> argparse.ArgumentParser:
-    from peftkit.search.study import METHODS
+    from peftkit.search.space import METHODS
 
     p = argparse.ArgumentParser(
         prog="peftkit search", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -206,7 +262,7 @@ def search_parser() -> argparse.ArgumentParser:
 
 
 def _search(argv: list[str]) -> int:
-    parser = search_parser()
+    parser = _one_line_errors(search_parser())
     ns, rest = parser.parse_known_args(argv)
 
     def run() -> int:
@@ -218,10 +274,7 @@ def _search(argv: list[str]) -> int:
 
         _setup_logging(ns.debug)
         check(ns.n_trials is None or ns.n_trials > 0, f"--n_trials must be positive, got {ns.n_trials}.")
-        try:
-            import optuna  # noqa: F401
-        except ImportError as exc:
-            raise PeftkitError("peftkit search runs on Optuna: pip install optuna (or peftkit[search]).") from exc
+        require("peftkit search", {"optuna": "optuna>=4.0"}, extra="search")
         space = build_space(ns.task, rest, load_config_file(ns.space) if ns.space else None)
         opts = study.Options(Path(ns.output_dir), ns.method, ns.n_trials, ns.timeout, ns.pruner, ns.sampler_seed,
                              ns.launcher, ns.overwrite_output_dir, test=not ns.no_test)
@@ -265,7 +318,8 @@ def _command_parser() -> argparse.ArgumentParser:
                        help="second text column, for a sentence-pair run (default: the run's)")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
     e = sub.choices["eval"]
-    e.add_argument("--split", default="test", help="split of the run's data to evaluate (test or validation)")
+    e.add_argument("--split", default=None, help="split of the run's data to evaluate: test or validation (default: "
+                   "test where the run has one; a run trained on own files without --test_file has validation only)")
     e.add_argument("--eval_file", default=None, help="evaluate on this file instead of the run's data")
     e.add_argument("--test_dir", default=None, help="image_cls: evaluate on this folder of class sub-folders instead")
     e.add_argument("--label_column", default=None)
@@ -288,7 +342,8 @@ def _command_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="what a trained classifier gets wrong: per-class scores, confusion matrix, "
                        "calibration, the most confident mistakes")
     a.add_argument("run_dir", help="the --output_dir of a finished run")
-    a.add_argument("--split", default="test", help="split of the run's data (test or validation)")
+    a.add_argument("--split", default=None, help="split of the run's data: test or validation (default: test where "
+                   "the run has one, else validation)")
     a.add_argument("--eval_file", default=None, help="analyse this data file instead of the run's data")
     a.add_argument("--test_dir", default=None, help="image_cls: analyse this folder of class sub-folders instead")
     a.add_argument("--output_dir", default=None, help="where the files go (default: RUN_DIR/analysis_<split>)")
@@ -297,6 +352,8 @@ def _command_parser() -> argparse.ArgumentParser:
     for flag in ("--text_column", "--text_pair_column", "--label_column"):
         a.add_argument(flag, default=None, help="column of --eval_file (default: the run's)")
     a.add_argument("--debug", action="store_true", help="show full tracebacks")
+    for command in ("eval", "predict", "merge", "analyze"):
+        _one_line_errors(sub.choices[command])
     p = sub.choices["predict"]
     p.add_argument("--input_file", default=None, help=".txt (one text or prompt per line; for a sentence-pair "
                    "run `text<TAB>second text`), CSV/JSON/JSONL/parquet (for causal_lm: a messages or prompt column); "
@@ -335,21 +392,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
 
     def run() -> int:
+        from transformers.utils import logging as hf_logging
+
         from peftkit import run_dir
 
         _setup_logging(ns.debug)
+        if not ns.debug:  # a trained run's model loads in seconds: its per-tensor "Loading weights" bar is noise
+            hf_logging.disable_progress_bar()
         if ns.command == "merge":
-            from peftkit.merge import merge
+            from pathlib import Path
+
+            from peftkit.merge import REPORT_FILE, merge
 
             report = merge(ns.run_dirs, ns.output_dir, dtype=ns.dtype, parity_samples=ns.parity_samples,
                            weights=ns.weights, combination=ns.combination, density=ns.density,
                            base_model_name_or_path=ns.base_model_name_or_path, overwrite=ns.overwrite)
-            print(json.dumps(report, indent=2))
             diff = report["adapter_vs_merged_reloaded"]
-            print(f"\nMerged into {ns.output_dir}: max |logit difference| {diff['max_abs_logit_diff']:.2e}, "
-                  f"prediction agreement {diff['prediction_agreement']:.4f} over {report['parity_rows']} predictions "
-                  f"of {report['parity_samples']} examples; "
-                  f"{report['metric']} {report[report['metric']]}")
+            print(f"Merged into {ns.output_dir}: parity passed (max |logit difference| "
+                  f"{diff['max_abs_logit_diff']:.2e}, prediction agreement {diff['prediction_agreement']:.4f} over "
+                  f"{report['parity_rows']} predictions of {report['parity_samples']} examples); {report['metric']} "
+                  f"{report[report['metric']]}\n"
+                  f"Report: {Path(ns.output_dir) / REPORT_FILE}")
             return 0
         if ns.command == "analyze":
             from pathlib import Path

@@ -3,6 +3,7 @@ entry-point group, variants as presets of one class."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -15,11 +16,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Spec:
-    """A registered class and the field values its name presets."""
+    """A registered plug-in: the class that does the work (``target``: the class, or ``"module:Class"``, imported on
+    first use), the dataclass of its command-line flags (``flags``: the class itself unless given), and the field
+    values its name presets. Built-ins name their classes and give light flags classes, so that parsing flags and
+    ``--help`` import neither torch nor transformers' models."""
 
     name: str
-    cls: type
+    target: type | str
     preset: dict[str, Any] = field(default_factory=dict)
+    flags: type | None = None
+
+    @property
+    def cls(self) -> type:
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.target
+
+    @property
+    def flag_class(self) -> type:
+        return self.flags or self.cls
 
 
 class Registry:
@@ -31,8 +47,8 @@ class Registry:
         self.specs: dict[str, Spec] = {}
         self.loaded = False
 
-    def register(self, name: str, cls: type, **preset: Any) -> None:
-        self.specs[name] = self.spec(name, cls, preset)
+    def register(self, name: str, cls: type | str, flags: type | None = None, **preset: Any) -> None:
+        self.specs[name] = self.spec(name, cls, preset, flags)
 
     def _load_entry_points(self) -> None:
         if self.loaded:

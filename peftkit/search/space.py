@@ -24,6 +24,8 @@ from typing import Any
 from peftkit import hf_flags
 from peftkit.errors import PeftkitError, check
 
+METHODS = ("tpe", "random", "grid")  # samplers of `peftkit search --method`
+
 # Set by the search for every trial, never by the space.
 RESERVED = {"output_dir": "each trial writes to OUTPUT_DIR/trial_NNN", "overwrite_output_dir": "see --help",
             "resume_from_checkpoint": "rerun the same search command to resume", "use_test_split":

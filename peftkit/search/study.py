@@ -29,7 +29,6 @@ from peftkit.search.trial import ENV, STUDY_NAME, make_pruner, open_storage
 
 logger = logging.getLogger(__name__)
 JOURNAL, SPACE_FILE, LOCK = "study.journal", "search_space.json", "search.lock"
-METHODS = ("tpe", "random", "grid")
 
 
 @dataclass

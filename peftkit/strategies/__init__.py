@@ -22,11 +22,12 @@ entry point's name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from peftkit.registry import Registry, Spec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ENTRY_POINT_GROUP = "peftkit.strategies"
 
@@ -50,9 +51,10 @@ class StrategySpec(Spec):
 REGISTRY = Registry("strategy", ENTRY_POINT_GROUP, spec=StrategySpec)
 
 
-def register(name: str, cls: type, **preset: Any) -> None:
-    """Register strategy class ``cls`` under ``name``, with ``preset`` field values as its defaults."""
-    REGISTRY.register(name, cls, **preset)
+def register(name: str, cls: type | str, flags: type | None = None, **preset: Any) -> None:
+    """Register strategy class ``cls`` (or ``"module:Class"``, imported on first use) under ``name``, with
+    ``preset`` field values as its defaults; ``flags``: the dataclass of its flags, when not ``cls`` itself."""
+    REGISTRY.register(name, cls, flags, **preset)
 
 
 def get_strategy(name: str) -> StrategySpec:
@@ -64,18 +66,29 @@ def available() -> list[str]:
     return REGISTRY.available()
 
 
-from peftkit.strategies.freezing import BitFit, Full, Head, Partial  # noqa: E402
-from peftkit.strategies.ia3 import IA3  # noqa: E402
-from peftkit.strategies.lora import LoRA, LoRAPlus  # noqa: E402
+from peftkit.strategies.flags import FullFlags, HeadFlags, IA3Flags, LoRAFlags, NoFlags, PartialFlags  # noqa: E402
 
-register("full", Full)
-register("head", Head)
-register("partial", Partial)
-register("lora", LoRA)
-register("qlora", LoRA, quantization="nf4")
-register("dora", LoRA, use_dora=True)
-register("rslora", LoRA, use_rslora=True)
-register("loraplus", LoRAPlus, loraplus_lr_ratio=16.0)
-register("pissa", LoRA, lora_init="pissa")
-register("bitfit", BitFit)
-register("ia3", IA3)
+FREEZING, LORA = "peftkit.strategies.freezing", "peftkit.strategies.lora"
+register("full", f"{FREEZING}:Full", FullFlags)
+register("head", f"{FREEZING}:Head", HeadFlags)
+register("partial", f"{FREEZING}:Partial", PartialFlags)
+register("lora", f"{LORA}:LoRA", LoRAFlags)
+register("qlora", f"{LORA}:LoRA", LoRAFlags, quantization="nf4")
+register("dora", f"{LORA}:LoRA", LoRAFlags, use_dora=True)
+register("rslora", f"{LORA}:LoRA", LoRAFlags, use_rslora=True)
+register("loraplus", f"{LORA}:LoRAPlus", LoRAFlags, loraplus_lr_ratio=16.0)
+register("pissa", f"{LORA}:LoRA", LoRAFlags, lora_init="pissa")
+register("bitfit", f"{FREEZING}:BitFit", NoFlags)
+register("ia3", "peftkit.strategies.ia3:IA3", IA3Flags)
+
+_CLASSES = {"Full": FREEZING, "Head": FREEZING, "Partial": FREEZING, "BitFit": FREEZING, "LoRA": LORA,
+            "LoRAPlus": LORA, "IA3": "peftkit.strategies.ia3"}
+
+
+def __getattr__(name: str) -> Any:
+    """``from peftkit.strategies import LoRA`` still works: the classes load on first use (PEP 562)."""
+    if name in _CLASSES:
+        import importlib
+
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

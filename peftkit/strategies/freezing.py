@@ -3,23 +3,14 @@ biases (BitFit)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
 from peftkit.errors import check
-from peftkit.modeling import UNFREEZE_BY, layerwise_lr_scales, top_backbone_parameters, unfreeze_schedule
-
-LLRD_HELP = ("full/partial: layer-wise learning-rate decay: each transformer layer learns this many times as fast "
-             "as the one above it (the head and top layer at the full rate, the embeddings slowest); 1 = off, "
-             "0.8-0.95 are usual.")
-
-
-GU_HELP = ("full/partial: gradual unfreezing: the head (and what sits above the layers) trains alone at first, then "
-           "one more layer from the top joins at even intervals until every trainable layer trains, "
-           f"{UNFREEZE_BY:g} of the way through the run. Guards pretrained features against a new head's "
-           "first large gradients.")
+from peftkit.modeling import layerwise_lr_scales, top_backbone_parameters, unfreeze_schedule
+from peftkit.strategies.flags import FullFlags, HeadFlags, NoFlags, PartialFlags
 
 
 def check_decay(value: float) -> None:
@@ -33,11 +24,9 @@ def _unfreeze_head(model: nn.Module, head_names: list[str]) -> None:
 
 
 @dataclass
-class Full:
+class Full(FullFlags):
     """Every weight trains: the reference every other strategy is measured against."""
 
-    layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
-    gradual_unfreezing: bool = field(default=False, metadata={"help": GU_HELP})
     default_learning_rate: ClassVar[float] = 5e-5
 
     def __post_init__(self) -> None:
@@ -58,14 +47,9 @@ class Full:
 
 
 @dataclass
-class Head:
+class Head(HeadFlags):
     """Only the new task head trains, on a frozen backbone (feature extraction)."""
 
-    cache_features: bool = field(
-        default=True,
-        metadata={"help": "head: run the frozen backbone once (eval mode) and train the head on the cached "
-                  "features. Exact, and much faster than a forward pass per step."},
-    )
     default_learning_rate: ClassVar[float] = 2e-2
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
@@ -80,14 +64,9 @@ class Head:
 
 
 @dataclass
-class Partial:
+class Partial(PartialFlags):
     """The top N transformer layers, whatever sits above them (pooler, final norm) and the head train."""
 
-    num_trainable_layers: int = field(
-        default=2, metadata={"help": "partial: how many of the top transformer layers train."}
-    )
-    layerwise_lr_decay: float = field(default=1.0, metadata={"help": LLRD_HELP})
-    gradual_unfreezing: bool = field(default=False, metadata={"help": GU_HELP})
     default_learning_rate: ClassVar[float] = 1e-4
 
     def __post_init__(self) -> None:
@@ -112,7 +91,7 @@ class Partial:
 
 
 @dataclass
-class BitFit:
+class BitFit(NoFlags):
     """Only the bias terms of the pretrained model (BitFit, Ben Zaken et al. 2022) and the new head train.
 
     Measured on 1,000 built-in reviews (126 steps, 2026-11-26): with the BERT pooler it stayed at the majority

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
 from peftkit.errors import PeftkitError
+from peftkit.strategies.flags import IA3Flags
 
 
 @dataclass
-class IA3:
+class IA3(IA3Flags):
     """Infused adapters (Liu et al. 2022): one learned scale per channel of the adapted layers; the new head
     trains fully and is saved with them. Far fewer weights than LoRA, and merges into the base exactly."""
 
-    ia3_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "ia3: modules to rescale. Default: peft's (key, value, output.dense for "
-                                "BERT; k_proj, v_proj, down_proj for Llama)."}
-    )
-    ia3_feedforward_modules: list[str] | None = field(
-        default=None, metadata={"help": "ia3: which of them are feed-forward (scaled on their input). Default: "
-                                "peft's."}
-    )
     default_learning_rate: ClassVar[float] = 1e-2
 
     def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:

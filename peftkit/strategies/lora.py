@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import PeftkitError, check
+from peftkit.strategies.flags import LoRAFlags
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
 # Adapter initialisations: peft's names. pissa and olora start the adapter on the weights' principal
@@ -27,42 +28,9 @@ def fsdp_enabled() -> bool:
 
 
 @dataclass
-class LoRA:
+class LoRA(LoRAFlags):
     """Low-rank adapters on the attention projections; the new head trains fully and is saved with them."""
 
-    lora_r: int = field(default=8, metadata={"help": "lora: adapter rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "lora: scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "lora: dropout on the adapter input."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": "lora: module names to adapt, or all-linear (every linear layer but the output "
-                  "head). Default: peft's choice for the architecture (query/value for BERT, q_proj/v_proj for "
-                  "Llama)."},
-    )
-    use_dora: bool = field(default=False, metadata={"help": "lora: weight-decomposed LoRA (DoRA)."})
-    lora_init: str = field(
-        default="default",
-        metadata={"help": "lora: adapter initialisation: default (B = 0), gaussian, pissa (the weights' top singular "
-                  "directions train, the rest stays frozen; pissa_niter_N: a fast randomised SVD with N iterations, "
-                  "for large models), or olora (QR). pissa and olora are saved converted back to an ordinary "
-                  "adapter on the original base (of rank 2r), so loading, merging and serving are as for LoRA."},
-    )
-    use_rslora: bool = field(
-        default=False, metadata={"help": "lora: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (rsLoRA)."}
-    )
-    loraplus_lr_ratio: float = field(
-        default=0.0, metadata={"help": "lora: train the B matrices at this many times the learning rate of A (LoRA+; "
-                               "0 = off, the same rate)."}
-    )
-    quantization: str | None = field(
-        default=None, metadata={"help": "lora: quantize the frozen base: nf4 or fp4 (4-bit) or int8 (QLoRA)."}
-    )
-    bnb_4bit_compute_dtype: str = field(
-        default="auto", metadata={"help": "qlora: dtype of 4-bit matmuls: float32, bfloat16, float16 or auto."}
-    )
-    bnb_4bit_use_double_quant: bool = field(
-        default=True, metadata={"help": "qlora: also quantize the quantization constants (saves memory)."}
-    )
     default_learning_rate: ClassVar[float] = 2e-3
     # ... chosen at a global batch of 32 (the built-in reviews and NER data); in a task that asks for it
     # (token_cls), a smaller batch derived for small data takes it x sqrt(batch / 32) unless --learning_rate is

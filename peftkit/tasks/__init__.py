@@ -86,9 +86,10 @@ class TaskSpec(Spec):
 REGISTRY = Registry("task", ENTRY_POINT_GROUP, spec=TaskSpec)
 
 
-def register(name: str, cls: type, **preset: Any) -> None:
-    """Register task class ``cls`` under ``name``, with ``preset`` field values as its defaults."""
-    REGISTRY.register(name, cls, **preset)
+def register(name: str, cls: type | str, flags: type | None = None, **preset: Any) -> None:
+    """Register task class ``cls`` (or ``"module:Class"``, imported on first use) under ``name``, with ``preset``
+    field values as its defaults; ``flags``: the dataclass of its flags, when not ``cls`` itself."""
+    REGISTRY.register(name, cls, flags, **preset)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -126,18 +127,21 @@ def not_plain_reason(task) -> str | None:
     return fn() if fn else None
 
 
-def metric_is_better(task, name: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if task.metrics.get(name, "max") == "min" else value > best
+from peftkit.tasks.flags import CausalLMFlags, ImageClsFlags, TextClsFlags, TokenClsFlags  # noqa: E402
+
+register("text_cls", "peftkit.tasks.text_cls:TextClassification", TextClsFlags)
+register("causal_lm", "peftkit.tasks.causal_lm:CausalLM", CausalLMFlags)
+register("token_cls", "peftkit.tasks.token_cls:TokenClassification", TokenClsFlags)
+register("image_cls", "peftkit.tasks.image_cls:ImageClassification", ImageClsFlags)
+
+_CLASSES = {"TextClassification": "text_cls", "CausalLM": "causal_lm", "TokenClassification": "token_cls",
+            "ImageClassification": "image_cls"}
 
 
-from peftkit.tasks.causal_lm import CausalLM  # noqa: E402
-from peftkit.tasks.image_cls import ImageClassification  # noqa: E402
-from peftkit.tasks.text_cls import TextClassification  # noqa: E402
-from peftkit.tasks.token_cls import TokenClassification  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """``from peftkit.tasks import TextClassification`` still works: the classes load on first use (PEP 562)."""
+    if name in _CLASSES:
+        import importlib
 
-register("text_cls", TextClassification)
-register("causal_lm", CausalLM)
-register("token_cls", TokenClassification)
-register("image_cls", ImageClassification)
+        return getattr(importlib.import_module(f"peftkit.tasks.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

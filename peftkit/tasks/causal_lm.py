@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,11 +14,11 @@ import torch
 from datasets import Dataset, DatasetDict, Value
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from peftkit.config import BUILTIN_LM
 from peftkit.data import ORIGIN, builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import check
 from peftkit.modeling import load_tokenizer
 from peftkit.tasks import generation
+from peftkit.tasks.flags import CausalLMFlags
 from peftkit.tasks.sft_data import (
     IGNORE,
     check_conversations,
@@ -49,27 +49,8 @@ def builtin_review_questions() -> DatasetDict:
 
 
 @dataclass
-class CausalLM:
+class CausalLM(CausalLMFlags):
     """Supervised fine-tuning of a decoder LM (SmolLM2, Llama, Qwen, ...)."""
-
-    messages_column: str | None = field(
-        default=None, metadata={"help": "causal_lm: column of conversations (lists of {role, content} turns), "
-                                "rendered by the chat template. Default: `messages` when the data has it."})
-    prompt_column: str | None = field(
-        default=None, metadata={"help": "causal_lm: prompt column (with --completion_column). Default: `prompt`."})
-    completion_column: str | None = field(
-        default=None, metadata={"help": "causal_lm: completion column; the loss falls on it. Default: `completion`."})
-    train_on_prompt: bool = field(
-        default=False, metadata={"help": "causal_lm: put the loss on prompt / user tokens too (default: only on "
-                                 "completions and assistant turns)."})
-    packing: bool = field(
-        default=False, metadata={"help": "causal_lm: pack several training examples into each --max_seq_length "
-                                 "row (attention stays within each example)."})
-    generation_max_new_tokens: int = field(
-        default=32, metadata={"help": "causal_lm: tokens generated per held-out prompt at the final evaluation."})
-    max_generation_samples: int = field(
-        default=200, metadata={"help": "causal_lm: held-out prompts generated for (0 = no generation)."})
-
     name: ClassVar[str] = "causal_lm"
     auto_class: ClassVar[type] = AutoModelForCausalLM
     peft_task_type: ClassVar[str] = "CAUSAL_LM"
@@ -77,9 +58,6 @@ class CausalLM:
     pipeline_tag: ClassVar[str] = "text-generation"
     metrics: ClassVar[dict[str, str]] = {"loss": "min", "perplexity": "min"}
     default_metric: ClassVar[str] = "loss"
-    training_defaults: ClassVar[dict[str, Any]] = {
-        "model_name_or_path": BUILTIN_LM, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "max_seq_length": 512, "num_train_epochs": 1.0}
     builtin_dataset = staticmethod(builtin_review_questions)
 
     def __post_init__(self) -> None:

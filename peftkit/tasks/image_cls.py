@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,10 +15,10 @@ from datasets import ClassLabel, DatasetDict, Image
 from torch import nn
 from transformers import AutoModelForImageClassification
 
-from peftkit.config import BUILTIN_VISION_MODEL
 from peftkit.data import check_columns, load_file
 from peftkit.errors import PeftkitError, check
 from peftkit.modeling import backbone, resolve_model_path, source_kwargs
+from peftkit.tasks.flags import ImageClsFlags
 from peftkit.tasks.image_data import (
     AUGMENT_KEY,
     IMAGE_SUFFIXES,
@@ -52,21 +52,8 @@ CLASSIC_RECIPE = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "lea
 
 
 @dataclass
-class ImageClassification:
+class ImageClassification(ImageClsFlags):
     """One label per image; classes are discovered from the data (folder names, or a label column)."""
-
-    image_column: str = field(
-        default="image", metadata={"help": "image_cls: column of a CSV/JSON file (image paths, relative to the file) "
-                                  "or of a Hub dataset (an Image feature) holding the images."})
-    augment: str = field(
-        default="none", metadata={"help": "image_cls: random changes to training images, each epoch anew: none, "
-                                  "flip (horizontal), flip_crop (random resized crop keeping 25-100%% of the area, "
-                                  "then flip) or randaugment (flip, then RandAugment). Evaluation always uses the "
-                                  "processor's deterministic resize and crop."})
-    skip_bad_images: bool = field(
-        default=False, metadata={"help": "image_cls: leave out (and count) images that cannot be read, instead of "
-                                 "refusing the data."})
-
     name: ClassVar[str] = "image_cls"
     auto_class: ClassVar[type] = AutoModelForImageClassification
     peft_task_type: ClassVar[str | None] = None  # peft has no image task type: a plain PeftModel
@@ -75,7 +62,6 @@ class ImageClassification:
     metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
                                          "loss": "min"}
     default_metric: ClassVar[str] = "accuracy"
-    training_defaults: ClassVar[dict[str, Any]] = {"model_name_or_path": BUILTIN_VISION_MODEL}
     # Full fine-tuning of a CNN with AdamW wants more than the 5e-5 chosen for transformers: 3 epochs of 320
     # built-in digits with flips (seed 42, 2026-11-27) gave validation accuracy 0.69 at 1e-4, 0.84 at 3e-4 and
     # 0.76 at 1e-3 (5e-5: 0.62 without flips); partial (the top 2 stages) 0.73 at its 1e-4 and 0.86 at 3e-4.

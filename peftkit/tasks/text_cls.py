@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,22 +16,15 @@ from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import PeftkitError, check
 from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.tasks.flags import TextClsFlags
 from peftkit.tasks.labelled import example_metrics, example_rows, head_config, label_ids
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TextClassification:
+class TextClassification(TextClsFlags):
     """Sequence classification with any number of classes; labels are discovered from the data."""
-
-    pooling: str = field(
-        default="auto",
-        metadata={"help": "text_cls: what the classifier reads: pooler (the architecture's own head: BERT's pooler, "
-                  "the first token), mean, cls or max of the last hidden states (no dense layer), or auto: the "
-                  "pooling a sentence-embedding model declares when no backbone weight trains (head, bitfit), "
-                  "the architecture's own otherwise."},
-    )
     name: ClassVar[str] = "text_cls"
     auto_class: ClassVar[type] = AutoModelForSequenceClassification
     peft_task_type: ClassVar[str] = "SEQ_CLS"
@@ -40,7 +33,6 @@ class TextClassification:
     metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
                                          "loss": "min"}
     default_metric: ClassVar[str] = "accuracy"
-    training_defaults: ClassVar[dict[str, Any]] = {}  # flag defaults of this task (none: the global ones)
     builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +17,7 @@ from peftkit import assets
 from peftkit.data import ORIGIN, check_columns, load_file, read_lines
 from peftkit.errors import check
 from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.tasks.flags import TokenClsFlags
 from peftkit.tasks.labelled import head_config, label_ids
 from peftkit.tasks.token_data import (
     IGNORE_INDEX,
@@ -98,18 +99,8 @@ class TokenCollator:
 
 
 @dataclass
-class TokenClassification:
+class TokenClassification(TokenClsFlags):
     """Tag every word (NER, POS, chunking): tags are discovered from the data, in any scheme."""
-
-    label_all_tokens: bool = field(
-        default=False, metadata={"help": "token_cls: train on every sub-token of a word (its later pieces get the "
-                                 "I- form of a B- tag). Default: only a word's first sub-token carries its tag; "
-                                 "evaluation always scores words by their first sub-token."})
-    label_names: list[str] | None = field(
-        default=None, metadata={"help": "token_cls: tag names for integer tags that carry none (tag i is the i-th "
-                                "name), e.g. --label_names O B-PER I-PER. Not needed for string tags or a "
-                                "dataset whose tag column is a ClassLabel sequence."})
-
     name: ClassVar[str] = "token_cls"
     auto_class: ClassVar[type] = AutoModelForTokenClassification
     peft_task_type: ClassVar[str] = "TOKEN_CLS"
@@ -118,7 +109,6 @@ class TokenClassification:
     metrics: ClassVar[dict[str, str]] = {"f1": "max", "precision": "max", "recall": "max", "accuracy": "max",
                                          "loss": "min"}
     default_metric: ClassVar[str] = "f1"
-    training_defaults: ClassVar[dict[str, Any]] = {"text_column": "tokens", "label_column": "ner_tags"}
     # Tagging leaves a model predicting `O` for every word for its first few hundred steps. 300 built-in
     # sentences at the derived batch 32 (100 steps) left full fine-tuning there on all of seeds 42-44 (entity F1
     # 0.0); at batch 8 (380 steps) full reached 0.26 / 0.30 / 0.30, head and LoRA's mean rose (LoRA at its 2e-3

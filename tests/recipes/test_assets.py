@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -50,3 +51,33 @@ def test_the_converted_copy_is_reused_only_while_intact(lm_dir):
     finally:
         weights.write_bytes(data)
     assert assets._intact(path, assets.SMOLLM2)
+
+
+def test_an_unchanged_copy_is_not_hashed_again(lm_dir, monkeypatch):
+    path, _ = lm_dir
+    assert assets._intact(path, assets.SMOLLM2)  # checked (hashed) once, if a test before changed a file
+    hashed = []
+    monkeypatch.setattr(assets, "sha256_of", lambda p: hashed.append(p) or "")
+    assert assets.builtin_lm_path() == path and assets.builtin_lm_path() == path and not hashed
+    weights = path / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: checked again (and fails here)
+    assert not assets._intact(path, assets.SMOLLM2) and hashed
+    monkeypatch.undo()
+    assert assets._intact(path, assets.SMOLLM2)  # the real digests still match: the new times are remembered
+
+
+def test_a_read_only_cache_is_still_intact(tmp_path, monkeypatch):
+    """A cache the user cannot write (baked into an image, another user's): the check cannot be remembered, and
+    the copy is used all the same."""
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    asset = {"sha256": "source"}
+    (tmp_path / assets.MARKER).write_text(json.dumps({"source_sha256": "source",
+                                                      "files": {"w.bin": assets.sha256_of(tmp_path / "w.bin")}}))
+
+    def read_only(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(assets.os, "replace", read_only)
+    assert assets._intact(tmp_path, asset)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.bin", assets.MARKER])  # no temporary left

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -32,6 +34,25 @@ def test_qlora_is_lora_plus_a_preset():
     assert type(strategy).__name__ == "LoRA" and strategy.quantization == "nf4"
     strategy = parse_train_args(["--quantization", "int8"], "qlora")[3]
     assert strategy.quantization == "int8"
+
+
+def test_a_bad_value_is_one_line_not_the_usage_block(capsys):
+    assert main(["train", "--learning_rate", "abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["peftkit: error: argument --learning_rate/--learning-rate: invalid float value: 'abc'. See --help "
+                   "for every flag."]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["analyze", "RUN", "--top_k", "abc"], "argument --top_k: invalid int value: 'abc'. See `peftkit analyze --help`."),
+    (["eval"], "the following arguments are required: run_dir. See `peftkit eval --help`."),
+    (["search", "--n_trials", "x"], "argument --n_trials: invalid int value: 'x'. See `peftkit search --help`."),
+])
+def test_the_other_commands_answer_a_bad_value_in_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"peftkit: error: {expected}"]
 
 
 def test_unknown_config_key(tmp_path, capsys):
@@ -214,3 +235,30 @@ def test_an_existing_runs_file_list_says_how_many_it_leaves_out(tmp_path):
     args.resume_from_checkpoint = "latest"  # a finished run is not trained again from its last checkpoint
     with pytest.raises(PeftkitError, match="has finished .*nothing to resume"):
         prepare_output_dir(tmp_path, args, {})
+
+
+HEAVY = ("torch", "torchvision", "accelerate", "peft", "bitsandbytes", "datasets")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--help"], ["train", "--task", "causal_lm", "--strategy", "qlora", "--help"],
+    ["train", "--task", "image_cls", "--strategy", "head", "--help"], ["train", "--task", "token_cls", "--help"],
+    ["search", "--help"], ["eval", "--help"], ["train", "--learning_rate", "abc"], ["train", "--lora_rank", "4"],
+])
+def test_help_and_flag_mistakes_load_no_torch(argv):
+    # `peftkit train --help` took 14-16 s when it loaded torch, transformers' models and bitsandbytes (issue 32)
+    code = (f"import sys\nfrom peftkit.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+    assert "bitsandbytes" not in proc.stderr and "kernels-community" not in proc.stderr
+
+
+def test_a_recipes_help_loads_no_torch():
+    from helpers import ROOT
+
+    code = ("import runpy, sys\nsys.argv = ['lora_sft.py', '--help']\ntry:\n"
+            f"    runpy.run_path({str(ROOT / 'recipes' / 'lora_sft.py')!r}, run_name='__main__')\n"
+            f"except SystemExit:\n    pass\nprint([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "--generation_max_new_tokens" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"

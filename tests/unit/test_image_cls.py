@@ -208,17 +208,27 @@ def test_data_args_know_the_image_folders():
     assert {"train_dir", "validation_dir", "test_dir"} <= set(fields)
 
 
-def test_a_torchvision_built_for_another_torch_stops_every_command_with_the_fix(monkeypatch, capsys):
+def test_a_torchvision_built_for_another_torch_stops_a_command_with_the_fix(monkeypatch, capsys):
     import builtins
 
-    real_import = builtins.__import__
+    import peftkit.run_dir  # noqa: F401 - loaded before the import breaks: its read_config is replaced below
+
+    real_import, imported = builtins.__import__, []
 
     def broken(name, *args, **kwargs):
         if name == "torchvision":
+            imported.append(name)
             raise RuntimeError("operator torchvision::nms does not exist")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", broken)
+    assert main(["train", "--learning_rate", "abc"]) == 2  # a failure of its own: torchvision is not even imported
+    assert "invalid float value: 'abc'" in capsys.readouterr().err and not imported
+
+    def load_as_transformers_does(run_dir):
+        import torchvision  # noqa: F401 - transformers imports it whenever it is installed
+
+    monkeypatch.setattr("peftkit.run_dir.read_config", load_as_transformers_does)
     assert main(["eval", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "does not load beside torch" in err and "pip install torch==2.14.1 torchvision==0.29.1" in err

@@ -67,6 +67,37 @@ def test_plugin_strategy_gets_its_flags_and_trains(fresh_registry, tiny_model_di
     assert model(**batch()).loss.isfinite()
 
 
+@dataclass
+class Scaled(BiasOnly):
+    """A plug-in with a derived field and a __post_init__ that must run once."""
+
+    scale: float = 2.0
+    effective: float = field(init=False, default=0.0)
+
+    def __post_init__(self):
+        self.scale *= 10  # not idempotent: building the class twice would give 200
+        self.effective = self.scale
+
+
+def test_a_plugin_without_a_flags_class_is_built_once(fresh_registry):
+    from peftkit.cli import parse_train_args
+
+    registry.register("scaled", Scaled)
+    strategy = parse_train_args(["--scale", "2"], "scaled")[3]
+    assert type(strategy) is Scaled and (strategy.scale, strategy.effective) == (20.0, 20.0)
+
+
+def test_the_built_in_classes_still_import_from_their_packages():
+    from peftkit.strategies import LoRA
+    from peftkit.strategies.lora import LoRA as Direct
+    from peftkit.tasks import TextClassification
+    from peftkit.tasks.text_cls import TextClassification as DirectTask
+
+    assert LoRA is Direct and TextClassification is DirectTask
+    with pytest.raises(AttributeError):
+        registry.NoSuchStrategy  # noqa: B018
+
+
 # -- tasks ------------------------------------------------------------------------------------------------------
 import peftkit.tasks as task_registry  # noqa: E402
 
