@@ -15,6 +15,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {  # file -> (distributed_type, recipe used on GPUs)
+    "default_config.yaml": ("NO", "lora_text_cls.py"),
     "cpu_2proc.yaml": ("MULTI_GPU", "lora_text_cls.py"),
     "multi_gpu.yaml": ("MULTI_GPU", "lora_text_cls.py"),
     "fsdp_lora.yaml": ("FSDP", "lora_text_cls.py"),
@@ -41,7 +42,7 @@ def test_config_parses_as_accelerate_reads_it_and_says_how_to_launch(name):
         assert config.num_machines > 1 and config.main_process_ip and config.main_process_port
 
 
-GPU_RUNS = [n for n in CONFIGS if n not in ("cpu_2proc.yaml", "multi_node.yaml")]
+GPU_RUNS = [n for n in CONFIGS if n not in ("cpu_2proc.yaml", "multi_node.yaml", "default_config.yaml")]
 
 
 @pytest.mark.gpu
