@@ -250,7 +250,8 @@ def fit_results(fit) -> dict[str, Any]:
         "train_samples": fit.train_samples, "step_time_median_s": fit.step_time_median_s,
         "time_breakdown_s": fit.time_breakdown_s,
         "global_step": fit.global_step, "epochs": fit.epochs, "stopped_early": fit.stopped_early,
-        "pruned_at_step": fit.pruned_at_step, "best_step": (fit.selection or {}).get("step"), "selection": fit.selection,
+        "pruned_at_step": fit.pruned_at_step, "best_step": (fit.selection or {}).get("step"),
+        "selection": fit.selection,
         "feature_cache": fit.feature_cache, "skipped_steps": fit.skipped_steps,
         "resumed_from_step": fit.resumed_from_step, "history": fit.history, "train_history": fit.train_history,
     }
