@@ -93,16 +93,16 @@ def error_rows(raw, labels, probs, names: list[str], text_column: str | None, to
 
 def analyze(run_dir: str, split: str | None = None, eval_file: str | None = None, eval_dir: str | None = None,
             output_dir: str | None = None, top_k: int = 20, bins: int = 10,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, trust=None) -> dict[str, Any]:
     """Analyse a trained run on ``split`` of its data (None: ``run_dir.default_split``; or ``eval_file`` / image
     folder ``eval_dir``); returns analysis.json's content and writes the files listed in the module's docstring. A
     task with its own analysis (``analyze_split``: token_cls, causal_lm) gives its figures; the rest read one label
     per example."""
-    from peftkit.run_dir import default_split, eval_data, load_run
+    from peftkit.run_dir import Trust, default_split, eval_data, load_run
 
     check(top_k > 0 and bins > 0, "--top_k and --bins must be positive.")
     require("peftkit analyze", {"matplotlib": "matplotlib>=3.8"})  # its plots; checked before any work
-    model, processor, cfg, task = load_run(run_dir, overrides)
+    model, processor, cfg, task = load_run(run_dir, overrides, trust or Trust())
     split = split or ("test" if eval_file or eval_dir else default_split(cfg))
     raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     check(len(data[split]) > 0, f"The {split} data holds no examples.")

@@ -156,6 +156,11 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
         chosen = values.get("task", task_name)
         check(chosen == task_name, f"{pre.config} sets task {chosen!r}, but this run is {task_name!r}. Use a "
               f"{chosen} recipe (or `peftkit train --task {chosen}`).")
+        on_command_line = any(a.split("=")[0] in ("--trust_remote_code", "--trust-remote-code") for a in argv)
+        check(not values.get("trust_remote_code") or on_command_line,
+              f"{pre.config} sets trust_remote_code, which lets transformers run Python code from the model's files. "
+              "peftkit takes that permission only from the command line: add --trust_remote_code to this command "
+              "if you trust that code.")
         parser.set_defaults(**{k: v for k, v in values.items() if k in known})
     *outputs, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     flags = [a.option_strings[0][2:] for a in parser._actions if a.option_strings]
@@ -354,6 +359,12 @@ def _command_parser() -> argparse.ArgumentParser:
     a.add_argument("--debug", action="store_true", help="show full tracebacks")
     for command in ("eval", "predict", "merge", "analyze"):
         _one_line_errors(sub.choices[command])
+        sub.choices[command].add_argument(
+            "--trust_remote_code", action="store_true", help="let transformers run the Python code of the run's "
+            "base model (its auto_map), as training with --trust_remote_code did; never taken from the run's files")
+        sub.choices[command].add_argument(
+            "--skip_base_check", action="store_true", help="load an adapter whose run records no fingerprint of its "
+            "base model (peftkit cannot then check that the base is the one it was trained on)")
     p = sub.choices["predict"]
     p.add_argument("--input_file", default=None, help=".txt (one text or prompt per line; for a sentence-pair "
                    "run `text<TAB>second text`), CSV/JSON/JSONL/parquet (for causal_lm: a messages or prompt column); "
@@ -399,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(ns.debug)
         if not ns.debug:  # a trained run's model loads in seconds: its per-tensor "Loading weights" bar is noise
             hf_logging.disable_progress_bar()
+        trust = run_dir.Trust(remote_code=ns.trust_remote_code, unverified_base=ns.skip_base_check)
         if ns.command == "merge":
             from pathlib import Path
 
@@ -406,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report = merge(ns.run_dirs, ns.output_dir, dtype=ns.dtype, parity_samples=ns.parity_samples,
                            weights=ns.weights, combination=ns.combination, density=ns.density,
-                           base_model_name_or_path=ns.base_model_name_or_path, overwrite=ns.overwrite)
+                           base_model_name_or_path=ns.base_model_name_or_path, overwrite=ns.overwrite, trust=trust)
             diff = report["adapter_vs_merged_reloaded"]
             print(f"Merged into {ns.output_dir}: parity passed (max |logit difference| "
                   f"{diff['max_abs_logit_diff']:.2e}, prediction agreement {diff['prediction_agreement']:.4f} over "
@@ -421,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             overrides = given(ns, "text_column", "label_column", "text_pair_column")
             result = analyze(ns.run_dir, ns.split, ns.eval_file, ns.test_dir, ns.output_dir, ns.top_k, ns.bins,
-                             overrides)
+                             overrides, trust)
             out = result["output_dir"]
             files = ", ".join(sorted(p.name for p in Path(out).iterdir()))
             print(f"{result['examples']} examples of {result['data']}: {result['headline']}\nWritten to {out}: "
@@ -429,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if ns.command == "eval":
             overrides = given(ns, "text_column", "label_column", "text_pair_column", "max_eval_samples")
-            metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file, ns.test_dir)
+            metrics = run_dir.evaluate_run(ns.run_dir, overrides, ns.split, ns.eval_file, ns.test_dir, trust)
             text = json.dumps(metrics, indent=2)
             if ns.output_file:
                 with open(ns.output_file, "w") as fh:
@@ -440,11 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from peftkit.tasks import build_from_config
 
         cfg = run_dir.read_config(ns.run_dir)
+        run_dir.model_arguments(ns.run_dir, cfg, trust)  # a refusal comes before stdin is read
         task = build_from_config(cfg, DataArguments(**cfg["data"]))
         inputs = task.read_inputs(ns.input_file, given(ns, "text_column", "text_pair_column"))
         check(bool(inputs), "No inputs: " + ("stdin" if ns.input_file in (None, "-") else ns.input_file)
               + " held none.")
-        rows = run_dir.predict(ns.run_dir, inputs)
+        rows = run_dir.predict(ns.run_dir, inputs, trust)
         lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
         if ns.output_file:
             with open(ns.output_file, "w") as fh:

@@ -22,12 +22,12 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from peftkit.checkpoint import share_files
-from peftkit.config import DataArguments, ModelArguments
+from peftkit.config import DataArguments
 from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import evaluate
 from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
-from peftkit.run_dir import eval_data, load_adapter, read_config
+from peftkit.run_dir import NO_TRUST, Trust, eval_data, load_adapter, model_arguments, read_config
 from peftkit.strategies import get_strategy
 from peftkit.tasks import build_from_config, not_plain_reason
 
@@ -63,8 +63,9 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
                            "or pass --overwrite to replace it.")
 
 
-def check_base(sources: list[Source], base_override: str | None) -> str:
-    """The base every run was trained on, verified against its recorded fingerprint."""
+def check_base(sources: list[Source], base_override: str | None, trust: Trust = NO_TRUST) -> str:
+    """The base every run was trained on, verified against its recorded fingerprint (a run that records none is
+    refused unless ``trust.unverified_base``)."""
     names = {s.base["model_name_or_path"] for s in sources}
     prints = {s.base["fingerprint"] for s in sources}
     check(len(names) == 1 and len(prints) == 1, "The runs were trained on different bases: "
@@ -73,8 +74,14 @@ def check_base(sources: list[Source], base_override: str | None) -> str:
     recorded, name = prints.pop(), names.pop()
     base = base_override or name
     current = fingerprint(resolve_model_path(base))
+    check(recorded is not None or trust.unverified_base,
+          f"{sources[0].run_dir} records no fingerprint of the base model its adapter was trained on, so peftkit "
+          f"cannot check that {base!r} is that base (merging onto another base gives a wrong model). A run peftkit "
+          "wrote records one: this one was edited or damaged, or its base had no local files. Pass --skip_base_check "
+          "to merge anyway.")
     if recorded is None or current is None:
-        logger.warning("Cannot verify the base's identity (its files are not local); merging onto %s.", base)
+        logger.warning("Cannot verify the base's identity (%s); merging onto %s.",
+                       "--skip_base_check" if recorded is None else "its files are not local", base)
     elif current != recorded:
         raise PeftkitError(
             f"Base mismatch: {sources[0].run_dir} was trained on {name!r} (fingerprint {recorded[:12]}), but "
@@ -136,17 +143,19 @@ def compare(reference: torch.Tensor, other: torch.Tensor, allowed: float) -> dic
             "decisive_agreement": float(agree[decisive].float().mean()) if decisive.any() else 1.0}
 
 
-def load_reference(sources: list[Source], base: str, weights: list[float], combination: str, density: float):
+def load_reference(sources: list[Source], base: str, weights: list[float], combination: str, density: float,
+                   trust: Trust = NO_TRUST):
     """The float32 model the merge must reproduce: a plain run's model, or base + adapter(s) + head."""
     cfg = sources[0].config
     task = build_from_config(cfg, DataArguments(**cfg["data"]))
     if not sources[0].is_adapter:
-        return task.auto_class.from_pretrained(sources[0].run_dir, dtype=torch.float32)
+        return task.auto_class.from_pretrained(sources[0].run_dir, dtype=torch.float32, trust_remote_code=
+                                               model_arguments(sources[0].run_dir, cfg, trust).trust_remote_code)
     strategy = full_precision_strategy(cfg)
     processor = task.load_processor(sources[0].run_dir)
     if len(sources) == 1:
-        return load_adapter(sources[0].run_dir, cfg, task, processor, strategy, base)
-    model_args = ModelArguments(**(cfg["model"] | {"model_name_or_path": base}))
+        return load_adapter(sources[0].run_dir, cfg, task, processor, strategy, base, trust)
+    model_args = model_arguments(sources[0].run_dir, cfg, trust, base)
     base_model, _ = load_model(task, strategy, model_args, processor)
     return combine_adapters(base_model, sources, weights, combination, density)
 
@@ -195,8 +204,10 @@ def combine_adapters(base_model, sources: list[Source], weights: list[float], co
 
 def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_samples: int | None = None,
           weights: list[float] | None = None, combination: str = "linear", density: float = 0.5,
-          base_model_name_or_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Merge the run(s) into one plain model at ``output_dir``; return the parity report."""
+          base_model_name_or_path: str | None = None, overwrite: bool = False, trust: Trust = NO_TRUST
+          ) -> dict[str, Any]:
+    """Merge the run(s) into one plain model at ``output_dir``; return the parity report. ``trust``: what the
+    command line allowed (``run_dir.Trust``)."""
     check(dtype in TOLERANCE, f"--dtype must be one of {', '.join(TOLERANCE)}, got {dtype!r}.")
     check(combination in COMBINATIONS, f"--combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}.")
     check(parity_samples is None or parity_samples > 0, f"--parity_samples must be positive, got {parity_samples}.")
@@ -209,7 +220,9 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         plain = [str(s.run_dir) for s in sources if not s.is_adapter]
         check(not plain, f"Only adapter runs can be combined; {', '.join(plain)} hold full models.")
         check(len({s.config["task"] for s in sources}) == 1, "The runs are for different tasks.")
-    base = check_base(sources, base_model_name_or_path) if sources[0].is_adapter else None
+    for source in sources:  # remote code only if this command allows it, before anything is read or loaded
+        model_arguments(source.run_dir, source.config, trust)
+    base = check_base(sources, base_model_name_or_path, trust) if sources[0].is_adapter else None
     labels = check_labels(sources)
 
     processor = build_from_config(sources[0].config, DataArguments(**sources[0].config["data"])).load_processor(
@@ -218,7 +231,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     metric = task.default_metric  # the score each model's line of the report shows
     reason = not_plain_reason(task)
     check(reason is None, f"Cannot merge {sources[0].run_dir} into a plain transformers model: {reason}.")
-    reference = load_reference(sources, base, weights, combination, density)
+    reference = load_reference(sources, base, weights, combination, density, trust)
     ref_metrics, ref_logits = score(task, reference, loader)
     report: dict[str, Any] = {
         "runs": [str(s.run_dir.resolve()) for s in sources], "strategy": sources[0].config["strategy"],
@@ -230,7 +243,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     if sources[0].config["strategy_args"].get("quantization"):
         from peftkit.run_dir import load_run
 
-        trained, *_ = load_run(sources[0].run_dir)  # the quantized base it was trained on, plus adapter
+        trained, *_ = load_run(sources[0].run_dir, trust=trust)  # the quantized base it was trained on, plus adapter
         report[metric]["quantized_base_adapter_model"] = round(score(task, trained, loader)[0][metric], 6)
         del trained
 

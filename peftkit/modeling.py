@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -169,8 +170,35 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+_WARNED_REMOTE: set[str] = set()
+
+
+def remote_code_of(path: str | Path) -> list[str]:
+    """The custom classes a model directory's config.json and tokenizer_config.json map to (their ``auto_map``):
+    the Python code ``trust_remote_code`` lets transformers run."""
+    found = []
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((Path(path) / name).read_text()).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        found += [f"{key} -> {value}" for key, value in auto_map.items()]
+    return found
+
+
+def warn_remote_code(model_args: ModelArguments, path: str) -> None:
+    """Once per model: with --trust_remote_code on, say which code may run."""
+    if not model_args.trust_remote_code or path in _WARNED_REMOTE:
+        return
+    _WARNED_REMOTE.add(path)
+    code = remote_code_of(path)
+    logger.warning("--trust_remote_code is on: transformers may run Python code from %s%s.", path,
+                   f" ({'; '.join(code)})" if code else " (its config names no custom code, so none is expected)")
+
+
 def load_config(model_args: ModelArguments, **config_kwargs: Any):
     path = resolve_model_path(model_args.model_name_or_path)
+    warn_remote_code(model_args, path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
                                           **source_kwargs(path), **config_kwargs)

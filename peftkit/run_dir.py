@@ -33,10 +33,43 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def check_base(run_dir: Path, cfg: dict[str, Any], name_or_path: str) -> None:
-    """An adapter only means something on the weights it was trained on: compare recorded fingerprints."""
+@dataclasses.dataclass(frozen=True)
+class Trust:
+    """What loading a run may do beyond reading its weights. Granted only on the command line of the command that
+    loads it (``--trust_remote_code``, ``--skip_base_check``), never by the run's own files: run directories get
+    shared and downloaded, and their peftkit_config.json is plain text anyone can edit."""
+
+    remote_code: bool = False  # let transformers run the base model's Python code (its auto_map)
+    unverified_base: bool = False  # load an adapter whose run records no fingerprint of its base
+
+
+NO_TRUST = Trust()  # what a run is loaded with unless the user grants more
+
+
+def model_arguments(run_dir: Path, cfg: dict[str, Any], trust: Trust, base: str | None = None) -> ModelArguments:
+    """The run's model arguments, to load its base again; ``trust_remote_code`` comes from ``trust`` alone."""
+    saved = dict(cfg["model"])
+    name = base or saved["model_name_or_path"]
+    check(not saved.get("trust_remote_code") or trust.remote_code,
+          f"{str(run_dir)!r} was trained with --trust_remote_code: loading its base {name!r} lets transformers run "
+          "Python code from that model's files. peftkit never takes that permission from a run directory: pass "
+          "--trust_remote_code to this command if you trust that code.")
+    return ModelArguments(**(saved | {"trust_remote_code": trust.remote_code, "model_name_or_path": name}))
+
+
+def check_base(run_dir: Path, cfg: dict[str, Any], name_or_path: str, trust: Trust = NO_TRUST) -> None:
+    """An adapter only means something on the weights it was trained on: compare recorded fingerprints. A run
+    that records none (edited, damaged, or trained on a base with no local files) is refused unless the user
+    says so: nothing then shows that the base is the one it was trained on."""
     recorded = (cfg.get("base") or {}).get("fingerprint")
-    if recorded is None:  # runs from before fingerprints were recorded
+    if recorded is None:
+        check(trust.unverified_base,
+              f"{str(run_dir)!r} records no fingerprint of the base model its adapter was trained on, so peftkit "
+              f"cannot check that {name_or_path!r} is that base (an adapter on another base gives wrong outputs). "
+              "A run peftkit wrote records one: this one was edited or damaged, or its base had no local files. "
+              "Pass --skip_base_check to load it anyway.")
+        logger.warning("--skip_base_check: loading the adapter of %s on %s without checking that base.", run_dir,
+                       name_or_path)
         return
     current = fingerprint(resolve_model_path(name_or_path))
     check(current is None or current == recorded,
@@ -45,14 +78,15 @@ def check_base(run_dir: Path, cfg: dict[str, Any], name_or_path: str) -> None:
           "gives wrong outputs. Restore that base model, or retrain on this one.")
 
 
-def load_adapter(run_dir: Path, cfg: dict[str, Any], task, processor, strategy=None, base: str | None = None):
+def load_adapter(run_dir: Path, cfg: dict[str, Any], task, processor, strategy=None, base: str | None = None,
+                 trust: Trust = NO_TRUST):
     """The base model (as ``strategy`` loads it; default the run's own) with the run's adapter (and head)."""
     from peft import PeftModel
 
     strategy = strategy or get_strategy(cfg["strategy"]).build(**cfg["strategy_args"])
-    model_args = ModelArguments(**(cfg["model"] | ({"model_name_or_path": base} if base else {})))
+    model_args = model_arguments(run_dir, cfg, trust, base)
     if base is None:
-        check_base(run_dir, cfg, model_args.model_name_or_path)
+        check_base(run_dir, cfg, model_args.model_name_or_path, trust)
     with transformers_errors_only():  # the base's head is reported as new; the run's own is loaded next
         base_model, _ = load_model(task, strategy, model_args, processor)
     try:
@@ -63,8 +97,9 @@ def load_adapter(run_dir: Path, cfg: dict[str, Any], task, processor, strategy=N
                            "on another base; load it with that one.") from exc
 
 
-def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None):
-    """``(model, processor, config, task)`` of a run: a plain model, or the base with its adapter and head."""
+def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None, trust: Trust = NO_TRUST):
+    """``(model, processor, config, task)`` of a run: a plain model, or the base with its adapter and head.
+    ``trust``: what the user allowed on the command line (``Trust``)."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     quiet_known_noise()
@@ -74,9 +109,11 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None):
           "from safetensors, never from pickle files (.bin, .pt), which can run code when loaded.")
     processor = task.load_processor(run_dir)
     if (run_dir / "adapter_config.json").is_file():
-        model = load_adapter(run_dir, cfg, task, processor)
+        model = load_adapter(run_dir, cfg, task, processor, trust=trust)
     else:
-        model = task.auto_class.from_pretrained(run_dir, use_safetensors=True)
+        model_args = model_arguments(run_dir, cfg, trust)  # a custom architecture's code: only if allowed here
+        model = task.auto_class.from_pretrained(run_dir, use_safetensors=True,
+                                                trust_remote_code=model_args.trust_remote_code)
     prepare_model(task, model)  # e.g. the pooling the run trained with
     model.eval()
     return model, processor, cfg, task
@@ -126,10 +163,10 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
 
 
 def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str | None,
-                 eval_file: str | None, eval_dir: str | None = None) -> dict[str, float]:
+                 eval_file: str | None, eval_dir: str | None = None, trust: Trust = NO_TRUST) -> dict[str, float]:
     """Metrics of a trained run on ``eval_file`` (or image folder ``eval_dir``), or on ``split`` of its data (with
     overrides; None: ``default_split``)."""
-    model, processor, cfg, task = load_run(run_dir, data_overrides)
+    model, processor, cfg, task = load_run(run_dir, data_overrides, trust)
     split = split or ("test" if eval_file or eval_dir else default_split(cfg))
     raw, data = eval_data(task, cfg, processor, split, eval_file, eval_dir)
     acc = Accelerator()
@@ -140,19 +177,20 @@ def evaluate_run(run_dir: str | Path, data_overrides: dict[str, Any], split: str
     return metrics | ({"final_evaluation": final} if final else {})
 
 
-def predict(run_dir: str | Path, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, inputs: list[dict[str, Any]], trust: Trust = NO_TRUST) -> list[dict[str, Any]]:
     """The run's outputs for ``inputs`` (rows as the task's ``read_inputs`` gives them)."""
     cfg = read_config(run_dir)
     build_from_config(cfg, DataArguments(**cfg["data"])).check_inputs(inputs)  # before the model loads
-    model, processor, _, task = load_run(run_dir)
+    model, processor, _, task = load_run(run_dir, trust=trust)
     return task.predict(model, processor, inputs)
 
 
-def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
+def predict_texts(run_dir: str | Path, texts: list[str], pairs: list[str] | None = None,
+                  trust: Trust = NO_TRUST) -> list[dict[str, Any]]:
     """Label ``texts`` (and, for a sentence-pair run, their second texts ``pairs``) with a trained text run;
     probabilities included. Labels come back with the type training saw (integers stay integers)."""
     check(bool(texts), "No texts to label: the input was empty.")
     check(pairs is None or len(pairs) == len(texts), f"{len(texts)} texts but {len(pairs or [])} second texts.")
     rows = [{"text": t} for t in texts] if pairs is None else [{"text": t, "text_pair": p}
                                                                for t, p in zip(texts, pairs, strict=True)]
-    return predict(run_dir, rows)
+    return predict(run_dir, rows, trust)

@@ -1,0 +1,116 @@
+"""Nothing run that the user did not ask for: a run directory or a config file cannot turn on remote code, and an
+adapter whose base cannot be verified is not loaded silently (issue 33)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from peftkit.cli import main, train_main
+
+pytestmark = pytest.mark.e2e
+
+EVIL = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("code from a downloaded run directory ran")
+from transformers import BertConfig
+
+
+class EvilConfig(BertConfig):
+    model_type = "bert"
+'''
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, builtin_model_dir):
+    root = tmp_path_factory.mktemp("safety")
+    with open(root / "d.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("text", "label"), *((f"text number {i}", "ab"[i % 2]) for i in range(40))])
+    run = root / "run"
+    assert train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(root / "d.csv"), "--max_steps",
+                       "2", "--report_to", "none", "--output_dir", str(run)], task="text_cls", strategy="lora") == 0
+    return run
+
+
+def crafted_copy(run, tmp_path, **model_changes):
+    """A copy of ``run`` whose peftkit_config.json was edited (as a shared or downloaded run can be)."""
+    copy = tmp_path / "shared_run"
+    shutil.copytree(run, copy)
+    cfg = json.loads((copy / "peftkit_config.json").read_text())
+    cfg["model"].update(model_changes)
+    (copy / "peftkit_config.json").write_text(json.dumps(cfg))
+    return copy, cfg
+
+
+def evil_model(tmp_path, builtin_model_dir):
+    """The built-in model, with an ``auto_map`` that names a Python file of the directory's own."""
+    model = tmp_path / "evil_model"
+    shutil.copytree(builtin_model_dir, model, ignore=shutil.ignore_patterns(".peftkit*"))
+    marker = tmp_path / "MARKER"
+    (model / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    (model / "config.json").write_text(json.dumps(config))
+    return model, marker
+
+
+@pytest.mark.parametrize("command", [["predict"], ["eval"], ["analyze"], ["merge", "--output_dir", "MERGED"]])
+def test_a_crafted_run_directory_runs_no_code(lora_run, tmp_path, builtin_model_dir, command, capsys):
+    model, marker = evil_model(tmp_path, builtin_model_dir)
+    run, _ = crafted_copy(lora_run, tmp_path, trust_remote_code=True, model_name_or_path=str(model))
+    argv = [command[0], str(run), *(str(tmp_path / a) if a == "MERGED" else a for a in command[1:])]
+    assert main(argv) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "was trained with --trust_remote_code" in err and "pass --trust_remote_code to this command" in err
+
+
+def test_the_python_api_takes_no_remote_code_from_the_run_either(lora_run, tmp_path, builtin_model_dir):
+    import peftkit
+    from peftkit.errors import PeftkitError
+
+    model, marker = evil_model(tmp_path, builtin_model_dir)
+    run, _ = crafted_copy(lora_run, tmp_path, trust_remote_code=True, model_name_or_path=str(model))
+    with pytest.raises(PeftkitError, match="was trained with --trust_remote_code"):
+        peftkit.load_run(run)
+    assert not marker.exists()
+
+
+def test_a_config_file_cannot_turn_remote_code_on(tmp_path, capsys):
+    config = tmp_path / "best.yaml"
+    config.write_text("trust_remote_code: true\nlearning_rate: 0.001\n")
+    assert main(["train", "--config", str(config), "--max_steps", "1", "--output_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "sets trust_remote_code" in err and "add --trust_remote_code to this command" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_remote_code_on_names_the_code_that_may_run(tmp_path, builtin_model_dir, caplog):
+    from peftkit import modeling
+    from peftkit.config import ModelArguments
+
+    model, marker = evil_model(tmp_path, builtin_model_dir)
+    with caplog.at_level("WARNING", logger="peftkit.modeling"):
+        modeling.warn_remote_code(ModelArguments(str(model), trust_remote_code=True), str(model))
+        modeling.warn_remote_code(ModelArguments(str(model), trust_remote_code=True), str(model))  # once
+    assert caplog.text.count("--trust_remote_code is on") == 1 and "AutoConfig -> evil.EvilConfig" in caplog.text
+    assert not marker.exists()  # naming the code does not run it
+
+
+@pytest.mark.parametrize("fingerprint", ["null", "missing"])
+def test_a_run_without_a_base_fingerprint_is_refused_unless_the_user_says(lora_run, tmp_path, fingerprint, capsys):
+    run, cfg = crafted_copy(lora_run, tmp_path)
+    if fingerprint == "null":
+        cfg["base"]["fingerprint"] = None
+    else:
+        del cfg["base"]
+    (run / "peftkit_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "in.txt").write_text("text number 3\n")
+    argv = ["predict", str(run), "--input_file", str(tmp_path / "in.txt")]
+    assert main(argv) == 2
+    assert "records no fingerprint of the base model" in capsys.readouterr().err
+    assert main([*argv, "--skip_base_check"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("a", "b")
