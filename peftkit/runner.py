@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from peftkit import __version__, checkpoint, model_card
+from peftkit import __version__, checkpoint, locks, model_card
 from peftkit.config import (
     MIN_STEPS,
     DataArguments,
@@ -257,10 +257,24 @@ def fit_results(fit) -> dict[str, Any]:
     }
 
 
+def run_output_dir(train_args: TrainingArguments, strategy_name: str, task_name: str) -> Path:
+    return Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
+
+
 def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
           data_args: DataArguments, train_args: TrainingArguments, task: Any = None) -> dict[str, Any]:
     """Train, save the artefact and return (and write) the results dict. ``task``: the task with its flags
-    (default: task ``task_name`` with its defaults)."""
+    (default: task ``task_name`` with its defaults). One run at a time per output directory: the main process
+    holds its lock from before the directory is checked until the last file is written."""
+    args = (task_name, strategy_name, strategy, model_args, data_args, train_args, task)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(*args)
+    with locks.exclusive(run_output_dir(train_args, strategy_name, task_name), "run"):
+        return _train(*args)
+
+
+def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
+           data_args: DataArguments, train_args: TrainingArguments, task: Any = None) -> dict[str, Any]:
     validate(model_args, data_args, train_args)
     task = task if task is not None else get_task(task_name).build(data_args)
     task.data = data_args
@@ -269,7 +283,7 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
           f"Choose one of: {', '.join(task.metrics)} ("
           + "; ".join(f"{k}: {'lower' if v == 'min' else 'higher'} is better" for k, v in task.metrics.items()) + ").")
     load_config(model_args)  # fail fast on a wrong model path, before any data work
-    output_dir = Path(train_args.output_dir or f"runs/{strategy_name}_{task_name}")
+    output_dir = run_output_dir(train_args, strategy_name, task_name)
     acc = make_accelerator(train_args, output_dir)
     use_idle_cores(acc)
     set_seed(train_args.seed)

@@ -4,8 +4,6 @@ they are, an interrupted one resumes from its checkpoint, and only the remaining
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -19,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftkit import checkpoint
-from peftkit.errors import PeftkitError, check
+from peftkit import checkpoint, locks
+from peftkit.errors import check
 from peftkit.interrupt import SIGNALS, TrainingInterrupted
 from peftkit.runner import CONFIG_FILE
 from peftkit.search import report
@@ -70,16 +68,9 @@ def make_sampler(method: str, seed: int, n_trials: int):
     return optuna.samplers.RandomSampler(seed=seed)  # grid: every trial's values are given (see Space.grid)
 
 
-@contextlib.contextmanager
 def exclusive(output_dir: Path):
     """One search at a time per directory (the lock goes with the process, however it ends)."""
-    with open(output_dir / LOCK, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PeftkitError(f"Another `peftkit search` is running in {str(output_dir)!r}. Wait for it, or "
-                               "choose another --output_dir.") from exc
-        yield
+    return locks.exclusive(output_dir, "search", LOCK)
 
 
 def check_same_search(output_dir: Path, record: dict[str, Any], overwrite: bool) -> None:

@@ -114,3 +114,46 @@ def test_a_run_without_a_base_fingerprint_is_refused_unless_the_user_says(lora_r
     assert "records no fingerprint of the base model" in capsys.readouterr().err
     assert main([*argv, "--skip_base_check"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("a", "b")
+
+
+# -- one run per output directory ---------------------------------------------------------------------------------
+def test_a_second_run_into_a_busy_output_dir_is_refused_and_names_the_first(tmp_path, builtin_model_dir, capsys):
+    """Two runs started into one --output_dir both used to exit 0 having overwritten each other's files."""
+    import os
+    import subprocess
+    import sys
+
+    from peftkit.locks import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    # the first run, in another process: it holds the directory's lock as a training run does, until told to stop
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, pathlib; from peftkit.locks import exclusive\n"
+        f"with exclusive(pathlib.Path({str(out)!r}), 'run'):\n"
+        "    print('locked', flush=True); sys.stdin.readline()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main(["train", "--model_name_or_path", builtin_model_dir, "--max_steps", "1", "--output_dir", str(out),
+                     "--overwrite_output_dir"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"Another peftkit process is working in {str(out)!r} (pid {holder.pid} on " in err
+        assert "Wait for it to finish, or give this run another --output_dir." in err
+        assert sorted(os.listdir(out)) == sorted([LOCK_FILE, "notes.txt"])  # nothing touched
+    finally:
+        holder.communicate("\n", timeout=60)
+    # once the first has ended, the directory is free again (the lock went with its process)
+    from peftkit.locks import exclusive
+
+    with exclusive(out, "run"):
+        pass
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory_behind(tmp_path, capsys):
+    out = tmp_path / "new_run"
+    assert main(["train", "--train_file", str(tmp_path / "missing.csv"), "--output_dir", str(out)]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert not out.exists()
