@@ -161,7 +161,14 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
               f"{pre.config} sets trust_remote_code, which lets transformers run Python code from the model's files. "
               "peftkit takes that permission only from the command line: add --trust_remote_code to this command "
               "if you trust that code.")
-        parser.set_defaults(**{k: v for k, v in values.items() if k in known})
+        # The file's values go through the parser as flags before the command line's (which win): the same types,
+        # choices and checks, and a wrong one named with the file.
+        tokens = _config_tokens(values, parser, pre.config)
+        try:
+            parser.parse_known_args(tokens)
+        except PeftkitError as exc:
+            raise PeftkitError(f"In {pre.config}: {exc}") from None
+        argv = tokens + argv
     *outputs, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     flags = [a.option_strings[0][2:] for a in parser._actions if a.option_strings]
     check(not rest, f"Unrecognised arguments: {' '.join(rest)}.{hf_flags.suggest(rest, flags)} See --help for "
@@ -172,6 +179,32 @@ def parse_train_args(argv: Sequence[str], strategy_name: str, prog: str | None =
     strategy, task = _build(spec, strategy), _build(get_task(task_name), task)
     task.data = data_args
     return model_args, data_args, train_args, strategy, task
+
+
+def _config_tokens(values: dict, parser: argparse.ArgumentParser, source: str) -> list[str]:
+    """A config file's ``{flag: value}`` as command-line tokens: a list only for a flag that takes several
+    values, ``true``/``false`` for booleans, null for the flag's default."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens: list[str] = []
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or value is None:  # strategy and task are checked above; null: the default
+            continue
+        flag = action.option_strings[0]
+        check(not isinstance(value, dict), f"In {source}: {key} must be a value, not a mapping ({value!r}).")
+        if action.nargs == 0:  # a switch
+            check(isinstance(value, bool), f"In {source}: {key} is a switch: true or false, not {value!r}.")
+            tokens += [flag] if value else []
+        elif isinstance(value, list):
+            check(action.nargs in ("+", "*"), f"In {source}: {key} takes one value, not a list ({value!r}).")
+            tokens += [flag, *(_config_token(v) for v in value)]
+        else:
+            tokens.append(f"{flag}={_config_token(value)}")
+    return tokens
+
+
+def _config_token(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _build(spec, parsed):

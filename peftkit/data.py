@@ -97,6 +97,8 @@ def load_file(path: str) -> Dataset:
     check(builder is not None, f"Cannot tell the format of {path!r}: use a .csv, .tsv, .json, .jsonl or .parquet "
           "file (or, for token_cls, a CoNLL .conll/.txt file).")
     kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
+    if builder == "csv":  # only an empty cell is missing: NA, None, null, N/A are labels and texts like any other
+        kwargs |= {"keep_default_na": False, "na_values": [""]}
     check(p.stat().st_size > 0, f"Data file {path!r} is empty. Give it a header row and examples.")
     try:
         with _datasets_quiet():  # its reader logs a misleading 0-based row of its own before failing

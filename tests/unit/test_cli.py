@@ -262,3 +262,32 @@ def test_a_recipes_help_loads_no_torch():
             f"except SystemExit:\n    pass\nprint([m for m in {HEAVY!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "--generation_max_new_tokens" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("max_steps: 1.5\n", "run.yaml: argument --max_steps/--max-steps: invalid int value: '1.5'"),  # was taken: 1 step logged, 2 run
+    ("per_device_train_batch_size: [8]\n", "per_device_train_batch_size takes one value, not a list ([8])"),
+    ("seed: true\n", "argument --seed: invalid int value: 'true'"),
+    ("learning_rate: {lora: 0.001}\n", "learning_rate must be a value, not a mapping"),
+    ("optimizer: adamax\n", "--optimizer must be one of"),
+])
+def test_a_config_file_is_type_checked_like_the_command_line(tmp_path, capsys, content, expected):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(content)
+    assert train_main(["--config", str(cfg), "--output_dir", str(tmp_path / "r")], task="text_cls",
+                      strategy="lora") == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_files_values_are_typed_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("max_steps: 3\nlearning_rate: 0.001\nlora_target_modules: [query, key]\nkeep_checkpoints: true\n"
+                   "gradient_checkpointing: true\nmax_eval_samples: null\n")
+    model_args, data_args, train_args, strategy, _ = parse_train_args(
+        ["--config", str(cfg), "--learning_rate", "5e-4"], "lora")
+    assert train_args.max_steps == 3 and isinstance(train_args.max_steps, int)
+    assert train_args.learning_rate == 5e-4 and strategy.lora_target_modules == ["query", "key"]
+    assert train_args.keep_checkpoints is True and train_args.gradient_checkpointing is True
+    assert data_args.max_eval_samples is None

@@ -8,7 +8,7 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from peftkit.config import DataArguments
-from peftkit.data import load_raw_datasets
+from peftkit.data import load_file, load_raw_datasets
 from peftkit.errors import PeftkitError
 from peftkit.tasks import get_task
 
@@ -152,3 +152,11 @@ def test_a_broken_json_file_names_its_line(tmp_path, monkeypatch, caplog, name, 
     with pytest.raises(PeftkitError, match=message):
         load_raw_datasets(DataArguments(train_file=name), seed=0)
     assert "row" not in caplog.text  # the reader's own 0-based "row 2" is not shown
+
+
+def test_na_none_and_null_in_a_csv_are_labels_not_missing_values(tmp_path):
+    """A label column of NA / None / null (e.g. 'no answer') was read as missing: 54 examples 'had no value'."""
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nfirst,NA\nsecond,None\nthird,null\nfourth,N/A\nfifth,yes\nsixth,\n")
+    ds = load_file(str(path))
+    assert ds["label"] == ["NA", "None", "null", "N/A", "yes", None]  # only the empty cell is missing
