@@ -173,12 +173,21 @@ def classification(task, model, processor, raw, data, batch_size: int, top_k: in
                         f"calibration error {result['calibration']['expected_calibration_error']:.4f}"}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: user text starting like a formula (``=HYPERLINK(...)``) gets a leading
+    apostrophe, as OWASP advises for CSV exports; numbers are left as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_errors(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = list(rows[0]) if rows else ["kind", "example", "input", "label", "predicted"]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
 
 
 def markdown(result: dict[str, Any], errors: list[dict]) -> list[str]:

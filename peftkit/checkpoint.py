@@ -163,14 +163,30 @@ def load(path: Path, rank: int) -> dict[str, Any]:
             "rng": rng, "rng_json": state["rng"][rank], "best": best}
 
 
-def share_files(directory: Path) -> None:
-    """Give the weight files the permissions the user's umask asks for. safetensors (0.8) writes through a
-    private temporary file and leaves its output 0600, which a server running as another user cannot read."""
-    umask = os.umask(0)
+WEIGHT_FILE = re.compile(r"(adapter_)?model(-\d+-of-\d+)?\.safetensors")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (a moment of umask 0 would apply to
+    files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # elsewhere: the briefest change, and to the strictest mask, not 0
     os.umask(umask)
-    mode = 0o666 & ~umask
+    return umask
+
+
+def share_files(directory: Path) -> None:
+    """Give the weight files peftkit writes the permissions the user's umask asks for. safetensors (0.8) writes
+    through a private temporary file and leaves its output 0600, which a server running as another user cannot
+    read. Only peftkit's own weight files (``WEIGHT_FILE``) are touched, not other .safetensors in the folder."""
+    mode = 0o666 & ~current_umask()
     for path in Path(directory).glob("*.safetensors"):
-        if stat.S_IMODE(path.stat().st_mode) != mode:
+        if WEIGHT_FILE.fullmatch(path.name) and stat.S_IMODE(path.stat().st_mode) != mode:
             path.chmod(mode)
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from peftkit.checkpoint import share_files
+from peftkit.checkpoint import current_umask, share_files
 from peftkit.config import DataArguments
 from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import evaluate
@@ -250,8 +251,8 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     merged = reference.merge_and_unload() if sources[0].is_adapter else reference
     merged = merged.to(getattr(torch, dtype))
     mem_metrics, mem_logits = score(task, merged, loader)
-    tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))  # a fresh name, made by us alone
     try:
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -262,6 +263,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         check_parity(report, ref_logits, mem_logits, disk_logits)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         share_files(tmp)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp made it private; the published folder is the user's default
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a failure or an interruption: nothing half-written

