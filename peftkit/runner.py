@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -18,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from peftkit import __version__, checkpoint, locks, model_card
+from peftkit.assets import sha256_of
 from peftkit.config import (
     MIN_STEPS,
     DataArguments,
@@ -193,6 +195,49 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
+MANIFEST_FILE = "peftkit_manifest.json"  # the files a finished run wrote, with their sizes and sha256
+REPLACED_DIR = ".peftkit_replaced"  # --overwrite_output_dir: the previous run, until the new one is saved
+# What runs from before the manifest wrote (a run directory of theirs has peftkit_config.json): peftkit's own
+# files, the tokenizer's and processor's files that save_pretrained writes, the model card, logs and analyses.
+LEGACY_OWNED = re.compile(r"(peftkit_.*|results\.json|best_trainable\.safetensors|baseline\.json|adapter_.*|"
+                          r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|config\.json|generation_config\.json|"
+                          r"predictions\.jsonl|README\.md|tokenizer.*|special_tokens_map\.json|added_tokens\.json|"
+                          r"vocab.*|merges\.txt|spiece\.model|sentencepiece.*|chat_template.*|"
+                          r"preprocessor_config\.json|image_processor.*|merge_report\.json|logs|analysis_.*|"
+                          r"checkpoint-\d+|\.checkpoint-\d+\.tmp)")
+
+
+# What comes and goes in a run directory after its manifest is written: checkpoints (--keep_checkpoints, or an
+# unfinished run's), tracker logs, `peftkit analyze`'s folders, and train.log (a search trial's or benchmark run's
+# output, written before the run starts).
+TRANSIENT = re.compile(r"logs|analysis_.*|checkpoint-\d+|\.checkpoint-\d+\.tmp|train\.log")
+
+
+def owned_entries(output_dir: Path) -> set[str]:
+    """The top-level names in ``output_dir`` that a peftkit run wrote: its manifest's (and TRANSIENT ones), or, for
+    a run without a manifest (unfinished, or from before manifests), the names a run writes; none in a folder that
+    holds no run."""
+    if not output_dir.is_dir():
+        return set()
+    names = {p.name for p in output_dir.iterdir()}
+    try:
+        listed = {Path(f).parts[0] for f in json.loads((output_dir / MANIFEST_FILE).read_text())["files"]}
+        return {n for n in names if n in listed or n == MANIFEST_FILE or TRANSIENT.fullmatch(n)}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    if (output_dir / CONFIG_FILE).is_file() or checkpoint.list_checkpoints(output_dir):
+        return {n for n in names if LEGACY_OWNED.fullmatch(n)}
+    return set()
+
+
+def foreign_entries(output_dir: Path) -> list[str]:
+    """What in ``output_dir`` peftkit did not write, and so never overwrites or deletes."""
+    if not output_dir.is_dir():
+        return []
+    owned = owned_entries(output_dir) | {locks.LOCK_FILE, REPLACED_DIR}
+    return sorted(n for n in (p.name for p in output_dir.iterdir()) if n not in owned and not TRANSIENT.fullmatch(n))
+
+
 def existing_run(output_dir: Path) -> list[str]:
     found = [name for name in PEFTKIT_FILES if (output_dir / name).exists()]
     return found + [p.name for p in checkpoint.list_checkpoints(output_dir)]
@@ -215,6 +260,10 @@ def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: 
               f"\n  " + "\n  ".join(changes) + "\nUse the original flags, or start a new run in another "
               "--output_dir.")
         return path
+    foreign = foreign_entries(output_dir)
+    check(not foreign, f"--output_dir {str(output_dir)!r} holds files peftkit did not write "
+          f"({', '.join(foreign[:5])}{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}): peftkit never "
+          "overwrites or deletes those, with or without --overwrite_output_dir. Choose an empty or new --output_dir.")
     found = existing_run(output_dir)
     check(not found or train_args.overwrite_output_dir,
           f"--output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:5])}"
@@ -222,20 +271,62 @@ def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: 
           + (f"It has finished ({RESULTS_FILE}): " if RESULTS_FILE in found else
              "Pass --resume_from_checkpoint latest to continue it, ")
           + "pass --overwrite_output_dir to replace it, or choose another --output_dir.")
-    clear_run(output_dir)
-    return None
+    return None  # a run to replace stays in place until this one has loaded its data and model (set_aside)
 
 
-def clear_run(output_dir: Path) -> None:
-    """What a previous run wrote, for --overwrite_output_dir: its files and checkpoints (finished or not)."""
-    for name in PEFTKIT_FILES:
-        (output_dir / name).unlink(missing_ok=True)
-    remove_checkpoints(output_dir)
+def set_aside(output_dir: Path) -> None:
+    """--overwrite_output_dir, once the new run's data and model have loaded: move the previous run's files into
+    REPLACED_DIR (renames within the folder), deleted when the new run is saved, put back if it fails first."""
+    owned = sorted(owned_entries(output_dir))
+    if not owned:
+        return
+    aside = output_dir / REPLACED_DIR
+    shutil.rmtree(aside, ignore_errors=True)  # a previous failure's leftover
+    aside.mkdir()
+    for name in owned:
+        os.replace(output_dir / name, aside / name)
+    logger.info("--overwrite_output_dir: the previous run (%d files) is set aside in %s until this one is saved.",
+                len(owned), aside)
+
+
+def restore_aside(output_dir: Path) -> None:
+    """After a failed run that replaced another (--overwrite_output_dir): the previous run comes back, unless the
+    failed one left a checkpoint to resume from (an interruption, most often), which is then kept, with the previous
+    run still set aside until it finishes."""
+    aside = output_dir / REPLACED_DIR
+    if not aside.is_dir():
+        return
+    if checkpoint.list_checkpoints(output_dir):
+        logger.warning("This run can be resumed (--resume_from_checkpoint latest); the run it replaces stays in %s "
+                       "until it finishes (delete that folder to drop it, or move its files back to keep it).", aside)
+        return
+    for name in owned_entries(output_dir):  # what the failed run wrote: its config, logs, best weights
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for entry in aside.iterdir():
+        os.replace(entry, output_dir / entry.name)
+    aside.rmdir()
+    logger.warning("The run you asked to replace is back in %s, as it was.", output_dir)
+
+
+def write_manifest(output_dir: Path) -> None:
+    """Every file of the finished run with its size and sha256 (what later commands may check), written last and
+    atomically: a run whose manifest is missing did not finish writing."""
+    files = {}
+    for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(output_dir)
+        if rel.parts[0] in (locks.LOCK_FILE, REPLACED_DIR, MANIFEST_FILE) or rel.parts[0].startswith("."):
+            continue
+        files[rel.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    tmp = output_dir / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps({"peftkit_version": __version__, "files": files}, indent=1))
+    os.replace(tmp, output_dir / MANIFEST_FILE)
 
 
 def remove_checkpoints(output_dir: Path) -> None:
-    for path in [*output_dir.glob(f"{checkpoint.PREFIX}*"), *output_dir.glob(f".{checkpoint.PREFIX}*.tmp")]:
-        shutil.rmtree(path, ignore_errors=True)
+    for path in output_dir.iterdir():  # checkpoint-<step> and its temporary, not a user's checkpoint-foo
+        if re.fullmatch(rf"\.?{checkpoint.PREFIX}\d+(\.tmp)?", path.name):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def fit_results(fit) -> dict[str, Any]:
@@ -269,8 +360,13 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
     args = (task_name, strategy_name, strategy, model_args, data_args, train_args, task)
     if int(os.environ.get("RANK", "0")) != 0:
         return _train(*args)
-    with locks.exclusive(run_output_dir(train_args, strategy_name, task_name), "run"):
-        return _train(*args)
+    output_dir = run_output_dir(train_args, strategy_name, task_name)
+    with locks.exclusive(output_dir, "run"):
+        try:
+            return _train(*args)
+        except BaseException:
+            restore_aside(output_dir)  # --overwrite_output_dir: the previous run comes back
+            raise
 
 
 def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
@@ -338,6 +434,8 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
                 f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
     config |= {"labels": task_state.get("labels"), "task_state": task_state}
+    if resume is None and train_args.overwrite_output_dir:
+        on_main(acc, lambda: set_aside(output_dir))
     if acc.is_main_process and resume is None:
         (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"label_type": task_state.get("label_type")},
                                                          indent=2))
@@ -398,6 +496,8 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
         (output_dir / BASELINE_FILE).unlink(missing_ok=True)
         if not train_args.keep_checkpoints:  # they only serve to resume, and a finished run is not resumed
             remove_checkpoints(output_dir)
+        shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)  # the run this one replaced
+        write_manifest(output_dir)
     return results
 
 

@@ -224,3 +224,99 @@ def test_search_overwrite_removes_only_the_searchs_own_files(tmp_path):
     check_same_search(tmp_path, {"space": {}, "method": "tpe"}, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes.txt", "search_space.json", "src",
                                                           "trial_notes.txt"]  # the new search's record, and theirs
+
+
+# -- output directories: peftkit deletes and overwrites only what it wrote ------------------------------------------
+def train_argv(builtin_model_dir, data, out, *more):
+    return ["train", "--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--max_steps", "2",
+            "--report_to", "none", "--output_dir", str(out), *more]
+
+
+@pytest.fixture
+def data_csv(tmp_path):
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([("text", "label"), *((f"text number {i}", "ab"[i % 2]) for i in range(40))])
+    return path
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite_output_dir"]])
+def test_a_users_own_files_are_never_overwritten(tmp_path, builtin_model_dir, data_csv, flags, capsys):
+    """A folder with a user's README.md and tokenizer_config.json was not 'occupied': both were overwritten."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "tokenizer_config.json").write_text("{}")
+    assert main(train_argv(builtin_model_dir, data_csv, out, *flags)) == 2
+    assert "holds files peftkit did not write (README.md, tokenizer_config.json)" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == "my notes" and (out / "tokenizer_config.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_the_old_run_only_once_the_new_one_is_saved(tmp_path, builtin_model_dir, data_csv,
+                                                                         capsys):
+    out = tmp_path / "run"
+    assert main(train_argv(builtin_model_dir, data_csv, out)) == 0
+    manifest = json.loads((out / "peftkit_manifest.json").read_text())
+    assert {"peftkit_config.json", "results.json", "adapter_model.safetensors", "README.md"} <= set(manifest["files"])
+    import hashlib
+
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    assert manifest["files"]["adapter_model.safetensors"] == {"size": len(weights),
+                                                              "sha256": hashlib.sha256(weights).hexdigest()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # the new run's data is broken: the old run must survive, untouched
+    bad = tmp_path / "bad.csv"
+    bad.write_text("txt,label\nx,a\n")
+    assert main(train_argv(builtin_model_dir, bad, out, "--overwrite_output_dir")) == 2
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".peftkit.lock"} == \
+        {k: v for k, v in before.items() if k != ".peftkit.lock"}
+    # a user's checkpoint-foo/ beside a run is theirs
+    (out / "checkpoint-foo").mkdir()
+    (out / "checkpoint-foo" / "x").write_text("mine")
+    assert main(train_argv(builtin_model_dir, data_csv, out, "--overwrite_output_dir")) == 2
+    assert "(checkpoint-foo)" in capsys.readouterr().err
+    (out / "checkpoint-foo" / "x").unlink()
+    (out / "checkpoint-foo").rmdir()
+    # a good one replaces it, and leaves nothing of the old aside
+    assert main(train_argv(builtin_model_dir, data_csv, out, "--overwrite_output_dir", "--seed", "7")) == 0
+    assert json.loads((out / "results.json").read_text())["seed"] == 7
+    assert not (out / ".peftkit_replaced").exists()
+
+
+def test_a_run_that_fails_during_training_gives_the_old_run_back(tmp_path, builtin_model_dir, data_csv,
+                                                                  monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(train_argv(builtin_model_dir, data_csv, out)) == 0
+    before = (out / "results.json").read_text()
+    from peftkit.engine import Engine
+
+    def broken(self, resume):
+        raise RuntimeError("the machine fell over")
+
+    monkeypatch.setattr(Engine, "fit", broken)
+    with pytest.raises(RuntimeError, match="fell over"):
+        main(train_argv(builtin_model_dir, data_csv, out, "--overwrite_output_dir", "--debug"))
+    assert (out / "results.json").read_text() == before and (out / "adapter_model.safetensors").is_file()
+    assert "The run you asked to replace is back in" in capsys.readouterr().err
+
+
+def test_an_interrupted_replacement_keeps_its_checkpoint_and_the_old_run_aside(tmp_path, builtin_model_dir,
+                                                                                data_csv, capsys):
+    from peftkit.checkpoint import STATE
+    from peftkit.runner import REPLACED_DIR, restore_aside, set_aside
+
+    out = tmp_path / "run"
+    assert main(train_argv(builtin_model_dir, data_csv, out)) == 0
+    before = (out / "results.json").read_text()
+    set_aside(out)
+    (out / "peftkit_config.json").write_text("{}")  # the new run's, which then stopped with a checkpoint
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / STATE).write_text("{}")
+    restore_aside(out)
+    assert (out / "checkpoint-5").is_dir() and (out / REPLACED_DIR / "results.json").read_text() == before
+    (out / "checkpoint-5" / STATE).unlink()
+    (out / "checkpoint-5").rmdir()
+    restore_aside(out)  # no checkpoint: the new run's files go, the old ones come back
+    assert (out / "results.json").read_text() == before and json.loads((out / "peftkit_config.json").read_text())
+    assert not (out / REPLACED_DIR).exists()
