@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from peftkit.assets import sha256_of
 from peftkit.distributed import gather_objects, gather_trainable, on_main
 from peftkit.errors import PeftkitError, check
 from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file  # noqa: F401
@@ -60,7 +61,14 @@ def resolve(output_dir: Path, which: str) -> Path:
         check(bool(found), f"--resume_from_checkpoint latest: {str(output_dir)!r} holds no checkpoint. Checkpoints "
               "are written every --save_steps steps and at the end of each epoch; start without "
               "--resume_from_checkpoint.")
-        return found[-1]
+        for path in reversed(found):  # the newest that verifies
+            bad = damaged_files(path)
+            if not bad:
+                return path
+            logger.warning("Checkpoint %s is damaged (%s: not as written); trying the one before it.", path,
+                           ", ".join(bad))
+        raise PeftkitError(f"--resume_from_checkpoint latest: every checkpoint in {str(output_dir)!r} is damaged "
+                           f"({_names(output_dir)}). Start again with --overwrite_output_dir.")
     path = Path(which)
     check(path.is_dir(), f"--resume_from_checkpoint {which!r}: no such directory. Pass `latest` or a "
           f"{PREFIX}<step> directory inside --output_dir.")
@@ -114,19 +122,55 @@ def write(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimiz
         rng_tensors = {f"rank{r}.{k}": v for r, s in enumerate(rng_per_process) for k, v in s["tensors"].items()}
         save_file(rng_tensors, str(tmp / RNG))
         BestWeights(output_dir).copy_into(tmp)
-        state = state | {"rng": [s["json"] for s in rng_per_process], "num_processes": len(rng_per_process)}
-        (tmp / STATE).write_text(json.dumps(state, indent=1))
         share_files(tmp)
         for path in tmp.iterdir():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (after a resume): replace it
-            shutil.rmtree(final)
+        # the digests of what was written (read back from disk), checked on resume: STATE, written last, marks
+        # the checkpoint complete
+        state = state | {"rng": [s["json"] for s in rng_per_process], "num_processes": len(rng_per_process),
+                         "files": {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}}
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        with open(tmp / STATE, "rb") as fh:
+            os.fsync(fh.fileno())
+        old = None
+        if final.exists():  # the same step saved again (after a resume): replaced only once the new one is whole
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (where the system allows opening a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def damaged_files(path: Path) -> list[str]:
+    """The files of checkpoint ``path`` whose sha256 differs from the one recorded when it was written (or that
+    are missing); empty for an intact checkpoint, or one from before digests were recorded."""
+    try:
+        recorded = json.loads((path / STATE).read_text()).get("files") or {}
+    except (OSError, ValueError) as exc:
+        return [f"{STATE} ({type(exc).__name__})"]
+    return [name for name, digest in recorded.items()
+            if not (path / name).is_file() or sha256_of(path / name) != digest]
 
 
 def rotate(output_dir: Path, keep: int, protect: Path | None = None) -> None:
@@ -141,6 +185,13 @@ def rotate(output_dir: Path, keep: int, protect: Path | None = None) -> None:
 
 def load(path: Path, rank: int) -> dict[str, Any]:
     """Read a checkpoint, refusing a damaged one with a message that names the file and what to do."""
+    bad = damaged_files(path)
+    if bad:
+        others = [p.name for p in list_checkpoints(path.parent) if p != path]
+        raise PeftkitError(
+            f"Checkpoint {str(path)!r} is damaged: {', '.join(bad)} differ from what was written (sha256). Resume "
+            f"from another one with --resume_from_checkpoint {path.parent}/<name> (available: "
+            f"{', '.join(others) or 'none'}), or `latest`, which takes the newest intact one.")
     try:
         state = json.loads((path / STATE).read_text())
         weights = load_file(str(path / WEIGHTS))

@@ -431,11 +431,20 @@ class Engine:
         latest = checkpoint.list_checkpoints(self.output_dir)
         streak = (f" {MAX_SKIP_STREAK} steps in a row were skipped, so skipping will not help."
                   if self.args.on_nonfinite == "skip" else "")
+        resumed = state.resumed_from
+        if resumed is not None and not [p for p in latest if int(p.name.split("-")[1]) > resumed]:
+            # nothing was saved since the resumption: the checkpoint it came from is the first suspect
+            earlier = [p.name for p in latest if int(p.name.split("-")[1]) < resumed]
+            where = (f"This run resumed from step {resumed} {step - resumed} step(s) before: that checkpoint is the "
+                     "first suspect (damaged, or saved from a run that was already diverging); resume from an "
+                     f"earlier one ({', '.join(earlier) or 'none left'}) or start again.")
+        else:
+            where = f"The newest checkpoint is {latest[-1]}." if latest else "No checkpoint had been written yet."
         raise PeftkitError(
             f"The training loss or its gradients became NaN/inf at step {step} (loss {loss.item():.4g}).{streak} "
             "Likely causes: a learning rate too high for this strategy, fp16 overflow, or broken inputs. Lower "
             "--learning_rate, try --mixed_precision bf16/no, or pass --on_nonfinite skip to drop such steps. "
-            + (f"The last good checkpoint is {latest[-1]}." if latest else "No checkpoint had been written yet."))
+            + where)
 
     def _after_step(self, loss) -> None:
         """Count the step; log, evaluate and checkpoint when due; stop cleanly on a signal."""

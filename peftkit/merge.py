@@ -28,7 +28,7 @@ from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import evaluate
 from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
-from peftkit.run_dir import NO_TRUST, Trust, eval_data, load_adapter, model_arguments, read_config
+from peftkit.run_dir import NO_TRUST, Trust, eval_data, load_adapter, model_arguments, read_config, verify_run
 from peftkit.strategies import get_strategy
 from peftkit.tasks import build_from_config, not_plain_reason
 
@@ -215,6 +215,8 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     out = Path(output_dir)
     check_output_dir(out, overwrite)
     sources = [Source(Path(r), read_config(r)) for r in run_dirs]
+    for source in sources:
+        verify_run(source.run_dir)  # a damaged or edited run is refused before anything is built from it
     weights = weights or [1.0 / len(sources)] * len(sources)
     check(len(weights) == len(sources), f"--weights has {len(weights)} value(s) for {len(sources)} run(s).")
     if len(sources) > 1:

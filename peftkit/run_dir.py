@@ -26,6 +26,38 @@ logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
+UNCHECKED = {"README.md"}  # the model card: documentation a user may edit; nothing loads it
+
+
+def verify_run(run_dir: str | Path) -> None:
+    """Check the run's files against the sizes and sha256 digests its manifest recorded when the run finished
+    (runs from before manifests have none to check). A changed, truncated or missing file is refused, named."""
+    from peftkit.assets import sha256_of
+    from peftkit.runner import MANIFEST_FILE
+
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST_FILE
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PeftkitError(f"{str(path)!r} is unreadable ({exc}): the run directory is damaged. Restore it from a "
+                           "copy, or train again.") from exc
+    for rel, record in files.items():
+        if rel in UNCHECKED:
+            continue
+        file = run_dir / rel
+        check(file.is_file(), f"{str(run_dir)!r} is incomplete: {rel} is missing (the run wrote it; "
+              f"{MANIFEST_FILE} lists it). Restore the run directory from a copy, or train again.")
+        size = file.stat().st_size
+        damaged = size != record["size"] or sha256_of(file) != record["sha256"]
+        check(not damaged, f"{str(file)!r} is not the file the run wrote: "
+              + (f"{size:,} bytes instead of {record['size']:,}" if size != record["size"] else
+                 "its sha256 differs from the one recorded")
+              + f" ({MANIFEST_FILE}). It was damaged or edited since; restore it from a copy, or train again.")
+
+
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     check(path.is_file(), f"{str(run_dir)!r} is not a peftkit run directory (no {CONFIG_FILE}). Pass the "
@@ -102,6 +134,7 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None, 
     ``trust``: what the user allowed on the command line (``Trust``)."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
+    verify_run(run_dir)
     quiet_known_noise()
     task = build_from_config(cfg, DataArguments(**(cfg["data"] | (data_overrides or {}))))
     check(any((run_dir / name).is_file() for name in WEIGHT_FILES),

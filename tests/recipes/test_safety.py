@@ -42,7 +42,15 @@ def crafted_copy(run, tmp_path, **model_changes):
     cfg = json.loads((copy / "peftkit_config.json").read_text())
     cfg["model"].update(model_changes)
     (copy / "peftkit_config.json").write_text(json.dumps(cfg))
+    reseal(copy)
     return copy, cfg
+
+
+def reseal(run):
+    """Write the manifest again, as whoever crafted a run would: it detects damage, it is not a signature."""
+    from peftkit.runner import write_manifest
+
+    write_manifest(run)
 
 
 def evil_model(tmp_path, builtin_model_dir):
@@ -108,6 +116,7 @@ def test_a_run_without_a_base_fingerprint_is_refused_unless_the_user_says(lora_r
     else:
         del cfg["base"]
     (run / "peftkit_config.json").write_text(json.dumps(cfg))
+    reseal(run)
     (tmp_path / "in.txt").write_text("text number 3\n")
     argv = ["predict", str(run), "--input_file", str(tmp_path / "in.txt")]
     assert main(argv) == 2
@@ -320,3 +329,41 @@ def test_an_interrupted_replacement_keeps_its_checkpoint_and_the_old_run_aside(t
     restore_aside(out)  # no checkpoint: the new run's files go, the old ones come back
     assert (out / "results.json").read_text() == before and json.loads((out / "peftkit_config.json").read_text())
     assert not (out / REPLACED_DIR).exists()
+
+
+# -- integrity: what a run wrote is what later commands load ---------------------------------------------------
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "tampered":  # 64 bytes inside the tensor data, past the header: finite values, wrong ones
+        start = 8 + int.from_bytes(data[:8], "little") + 16
+        data[start:start + 64] = bytes(64)
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how,message", [("tampered", "its sha256 differs from the one recorded"),
+                                         ("truncated", "bytes instead of")])
+@pytest.mark.parametrize("command", [["predict"], ["eval"], ["merge", "--output_dir", "MERGED"]])
+def test_a_damaged_run_is_refused_with_the_file_named(lora_run, tmp_path, how, message, command, capsys):
+    run, _ = crafted_copy(lora_run, tmp_path)
+    damage(run / "adapter_model.safetensors", how)
+    (tmp_path / "in.txt").write_text("text number 3\n")
+    more = ["--input_file", str(tmp_path / "in.txt")] if command == ["predict"] else \
+        [str(tmp_path / a) if a == "MERGED" else a for a in command[1:]]
+    assert main([command[0], str(run), *more]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(run / 'adapter_model.safetensors')!r} is not the file the run wrote" in err and message in err
+    assert not (tmp_path / "MERGED").exists()
+
+
+def test_a_missing_file_is_named_and_an_edited_model_card_is_fine(lora_run, tmp_path, capsys):
+    run, _ = crafted_copy(lora_run, tmp_path)
+    (run / "README.md").write_text("# my notes on this model\n")  # documentation: the user's to edit
+    (tmp_path / "in.txt").write_text("text number 3\n")
+    argv = ["predict", str(run), "--input_file", str(tmp_path / "in.txt")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (run / "adapter_config.json").unlink()
+    assert main(argv) == 2
+    assert "is incomplete: adapter_config.json is missing" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -127,9 +128,28 @@ def test_a_damaged_checkpoint_is_refused_with_the_alternatives(tiny_model_dir, t
         (latest / checkpoint.OPTIMIZER).write_bytes(os.urandom(300))
     else:
         (latest / checkpoint.RNG).unlink()
-    with pytest.raises(PeftkitError, match=rf"{latest.name}' is corrupt or truncated .*available: checkpoint-3"):
+    named = {"truncate_weights": checkpoint.WEIGHTS, "garbage_optimizer": checkpoint.OPTIMIZER,
+             "missing_rng": checkpoint.RNG}[damage]
+    with pytest.raises(PeftkitError, match=rf"{latest.name}' is damaged: {re.escape(named)} differ from what was "
+                       r"written \(sha256\).*available: checkpoint-3"):
         engine(tiny_model_dir, tmp_path).fit(latest)
     assert len(checkpoint.list_checkpoints(tmp_path)) == 6  # 3, 4, 6, 8, 9, 12: nothing deleted
+    # `latest` takes the newest checkpoint that verifies, and says which it passed over
+    assert checkpoint.resolve(tmp_path, "latest").name == "checkpoint-9"
+
+
+def test_finite_tampering_is_caught_before_loading_and_a_checkpoint_resaved_is_replaced_whole(tiny_model_dir,
+                                                                                             tmp_path):
+    """64 bytes overwritten inside the tensor data: resume loaded it and hit NaN, blaming the learning rate."""
+    engine(tiny_model_dir, tmp_path, save_total_limit=0, max_steps=6).fit()
+    latest = checkpoint.resolve(tmp_path, "latest")
+    path = latest / checkpoint.WEIGHTS
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little") + 8
+    data[start:start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    assert checkpoint.damaged_files(latest) == [checkpoint.WEIGHTS]
+    assert checkpoint.resolve(tmp_path, "latest").name != latest.name
 
 
 class Boom:
@@ -142,6 +162,12 @@ def test_checkpoint_files_are_never_unpickled(tiny_model_dir, tmp_path, monkeypa
     latest = checkpoint.resolve(tmp_path, "latest")
     torch.save({"state": Boom()}, latest / checkpoint.OPTIMIZER)  # a booby-trapped file
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(PeftkitError, match="is damaged: optimizer.pt"):  # its digest no longer matches
+        checkpoint.load(latest, rank=0)
+    # with the digest forged too, torch.load(weights_only=True) still refuses to run it
+    state = json.loads((latest / checkpoint.STATE).read_text())
+    state["files"][checkpoint.OPTIMIZER] = checkpoint.sha256_of(latest / checkpoint.OPTIMIZER)
+    (latest / checkpoint.STATE).write_text(json.dumps(state))
     with pytest.raises(PeftkitError, match="corrupt or truncated"):
         checkpoint.load(latest, rank=0)
     assert not (tmp_path / "pwned").exists()

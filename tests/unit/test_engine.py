@@ -179,7 +179,23 @@ def test_skipping_gives_up_after_ten_in_a_row_and_names_the_last_checkpoint(tiny
     nan_at(eng, set(range(3, 30)))
     with pytest.raises(PeftkitError, match="10 steps in a row were skipped") as info:
         eng.fit()
-    assert "The last good checkpoint is" in str(info.value) and str(info.value).endswith("checkpoint-12.")
+    assert "The newest checkpoint is" in str(info.value) and str(info.value).endswith("checkpoint-12.")
+
+
+def test_a_nan_right_after_resuming_names_that_checkpoint_as_the_suspect(tiny_model_dir, tmp_path):
+    """It was called 'the last good checkpoint' although the damage came from it."""
+    from peftkit import checkpoint
+
+    engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=8, save_steps=2,
+           save_total_limit=0).fit()
+    resumed = engine(tiny_model_dir, tmp_path, per_device_train_batch_size=4, max_steps=12, save_steps=2)
+    nan_at(resumed, {1})
+    with pytest.raises(PeftkitError, match="became NaN/inf at step 9") as info:
+        resumed.fit(tmp_path / "checkpoint-8")
+    assert "This run resumed from step 8 1 step(s) before: that checkpoint is the first suspect" in str(info.value)
+    assert "resume from an earlier one (" in str(info.value) and "checkpoint-6)" in str(info.value)
+    assert "last good" not in str(info.value)
+    assert checkpoint.list_checkpoints(tmp_path)
 
 
 def test_metric_for_best_model_must_exist(tiny_model_dir, tmp_path):
