@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from peftkit.assets import sha256_of
 from peftkit.distributed import gather_objects, gather_trainable, on_main
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -252,13 +252,14 @@ def save(acc, output_dir: Path, keep: int, model, trainable: set[str], optimizer
         try:
             path = write(output_dir, state.step, weights, optimizer.state_dict(), scheduler.state_dict(), rngs,
                          state.to_json())
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.save and safetensors report a full disk their own ways
+            if not is_write_failure(exc):
+                raise
             earlier = list_checkpoints(output_dir)
-            raise PeftkitError(
-                f"Could not write the checkpoint of step {state.step} in {str(output_dir)!r}: "
-                f"{exc.strerror or exc}. Nothing was half-written and earlier checkpoints are intact "
-                f"({earlier[-1].name if earlier else 'none yet'}). Free disk space (or lower --save_total_limit), "
-                "then rerun with --resume_from_checkpoint latest.") from exc
+            raise write_failure(exc, output_dir, f"the checkpoint of step {state.step}",
+                                "Nothing was half-written and earlier checkpoints are intact "
+                                f"({earlier[-1].name if earlier else 'none yet'}): rerun with "
+                                "--resume_from_checkpoint latest once there is room.") from exc
         rotate(output_dir, keep, protect=path)
         logger.info("Checkpoint saved: %s", path)
         return path

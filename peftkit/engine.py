@@ -24,7 +24,7 @@ from transformers import get_scheduler
 from peftkit import checkpoint
 from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
 from peftkit.distributed import any_process, gather_trainable, on_main, restore_trainable, sharded, sum_processes
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.evaluation import eval_loader, evaluate, model_inputs, own_generator
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
@@ -224,7 +224,16 @@ class Engine:
         if self.acc.is_main_process:
             check(bool(tensors), "No trainable weights in the gathered state dict; refusing to save an empty "
                   "checkpoint. Report this with your Accelerate config.")
-            self.best_weights.save(tensors)
+            try:
+                self.best_weights.save(tensors)
+            except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it
+                if not is_write_failure(exc):
+                    raise
+                earlier = checkpoint.list_checkpoints(self.output_dir)
+                raise write_failure(exc, self.output_dir, "the best evaluation's weights",
+                                    "The previous best weights are intact (written whole or not at all)"
+                                    + (f", and so is {earlier[-1].name}: add --resume_from_checkpoint latest."
+                                       if earlier else ".")) from exc
         self.acc.wait_for_everyone()
 
     def fit(self, resume: Path | None = None) -> FitResult:

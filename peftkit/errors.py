@@ -29,3 +29,26 @@ def require(what: str, packages: dict[str, str], extra: str | None = None) -> No
         raise PeftkitError(f"{what} needs {', '.join(missing)}, which is not installed. Run: {command}"
                            + (f' (or install peftkit with its extra: pip install "peftkit[{extra}]")' if extra else "")
                            + ".")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """A failed write as the libraries report it: an OSError (ENOSPC, EIO, EDQUOT), torch.save's RuntimeError
+    ("PytorchStreamWriter failed writing file"), or safetensors' SafetensorError (an exception of its own)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()
+    return (type(exc).__name__ == "SafetensorError"
+            or (isinstance(exc, RuntimeError) and any(w in text for w in ("write", "writing", "no space", "file"))))
+
+
+def write_failure(exc: BaseException, directory, what: str, kept: str) -> PeftkitError:
+    """The one message for a failed write: what was being written, why, the free space left, what is intact."""
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB free"
+    except OSError:
+        free = "free space unknown"
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return PeftkitError(f"Could not write {what} in {str(directory)!r}: {reason} ({free} there). {kept} Free disk "
+                        "space (or lower --save_total_limit), then run the same command again.")

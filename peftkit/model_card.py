@@ -95,4 +95,6 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
 
 def write(output_dir: Path, config: dict[str, Any], results: dict[str, Any], task: Any) -> None:
     adapter = (output_dir / "adapter_config.json").is_file()
-    (output_dir / "README.md").write_text(render(config, results, task, adapter))
+    from peftkit.train_state import atomic_write_text
+
+    atomic_write_text(output_dir / "README.md", render(config, results, task, adapter))

@@ -32,7 +32,7 @@ from peftkit.config import (
 from peftkit.data import load_raw_datasets
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.identity import fingerprint
 from peftkit.memory import HOST, peak_memory_bytes, resident_bytes
 from peftkit.modeling import (
@@ -46,7 +46,7 @@ from peftkit.modeling import (
 from peftkit.search import trial as search_trial
 from peftkit.tasks import get_task, task_fields
 from peftkit.tasks import prepare_model as prepare_task_model
-from peftkit.train_state import BEST_FILE
+from peftkit.train_state import BEST_FILE, atomic_write_text
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "peftkit_config.json"
@@ -315,12 +315,12 @@ def write_manifest(output_dir: Path) -> None:
     files = {}
     for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(output_dir)
-        if rel.parts[0] in (locks.LOCK_FILE, REPLACED_DIR, MANIFEST_FILE) or rel.parts[0].startswith("."):
+        if rel.parts[0] in (locks.LOCK_FILE, REPLACED_DIR, MANIFEST_FILE) or rel.parts[0].startswith(".") \
+                or TRANSIENT.fullmatch(rel.parts[0]):  # checkpoints and logs come and go
             continue
         files[rel.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
-    tmp = output_dir / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps({"peftkit_version": __version__, "files": files}, indent=1))
-    os.replace(tmp, output_dir / MANIFEST_FILE)
+    atomic_write_text(output_dir / MANIFEST_FILE, json.dumps({"peftkit_version": __version__, "files": files},
+                                                              indent=1))
 
 
 def remove_checkpoints(output_dir: Path) -> None:
@@ -437,7 +437,7 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     if resume is None and train_args.overwrite_output_dir:
         on_main(acc, lambda: set_aside(output_dir))
     if acc.is_main_process and resume is None:
-        (output_dir / CONFIG_FILE).write_text(json.dumps(config | {"label_type": task_state.get("label_type")},
+        atomic_write_text(output_dir / CONFIG_FILE, json.dumps(config | {"label_type": task_state.get("label_type")},
                                                          indent=2))
     tracked = config["training"] | {name: derived["value"] for name, derived in config["derived"].items()}
     acc.init_trackers(logging_dir(train_args, output_dir).name,
@@ -462,9 +462,12 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
     if use_cache:
         acc.unwrap_model(engine.prepared).config.use_cache = use_cache
-    save_model(acc, engine.prepared, output_dir, processor)
-    if acc.is_main_process and hasattr(strategy, "finalize_saved"):
-        strategy.finalize_saved(output_dir)
+    try:
+        save_model(acc, engine.prepared, output_dir, processor)
+        if acc.is_main_process and hasattr(strategy, "finalize_saved"):
+            strategy.finalize_saved(output_dir)
+    except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it
+        raise final_write_failure(exc, output_dir) from exc
     acc.end_training()
 
     results = {
@@ -490,15 +493,30 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     if final is not None:
         results["final_evaluation"] = {"base": baseline, "fine_tuned": final}
     if acc.is_main_process:
-        checkpoint.share_files(output_dir)
-        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        model_card.write(output_dir, config, results, task)
-        (output_dir / BASELINE_FILE).unlink(missing_ok=True)
+        try:
+            checkpoint.share_files(output_dir)
+            atomic_write_text(output_dir / RESULTS_FILE, json.dumps(results, indent=2))
+            model_card.write(output_dir, config, results, task)
+            (output_dir / BASELINE_FILE).unlink(missing_ok=True)
+            write_manifest(output_dir)  # last: a run without one did not finish writing
+        except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it
+            (output_dir / RESULTS_FILE).unlink(missing_ok=True)  # so that the run does not look finished
+            raise final_write_failure(exc, output_dir) from exc
         if not train_args.keep_checkpoints:  # they only serve to resume, and a finished run is not resumed
             remove_checkpoints(output_dir)
         shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)  # the run this one replaced
-        write_manifest(output_dir)
     return results
+
+
+def final_write_failure(exc: BaseException, output_dir: Path) -> BaseException:
+    """The exception to raise for a failure while saving the trained run: one clear message for a failed write."""
+    if not is_write_failure(exc):
+        return exc
+    kept = checkpoint.list_checkpoints(output_dir)
+    return write_failure(exc, output_dir, "the trained run", "It is not finished: "
+                         + (f"its checkpoints are intact ({kept[-1].name} the newest): rerun with "
+                            "--resume_from_checkpoint latest once there is room." if kept else
+                            "no checkpoint was kept; train again once there is room."))
 
 
 def final_evaluation(acc: Accelerator, task: Any, model, processor, raw, output_dir: Path, stage: str,

@@ -59,8 +59,35 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write safetensors to a temporary name, then rename: readers see the old file or the new, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all: a temporary file, fsynced, renamed over ``path``, and the directory
+    fsynced so that the rename survives a crash. A full disk leaves the old file (or none), never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # a system that cannot open or sync a directory: the file itself is whole
+        pass
 
 
 @dataclass

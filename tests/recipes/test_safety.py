@@ -367,3 +367,21 @@ def test_a_missing_file_is_named_and_an_edited_model_card_is_fine(lora_run, tmp_
     (run / "adapter_config.json").unlink()
     assert main(argv) == 2
     assert "is incomplete: adapter_config.json is missing" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_the_final_save_leaves_a_run_that_does_not_look_finished(tmp_path, builtin_model_dir,
+                                                                                   data_csv, monkeypatch, capsys):
+    from peftkit import runner
+
+    out = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(runner, "save_model", full)
+    assert main(train_argv(builtin_model_dir, data_csv, out, "--max_steps", "4", "--save_steps", "2")) == 2
+    err = capsys.readouterr().err
+    assert "Could not write the trained run in" in err and "GiB free there" in err
+    assert "It is not finished: its checkpoints are intact (checkpoint-4 the newest): rerun with " \
+           "--resume_from_checkpoint latest" in err
+    assert not (out / "results.json").exists() and not (out / "peftkit_manifest.json").exists()

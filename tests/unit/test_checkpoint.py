@@ -171,3 +171,62 @@ def test_checkpoint_files_are_never_unpickled(tiny_model_dir, tmp_path, monkeypa
     with pytest.raises(PeftkitError, match="corrupt or truncated"):
         checkpoint.load(latest, rank=0)
     assert not (tmp_path / "pwned").exists()
+
+
+def full_disk_error(kind):
+    """A full disk as each writer reports it."""
+    if kind == "torch.save":
+        return RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                            "data/0: file write failed")
+    if kind == "safetensors":
+        from safetensors import SafetensorError
+
+        return SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "safetensors", "oserror"])
+def test_a_full_disk_is_one_message_however_the_writer_reports_it(tiny_model_dir, tmp_path, monkeypatch, kind):
+    real_save = torch.save
+
+    def failing(obj, path, *args, **kwargs):
+        if checkpoint.list_checkpoints(tmp_path):  # the first checkpoint goes through
+            raise full_disk_error(kind)
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    with pytest.raises(PeftkitError, match=r"Could not write the checkpoint of step \d+ in .*GiB free there\)\. "
+                       r"Nothing was half-written and earlier checkpoints are intact \(checkpoint-3\)"):
+        engine(tiny_model_dir, tmp_path).fit()
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path / "checkpoint-3", rank=0)["state"]["step"] == 3
+
+
+def test_a_full_disk_while_keeping_the_best_weights_keeps_the_previous_ones(tiny_model_dir, tmp_path, monkeypatch):
+    from peftkit import train_state
+
+    real = train_state.save_file
+    calls = {"n": 0}
+
+    def failing(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise full_disk_error("safetensors")
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_state, "save_file", failing)
+    with pytest.raises(PeftkitError, match=r"Could not write the best evaluation's weights in .*The previous best "
+                       "weights are intact"):
+        engine(tiny_model_dir, tmp_path, save_steps=-1).fit()
+    assert (tmp_path / checkpoint.BEST_FILE).is_file() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_atomic_text_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
+    from peftkit import train_state
+
+    path = tmp_path / "results.json"
+    path.write_text('{"old": true}')
+    monkeypatch.setattr(train_state.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(OSError):
+        train_state.atomic_write_text(path, '{"new": true}')
+    assert path.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
