@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader
 
 from peftkit.checkpoint import current_umask, share_files
 from peftkit.config import DataArguments
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.evaluation import evaluate
 from peftkit.identity import fingerprint
 from peftkit.modeling import load_model, resolve_model_path
 from peftkit.run_dir import NO_TRUST, Trust, eval_data, load_adapter, model_arguments, read_config, verify_run
+from peftkit.runner import write_manifest
 from peftkit.strategies import get_strategy
 from peftkit.tasks import build_from_config, not_plain_reason
 
@@ -256,8 +257,14 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))  # a fresh name, made by us alone
     try:
-        merged.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        try:
+            merged.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it
+            if not is_write_failure(exc):
+                raise
+            raise write_failure(exc, out.parent, "the merged model", "Nothing was published: "
+                                f"{str(out)!r} is as it was.") from exc
         reloaded = task.auto_class.from_pretrained(tmp, dtype=getattr(torch, dtype))
         disk_metrics, disk_logits = score(task, reloaded, loader)
         report[metric] |= {"merged_in_memory": round(mem_metrics[metric], 6),
@@ -265,6 +272,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         check_parity(report, ref_logits, mem_logits, disk_logits)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         share_files(tmp)
+        write_manifest(tmp)  # every file's sha256, for whoever copies or serves the merged model
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp made it private; the published folder is the user's default
         publish(tmp, out)
     finally:

@@ -385,3 +385,24 @@ def test_a_full_disk_during_the_final_save_leaves_a_run_that_does_not_look_finis
     assert "It is not finished: its checkpoints are intact (checkpoint-4 the newest): rerun with " \
            "--resume_from_checkpoint latest" in err
     assert not (out / "results.json").exists() and not (out / "peftkit_manifest.json").exists()
+
+
+def test_merge_publishes_a_manifest_and_a_full_disk_publishes_nothing(lora_run, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "merged"
+    assert main(["merge", str(lora_run), "--output_dir", str(out)]) == 0
+    files = json.loads((out / "peftkit_manifest.json").read_text())["files"]
+    assert "model.safetensors" in files and "merge_report.json" in files
+    capsys.readouterr()
+
+    def full(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    again = tmp_path / "merged_again"
+    assert main(["merge", str(lora_run), "--output_dir", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "Could not write the merged model in" in err and "Nothing was published" in err
+    assert not again.exists() and not [p for p in tmp_path.iterdir() if ".merging-" in p.name]
