@@ -231,8 +231,11 @@ def load_tokenizer(source: ModelArguments | str | Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **source_kwargs(path))
     except Exception as exc:  # noqa: BLE001
+        advice = ("Pass --tokenizer_name with a directory that has one." if isinstance(source, ModelArguments) else
+                  "The run directory's tokenizer files are damaged or missing: restore them from a copy of the run "
+                  "(or from the base model's own), or train again.")
         raise PeftkitError(f"Cannot load a tokenizer from {path!r}: {str(exc).splitlines()[0][:200]}. "
-                           "Pass --tokenizer_name with a directory that has one.") from exc
+                           + advice) from exc
     if tokenizer.pad_token is None:  # decoder LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

@@ -406,3 +406,15 @@ def test_merge_publishes_a_manifest_and_a_full_disk_publishes_nothing(lora_run, 
     err = capsys.readouterr().err
     assert "Could not write the merged model in" in err and "Nothing was published" in err
     assert not again.exists() and not [p for p in tmp_path.iterdir() if ".merging-" in p.name]
+
+
+def test_a_damaged_tokenizer_in_a_run_without_a_manifest_gets_advice_predict_can_follow(lora_run, tmp_path, capsys):
+    """predict used to advise --tokenizer_name, a flag predict does not have."""
+    run, _ = crafted_copy(lora_run, tmp_path)
+    (run / "peftkit_manifest.json").unlink()  # a run from before manifests
+    tokenizer = run / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+    (tmp_path / "in.txt").write_text("text number 3\n")
+    assert main(["predict", str(run), "--input_file", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer files are damaged or missing: restore them" in err and "--tokenizer_name" not in err
