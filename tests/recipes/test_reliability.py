@@ -37,7 +37,9 @@ def reference(tmp_path_factory):
 def start(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "recipes/lora_text_cls.py", *ARGS, "--output_dir", str(out), *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            # a run started from a terminal, even when the tests themselves run under nohup
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -122,11 +124,14 @@ def checkpoint_names(run: Path) -> list[str]:
 def test_a_finished_run_is_not_resumed(reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    def files():  # the run's own: the directory's lock file names whoever last held it
+        return {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != ".peftkit.lock"}
+
+    before = files()
     assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]) == 2
     err = capsys.readouterr().err
     assert "has finished (it wrote results.json): there is nothing to resume" in err and "peftkit eval" in err
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert files() == before
 
 
 def test_an_existing_run_is_not_overwritten_without_the_flag(reference, tmp_path, capsys):
@@ -146,17 +151,22 @@ def test_an_existing_run_is_not_overwritten_without_the_flag(reference, tmp_path
     assert not (out / "adapter_config.json").exists()
 
 
-def test_a_truncated_checkpoint_is_refused_and_nothing_is_lost(reference, tmp_path, capsys):
+def test_a_truncated_checkpoint_is_refused_and_latest_takes_the_newest_intact_one(reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     (run / "results.json").unlink()  # as if it had been interrupted after its last checkpoint
-    kept = sorted(p.name for p in run.glob("checkpoint-*"))
+    kept = sorted((p.name for p in run.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
     weights = run / kept[-1] / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]) == 2
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(run), "--resume_from_checkpoint",
+                                           str(run / kept[-1])]) == 2
     err = capsys.readouterr().err
-    assert f"{kept[-1]}' is corrupt or truncated" in err and f"available: {kept[0]}" in err and "Traceback" not in err
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == kept
+    assert f"{kept[-1]}' is damaged: trainable.safetensors differ" in err and f"available: {kept[0]}" in err
+    assert "Traceback" not in err and sorted(p.name for p in run.glob("checkpoint-*")) == sorted(kept)
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]) == 0
+    assert f"{kept[-1]} is damaged (trainable.safetensors: not as written); trying the one before it" in \
+        capsys.readouterr().err
+    assert json.loads((run / "results.json").read_text())["resumed_from_step"] == int(kept[-2].split("-")[1])
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
@@ -171,6 +181,9 @@ def test_an_adapter_is_refused_on_another_base(reference, tmp_path, tiny_model_d
     cfg = json.loads((run / "peftkit_config.json").read_text())
     cfg["model"]["model_name_or_path"] = tiny_model_dir("bert")
     (run / "peftkit_config.json").write_text(json.dumps(cfg))
+    from peftkit.runner import write_manifest
+
+    write_manifest(run)  # an edit made with care: only the base check can tell
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "was trained on a base with fingerprint" in err and "holds different weights" in err
@@ -210,6 +223,7 @@ def test_pickled_weights_are_never_loaded(reference, tmp_path, capsys):
     shutil.copytree(reference, run)
     weights = load_file(str(run / "adapter_model.safetensors"))
     (run / "adapter_model.safetensors").unlink()
+    (run / "peftkit_manifest.json").unlink()  # a run from before manifests
     torch.save(weights, run / "adapter_model.bin")  # what an older or foreign tool might leave
     assert main(["eval", str(run)]) == 2
     assert "holds no safetensors weights" in capsys.readouterr().err

@@ -28,11 +28,12 @@ def test_every_process_stops_but_only_a_machines_first_one_says_so(monkeypatch, 
 
 
 def test_a_hangup_stops_with_a_checkpoint_unless_the_user_ignores_it():
-    with StopRequest() as stop:  # an ssh connection dropped: save and stop, as for SIGTERM
-        send(signal.SIGHUP)
-    assert stop.signum == signal.SIGHUP
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, even if the tests run under nohup
     try:
+        with StopRequest() as stop:  # an ssh connection dropped: save and stop, as for SIGTERM
+            send(signal.SIGHUP)
+        assert stop.signum == signal.SIGHUP
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
         with StopRequest() as stop:
             send(signal.SIGHUP)
         assert stop.signum == 0  # training goes on to the end
