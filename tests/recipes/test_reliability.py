@@ -38,8 +38,14 @@ def start(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "recipes/lora_text_cls.py", *ARGS, "--output_dir", str(out), *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            # a run started from a terminal, even when the tests themselves run under nohup
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                            preexec_fn=as_in_a_terminal)
+
+
+def as_in_a_terminal() -> None:
+    """A run started from a terminal, even when the tests run in the background (a non-interactive shell's
+    background jobs ignore SIGINT) or under nohup (SIGHUP ignored): peftkit rightly keeps an ignored signal ignored."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

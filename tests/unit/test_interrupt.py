@@ -12,6 +12,19 @@ import pytest
 from peftkit.interrupt import StopRequest
 
 
+@pytest.fixture(autouse=True)
+def as_in_a_terminal():
+    """Signals as a terminal leaves them, even when the tests run in the background (where a shell ignores SIGINT)
+    or under nohup (SIGHUP ignored)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def send(sig: int) -> None:
     os.kill(os.getpid(), sig)
     time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
@@ -28,7 +41,7 @@ def test_every_process_stops_but_only_a_machines_first_one_says_so(monkeypatch, 
 
 
 def test_a_hangup_stops_with_a_checkpoint_unless_the_user_ignores_it():
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, even if the tests run under nohup
+    previous = signal.getsignal(signal.SIGHUP)
     try:
         with StopRequest() as stop:  # an ssh connection dropped: save and stop, as for SIGTERM
             send(signal.SIGHUP)
