@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from peftkit.assets import sha256_of
 from peftkit.distributed import gather_objects, gather_trainable, on_main
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
-from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file  # noqa: F401
+from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file, fsync_dir  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -139,27 +139,13 @@ def write(output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimiz
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (where the system allows opening a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def damaged_files(path: Path) -> list[str]:
