@@ -1,7 +1,7 @@
 """Compare every strategy's accuracy, peak memory and speed against full fine-tuning.
 
-    python -m benchmarks --quick                      # a tiny subset, a few minutes on 2 CPU cores
-    python -m benchmarks --output_dir benchmarks/results --repeats 3
+    python -m benchmarks --quick                      # a tiny subset: a smoke run of every strategy
+    python -m benchmarks --output_dir benchmarks/results/full_mode_$(date +%F) --repeats 3   # a dated folder each
     python -m benchmarks --strategies lora qlora full --num_processes 2
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
     python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
@@ -22,8 +22,9 @@ from benchmarks.report import markdown, plot
 from benchmarks.suite import BenchConfig, run_suite
 
 
-def parse(argv: list[str]) -> BenchConfig:
-    from benchmarks.suite import SET_HELP, STRATEGIES, parse_set
+def build_parser() -> argparse.ArgumentParser:
+    """The suite's flags (the docs' reference page reads them too)."""
+    from benchmarks.suite import SET_HELP, STRATEGIES
     from peftkit.strategies import available
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -54,6 +55,14 @@ def parse(argv: list[str]) -> BenchConfig:
     ap.add_argument("--report_only", action="store_true",
                     help="train nothing: write the report from the runs already finished in --output_dir (as "
                     "--resume would reuse them) and list the ones still missing")
+    return ap
+
+
+def parse(argv: list[str]) -> BenchConfig:
+    from benchmarks.suite import STRATEGIES, parse_set
+    from peftkit.strategies import available
+
+    ap = build_parser()
     args = ap.parse_args(argv)
     sizes: list[int | None] | None = None
     if args.train_sizes:

@@ -28,6 +28,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from peftkit.metrics import macro_f1
 from peftkit.sampling import LengthGroupedSampler, LengthSortedSampler
 
 
@@ -42,13 +43,8 @@ def evaluate(model, loader) -> dict[str, float]:
         preds += out.logits.argmax(-1).tolist()
         refs += batch["labels"].tolist()
     model.train()
-    f1s = []
-    for label in set(preds) | set(refs):
-        tp = sum(p == r == label for p, r in zip(preds, refs, strict=True))
-        precision, recall = tp / max(preds.count(label), 1), tp / max(refs.count(label), 1)
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
     return {"accuracy": sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs),
-            "f1": sum(f1s) / len(f1s), "loss": loss_sum / len(refs)}
+            "f1": macro_f1(preds, refs), "loss": loss_sum / len(refs)}
 
 
 def main() -> int:

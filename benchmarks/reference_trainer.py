@@ -15,7 +15,6 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 from reference_common import (  # beside this script
     StepTimer,
     lora_text_cls,
@@ -30,15 +29,7 @@ from transformers import (
     TrainingArguments,
 )
 
-
-def macro_f1(preds: np.ndarray, refs: np.ndarray) -> float:
-    scores = []
-    for label in np.union1d(preds, refs):
-        tp = np.sum((preds == label) & (refs == label))
-        p = tp / max(np.sum(preds == label), 1)
-        r = tp / max(np.sum(refs == label), 1)
-        scores.append(2 * p * r / (p + r) if p + r else 0.0)
-    return float(np.mean(scores))
+from peftkit.metrics import macro_f1
 
 
 def compute_metrics(pred):

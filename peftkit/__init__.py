@@ -1,6 +1,8 @@
 """peftkit: parameter-efficient fine-tuning, orchestrated over transformers, peft and accelerate."""
 
-__version__ = "0.1.0"
+from peftkit._version import __version__
+
+__all__ = ["__version__", "load_run"]
 
 
 def load_run(run_dir, trust_remote_code: bool = False, skip_base_check: bool = False):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from peftkit import metrics
 from peftkit.data import ORIGIN
 from peftkit.errors import check, require
 from peftkit.evaluation import in_order
@@ -37,24 +38,11 @@ def predict_split(task, model, collator, data, batch_size: int) -> tuple[torch.T
     return torch.cat(labels), torch.cat(probs)
 
 
-def per_class(confusion: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support of each class from the confusion matrix (rows: true, columns: predicted)."""
-    out = {}
-    for i, name in enumerate(names):
-        tp, predicted, support = confusion[i, i].item(), confusion[:, i].sum().item(), confusion[i].sum().item()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[name] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                     "support": int(support)}
-    return out
-
-
-def macro_f1(confusion: torch.Tensor, scores: dict[str, dict[str, float]]) -> float:
-    """Mean F1 over the classes seen among the labels or the predictions, as the runs' own metric averages it (a
-    class absent from both would only pull the mean down)."""
-    seen = [s["f1"] for i, s in enumerate(scores.values()) if confusion[i].sum() or confusion[:, i].sum()]
-    return round(sum(seen) / len(seen), 4) if seen else 0.0
+def per_class(labels: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class, rounded for the report (``peftkit.metrics``)."""
+    scores = metrics.per_class_scores(predicted.tolist(), labels.tolist(), range(len(names)))
+    return {name: {"precision": round(s["precision"], 4), "recall": round(s["recall"], 4), "f1": round(s["f1"], 4),
+                   "support": s["support"]} for name, s in zip(names, scores.values(), strict=True)}
 
 
 def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> dict[str, Any]:
@@ -122,10 +110,8 @@ def analyze(run_dir: str, split: str | None = None, eval_file: str | None = None
 def _write_analysis(run_dir: str, task, model, processor, cfg: dict[str, Any], raw, data, named: str | None,
                     source: str, out: Path, top_k: int, bins: int) -> dict[str, Any]:
     batch_size = cfg["training"].get("per_device_eval_batch_size", 64)
-    own = getattr(task, "analyze_split", None)
-    if own is not None:
-        part = own(model, processor, raw, data, batch_size, out, top_k)
-    else:
+    part = task.analyze_split(model, processor, raw, data, batch_size, out, top_k)
+    if part is None:  # the task has no analysis of its own: one label per example
         part = classification(task, model, processor, raw, data, batch_size, top_k, bins, out)
     from peftkit import analysis_plots
 
@@ -157,16 +143,16 @@ def classification(task, model, processor, raw, data, batch_size: int, top_k: in
     confidence, predicted = probs.max(-1)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    scores = per_class(confusion, names)
     result = {
         "examples": len(labels), "accuracy": round((predicted == labels).float().mean().item(), 4),
-        "macro_f1": macro_f1(confusion, scores), "per_class": scores,
+        "macro_f1": round(metrics.macro_f1(predicted.tolist(), labels.tolist()), 4) if len(labels) else 0.0,
+        "per_class": per_class(labels, predicted, names),
         "confusion_matrix": {"labels": names, "counts": confusion.tolist(), "rows": "true label",
                              "columns": "predicted label"},
         "calibration": calibration(confidence, predicted == labels, bins),
     }
     analysis_plots.reliability(out / "reliability.png", result["calibration"], confidence, bins)
-    errors = error_rows(raw, labels, probs, names, getattr(task.data, "text_column", None), top_k)
+    errors = error_rows(raw, labels, probs, names, task.data.text_column, top_k)
     return {"result": result, "errors": errors, "confusion": confusion, "names": names,
             "markdown": markdown(result, errors), "check": ("accuracy", result["accuracy"]),
             "headline": f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, expected "

@@ -35,23 +35,13 @@ from safetensors.torch import load_file, save_file
 from peftkit.assets import sha256_of
 from peftkit.distributed import gather_objects, gather_trainable, on_main
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
-from peftkit.train_state import BEST_FILE, BestWeights, TrainState, atomic_save_file, fsync_dir  # noqa: F401
+from peftkit.layout import BEST_FILE, PREFIX, STATE, fsync_dir, list_checkpoints
+from peftkit.train_state import BestWeights, TrainState
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "checkpoint-"
 WEIGHTS, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
-RNG, STATE, BEST = "rng_state.safetensors", "trainer_state.json", BEST_FILE
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    found = []
-    for path in Path(output_dir).glob(f"{PREFIX}*"):
-        match = re.fullmatch(rf"{PREFIX}(\d+)", path.name)
-        if match and path.is_dir() and (path / STATE).is_file():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
+RNG, BEST = "rng_state.safetensors", BEST_FILE
 
 
 def resolve(output_dir: Path, which: str) -> Path:

@@ -171,15 +171,14 @@ class TrainingArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm (0 = no clipping)."})
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, fp16, bf16, fp8 or auto (--fp16 and --bf16 also work). auto: bf16 "
-                                "on a GPU that has it, fp16 on an older GPU, float32 on a CPU (bf16 autocast was "
-                                "measured slower than float32 there: 1.5-2.2x with avx512_bf16, ~20x emulated "
-                                "without it). Default: what `accelerate config` or "
+                                "on a GPU that has it, fp16 on an older GPU, float32 on a CPU (where bf16 autocast is "
+                                "slower than float32; see the benchmark pages). Default: what `accelerate config` or "
                                 "`accelerate launch --mixed_precision` chose (no on CPU)."}
     )
     group_by_length: bool = field(
         default=True, metadata={"help": "Put training examples of similar length in the same batch (random groups in a "
-                                "random order, a function of --seed), so that batches carry little padding: on the "
-                                "built-in reviews about half the compute. --group_by_length false: random batches."}
+                                "random order, a function of --seed), so that batches carry little padding and less "
+                                "compute is spent on it. --group_by_length false: random batches."}
     )
     release_host_memory: bool = field(
         default=True, metadata={"help": "On CPU, give host memory that freed tensors leave with the C allocator back "
@@ -258,6 +257,22 @@ MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8", "auto")
 TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
+def parse_class_weights(spec: str) -> str | list[float] | None:
+    """``none`` -> None, ``balanced`` -> "balanced", ``1,3.5`` -> [1.0, 3.5]; anything else is an error."""
+    spec = spec.strip().lower()
+    if spec in ("", "none"):
+        return None
+    if spec == "balanced":
+        return spec
+    try:
+        weights = [float(w) for w in spec.replace(" ", ",").split(",") if w]
+    except ValueError:
+        weights = []
+    check(bool(weights) and all(w > 0 and w == w and w != float("inf") for w in weights),
+          f"--class_weights must be none, balanced, or one positive number per class (e.g. 1,4), got {spec!r}.")
+    return weights
+
+
 def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
     """Reject impossible values before any heavy work starts."""
     check(model_args.torch_dtype in TORCH_DTYPES,
@@ -297,8 +312,6 @@ def validate(model_args: ModelArguments, data_args: DataArguments, train_args: T
           f"--focal_gamma must be >= 0, got {train_args.focal_gamma}.")
     check(math.isfinite(train_args.label_smoothing) and 0 <= train_args.label_smoothing < 1,
           f"--label_smoothing must be in [0, 1), got {train_args.label_smoothing}.")
-    from peftkit.losses import parse_class_weights
-
     parse_class_weights(train_args.class_weights)
     check(math.isfinite(train_args.lr_step_size) and train_args.lr_step_size > 0,
           f"--lr_step_size must be a positive number of epochs, got {train_args.lr_step_size}.")

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -46,12 +47,13 @@ def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
 def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None) -> tuple[DatasetDict, str]:
     """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
     ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``own``: the
-    task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when not asked for."""
+    task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when it does not apply (a
+    task without one: always None)."""
     if not data_args.use_test_split:  # not even opened: a search's trials must not see it
         data_args = dataclasses.replace(data_args, test_file=None, test_dir=None)
     mine = own(data_args) if own is not None else None
     folders = [f"--{k}" for k in ("train_dir", "validation_dir", "test_dir") if getattr(data_args, k, None)]
-    check(own is not None or not folders, f"{', '.join(folders)}: folders of images are read by the image_cls task "
+    check(mine is not None or not folders, f"{', '.join(folders)}: folders of images are read by the image_cls task "
           "only. Pass data files with --train_file (and --validation_file, --test_file).")
     if mine is not None:
         raw, description = mine
@@ -159,10 +161,62 @@ def bad_json_place(path: Path) -> str | None:
     return None
 
 
+DOCSTART = "-DOCSTART-"
+
+
+def read_conll(path: str | Path) -> list[dict[str, Any]]:
+    """Sentences of a CoNLL-format file: one token per line with its tag in the last column (columns split by
+    tabs or spaces, so token / POS / chunk / tag files work), a blank line between sentences, ``-DOCSTART-``
+    lines skipped. Each sentence: ``{"tokens": [...], "ner_tags": [...], "line": first line number}``."""
+    path = Path(path)
+    check(path.is_file(), f"CoNLL file {str(path)!r} does not exist.")
+    sentences: list[dict[str, Any]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+    one_column: list[int] = []
+    widths: dict[int, list[int]] = {}  # number of columns -> the lines that have it
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            # Tab-separated files split on tabs only (a token may hold other white space); others on any run.
+            line = line.rstrip("\r\n")
+            fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
+            fields = fields if any(fields) else []
+            if not fields or fields[0] == DOCSTART:
+                if tokens:
+                    sentences.append({"tokens": tokens, "ner_tags": tags, "line": first})
+                tokens, tags = [], []
+                continue
+            if len(fields) < 2:
+                one_column.append(number)
+                continue
+            widths.setdefault(len(fields), []).append(number)
+            if not tokens:
+                first = number
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+    if tokens:
+        sentences.append({"tokens": tokens, "ner_tags": tags, "line": first})
+    if one_column:
+        shown = ", ".join(map(str, one_column[:10])) + (" and more" if len(one_column) > 10 else "")
+        raise PeftkitError(
+            f"{path} is not in CoNLL format: line(s) {shown} hold a single column. CoNLL needs one token per line "
+            "with its tag in the last column (`word<TAB>B-PER`), and a blank line between sentences. For JSON/JSONL "
+            "data with token and tag lists, pass a .json or .jsonl file.")
+    if len(widths) > 1:  # every token line of a CoNLL file has the same columns; prose lines do not
+        usual = max(widths, key=lambda w: len(widths[w]))
+        odd = sorted(n for w, lines in widths.items() if w != usual for n in lines)
+        shown = ", ".join(map(str, odd[:10])) + (" and more" if len(odd) > 10 else "")
+        raise PeftkitError(
+            f"{path} is not in CoNLL format: line(s) {shown} do not have the {usual} columns most lines have. "
+            "CoNLL needs one token per line with the same columns on every line (token ... tag, the tag last; "
+            "tab-separated if a token holds spaces) and a blank line between sentences.")
+    check(bool(sentences), f"{path} holds no sentences (only blank or -DOCSTART- lines).")
+    return sentences
+
+
 def load_conll(path: Path) -> Dataset:
     """A CoNLL-format file (token_cls) as columns ``tokens`` and ``ner_tags``, each sentence named by its line."""
-    from peftkit.tasks.token_data import read_conll
-
     check(path.stat().st_size > 0, f"Data file {str(path)!r} is empty.")
     rows = read_conll(path)
     return Dataset.from_dict({"tokens": [r["tokens"] for r in rows], "ner_tags": [r["ner_tags"] for r in rows],
@@ -218,6 +272,13 @@ def check_columns(raw: DatasetDict, columns: dict[str, str | None]) -> None:
                 )
 
 
+def hash_split(key: str) -> str:
+    """The split of a built-in example, 80/10/10 by a hash of ``key`` (its text): deterministic across library
+    versions, and duplicates land in one split, so none leaks from train into test."""
+    bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
 def builtin_rotten_tomatoes() -> DatasetDict:
     """Rotten Tomatoes fresh/rotten snippets, split 80/10/10 by a hash of the text.
 
@@ -233,8 +294,7 @@ def builtin_rotten_tomatoes() -> DatasetDict:
         if text in seen:
             continue
         seen.add(text)
-        bucket = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10
-        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        split = hash_split(text)
         rows[split]["text"].append(text)
         rows[split]["label"].append(label)
     return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})

@@ -322,9 +322,7 @@ class Engine:
         self.prepared.train()
         if rng is None:
             self.generator.set_state(self.epoch_start_rng)  # no-op in a straight run; exact after a resume
-        set_epoch = getattr(self.collator, "set_epoch", None)
-        if set_epoch is not None:  # e.g. image augmentation: each example's draws follow (seed, epoch, example)
-            set_epoch(state.epoch, seed=self.args.seed)
+        self.task.start_epoch(self.collator, state.epoch, self.args.seed)
         skip = state.batches_in_epoch
         if rng is not None and not skip:  # saved at an epoch's end, before the next epoch's iterator was made
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])

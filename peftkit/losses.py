@@ -14,26 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from peftkit.config import parse_class_weights
 from peftkit.errors import check
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-
-
-def parse_class_weights(spec: str) -> str | list[float] | None:
-    """``none`` -> None, ``balanced`` -> "balanced", ``1,3.5`` -> [1.0, 3.5]; anything else is an error."""
-    spec = spec.strip().lower()
-    if spec in ("", "none"):
-        return None
-    if spec == "balanced":
-        return spec
-    try:
-        weights = [float(w) for w in spec.replace(" ", ",").split(",") if w]
-    except ValueError:
-        weights = []
-    check(bool(weights) and all(w > 0 and w == w and w != float("inf") for w in weights),
-          f"--class_weights must be none, balanced, or one positive number per class (e.g. 1,4), got {spec!r}.")
-    return weights
 
 
 def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -74,19 +59,18 @@ def build_loss(args, task, train_dataset) -> Loss | None:
     weights = parse_class_weights(args.class_weights)
     if weights is None and args.loss == "cross_entropy" and not args.label_smoothing:
         return None
-    check(hasattr(task, "loss_inputs"), f"--loss, --class_weights and --label_smoothing need logits and labels "
-          f"from the task, and task {task.name!r} does not provide them.")
+    check(task.has_loss_inputs(), f"--loss, --class_weights and --label_smoothing need "
+          f"logits and labels from the task, and task {task.name!r} does not provide them.")
     weight = None
     if weights is not None:
-        counts_fn = getattr(task, "class_counts", None)
-        counts = counts_fn(train_dataset) if counts_fn else None
+        counts = task.class_counts(train_dataset)
         check(counts is not None, f"--class_weights applies to classification tasks; task {task.name!r} has no "
               "classes to weigh.")
         if weights == "balanced":
             weight = balanced_weights(counts)
         else:
             check(len(weights) == len(counts), f"--class_weights has {len(weights)} value(s) for {len(counts)} "
-                  f"classes (in label order: {', '.join(getattr(task, 'labels', []))}).")
+                  f"classes (in label order: {', '.join(task.labels)}).")
             weight = torch.tensor(weights)
         logger.info("Class weights: %s (training counts %s).", [round(float(w), 4) for w in weight], counts.tolist())
     return Loss(weight=weight, focal_gamma=args.focal_gamma if args.loss == "focal" else 0.0,

@@ -69,9 +69,11 @@ class HostMemory:
         self.calls = 0
 
     def enable(self, on: bool) -> None:
+        """Start counting for a new run (``calls``: the trims since, which its results.json reports)."""
         self.trim = _malloc_trim() if on else None
         self.floor = (resident_bytes() or 0) if self.trim else 0
         self.since = 0
+        self.calls = 0
         if on and self.trim is None:
             logger.debug("No glibc malloc_trim here: freed host memory stays with the allocator.")
 

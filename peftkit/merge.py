@@ -27,11 +27,11 @@ from peftkit.config import DataArguments
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.evaluation import evaluate
 from peftkit.identity import fingerprint
+from peftkit.layout import write_manifest
 from peftkit.modeling import load_model, resolve_model_path
 from peftkit.run_dir import NO_TRUST, Trust, eval_data, load_adapter, model_arguments, read_config, verify_run
-from peftkit.runner import write_manifest
 from peftkit.strategies import get_strategy
-from peftkit.tasks import build_from_config, not_plain_reason
+from peftkit.tasks import build_from_config
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "merge_report.json"
@@ -233,7 +233,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
         sources[0].run_dir)
     loader, task = parity_data(sources[0], processor, parity_samples)
     metric = task.default_metric  # the score each model's line of the report shows
-    reason = not_plain_reason(task)
+    reason = task.not_plain_reason()
     check(reason is None, f"Cannot merge {sources[0].run_dir} into a plain transformers model: {reason}.")
     reference = load_reference(sources, base, weights, combination, density, trust)
     ref_metrics, ref_logits = score(task, reference, loader)

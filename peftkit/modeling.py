@@ -266,7 +266,7 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=N
         task.auto_class._model_mapping[type(config)]  # noqa: B018 - a lookup that raises when missing
     except KeyError:
         raise PeftkitError(
-            f"Model type {config.model_type!r} has no {getattr(task, 'kind', task.name)} class in transformers, so "
+            f"Model type {config.model_type!r} has no {task.kind or task.name} class in transformers, so "
             f"it cannot be used for task {task.name!r}. Pick a model with one (e.g. BERT, RoBERTa, Llama)."
         ) from None
     head_names = planned_head_names(task, config)

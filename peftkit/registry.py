@@ -25,12 +25,15 @@ class Spec:
     target: type | str
     preset: dict[str, Any] = field(default_factory=dict)
     flags: type | None = None
+    base: type | None = None  # the contract the class must subclass (checked on registration, or on first import)
 
     @property
     def cls(self) -> type:
         if isinstance(self.target, str):
             module, _, attr = self.target.partition(":")
-            return getattr(importlib.import_module(module), attr)
+            cls = getattr(importlib.import_module(module), attr)
+            _check_subclass(self.name, cls, self.base)
+            return cls
         return self.target
 
     @property
@@ -38,17 +41,31 @@ class Spec:
         return self.flags or self.cls
 
 
+def _check_subclass(name: str, cls: Any, base: type | None) -> None:
+    if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{name!r}: {cls!r} is not a subclass of {base.__module__}.{base.__name__}, the contract "
+                        "it must keep.")
+
+
 class Registry:
     """Plug-ins of one kind. Entry points of ``group`` are read on first use; a broken one is reported and
     skipped, and none can replace a built-in."""
 
-    def __init__(self, kind: str, group: str, spec: type[Spec] = Spec):
-        self.kind, self.group, self.spec = kind, group, spec
+    def __init__(self, kind: str, group: str, spec: type[Spec] = Spec, base: type | None = None,
+                 flags_base: type | None = None):
+        """``base``: the contract every registered class subclasses; ``flags_base``: the one a separate flags class
+        subclasses (tasks: TaskFlags, which carries the task's defaults)."""
+        self.kind, self.group, self.spec, self.base, self.flags_base = kind, group, spec, base, flags_base
         self.specs: dict[str, Spec] = {}
         self.loaded = False
 
     def register(self, name: str, cls: type | str, flags: type | None = None, **preset: Any) -> None:
-        self.specs[name] = self.spec(name, cls, preset, flags)
+        """``cls``: the class, or ``"module:Class"`` (imported on first use; built-ins, whose modules load torch)."""
+        if not isinstance(cls, str):
+            _check_subclass(f"{self.kind} {name}", cls, self.base)
+        if flags is not None:
+            _check_subclass(f"{self.kind} {name}'s flags", flags, self.flags_base)
+        self.specs[name] = self.spec(name, cls, preset, flags, self.base)
 
     def _load_entry_points(self) -> None:
         if self.loaded:

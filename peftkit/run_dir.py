@@ -17,10 +17,10 @@ from peftkit.data import load_file, load_raw_datasets
 from peftkit.errors import PeftkitError, check
 from peftkit.evaluation import eval_loader, evaluate
 from peftkit.identity import fingerprint
+from peftkit.layout import CONFIG_FILE, MANIFEST_FILE
 from peftkit.modeling import load_model, resolve_model_path
-from peftkit.runner import CONFIG_FILE
 from peftkit.strategies import get_strategy
-from peftkit.tasks import build_from_config, prepare_model
+from peftkit.tasks import build_from_config
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -33,7 +33,6 @@ def verify_run(run_dir: str | Path) -> None:
     """Check the run's files against the sizes and sha256 digests its manifest recorded when the run finished
     (runs from before manifests have none to check). A changed, truncated or missing file is refused, named."""
     from peftkit.assets import sha256_of
-    from peftkit.runner import MANIFEST_FILE
 
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST_FILE
@@ -147,7 +146,7 @@ def load_run(run_dir: str | Path, data_overrides: dict[str, Any] | None = None, 
         model_args = model_arguments(run_dir, cfg, trust)  # a custom architecture's code: only if allowed here
         model = task.auto_class.from_pretrained(run_dir, use_safetensors=True,
                                                 trust_remote_code=model_args.trust_remote_code)
-    prepare_model(task, model)  # e.g. the pooling the run trained with
+    task.prepare_model(model)  # e.g. the pooling the run trained with
     model.eval()
     return model, processor, cfg, task
 
@@ -171,19 +170,20 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
     """``split`` of a run's data (or ``eval_file`` / the image folder ``eval_dir`` as that split), checked against
     the run's label space and preprocessed; raw and processed."""
     if eval_dir:
-        check(hasattr(task, "load_raw"), f"--test_dir is a folder of images: task {task.name!r} reads data files "
-              "(--eval_file).")
         check(not eval_file, "Pass --eval_file or --test_dir, not both.")
         args = dataclasses.replace(task.data, train_dir=eval_dir, validation_dir=None, test_dir=None,
                                    train_file=None, dataset_name=None)
-        raw = DatasetDict({split: task.load_raw(args)[0]["train"]})
+        folders = task.load_raw(args)
+        check(folders is not None, f"--test_dir is a folder of images: task {task.name!r} reads data files "
+              "(--eval_file).")
+        raw = DatasetDict({split: folders[0]["train"]})
     elif eval_file:
         raw = DatasetDict({split: load_file(eval_file)})
     else:
         # A search's trials trained without the test split; evaluating the chosen one on it is the point.
         raw, _ = load_raw_datasets(dataclasses.replace(task.data, use_test_split=True), cfg["training"]["seed"],
                                    builtin=task.builtin_dataset,
-                                   own=getattr(task, "load_raw", None))
+                                   own=task.load_raw)
         check(split in raw, f"The run's data has no {split!r} split (splits: {', '.join(sorted(raw))})"
               + (": it was trained without --test_file (peftkit carves a validation split out of a training file, "
                  "never a test split)" if split == "test" and (task.data.train_file or task.data.train_dir)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-BEST_FILE = "best_trainable.safetensors"
+from peftkit.layout import BEST_FILE
 
 
 @dataclass
@@ -65,37 +65,6 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` whole or not at all: a temporary file, fsynced, renamed over ``path``, and the directory
-    fsynced so that the rename survives a crash. A full disk leaves the old file (or none), never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (where the system allows opening and syncing a directory; where
-    it does not, the renamed file itself is still whole)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -131,3 +131,14 @@ def make_photo_folder(root: Path, n: int = 12, classes=("a", "b")) -> Path:
                 img = img.convert("L")
             img.save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
+
+
+def docs_generator(name: str):
+    """docs/<name>.py (a script, not a package module) loaded as a module: the docs site's page generators."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(name, root / "docs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -209,7 +209,7 @@ def flag_value(value: Any) -> str:
 def build_space(task: str, tokens: list[str], space_file: dict[str, Any] | None) -> Space:
     """The space from a YAML file's entries and the command line's flags (which win), checked against every
     strategy's flags: an unknown flag or a value a run would refuse is an error before any trial starts."""
-    from peftkit.cli import build_train_parser, parse_train_args
+    from peftkit.arguments import build_train_parser, parse_train_args
     from peftkit.strategies import available
 
     raw = dict(space_file or {})

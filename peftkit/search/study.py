@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftkit import checkpoint, locks
+from peftkit import locks
 from peftkit.errors import check
 from peftkit.interrupt import SIGNALS, TrainingInterrupted
-from peftkit.runner import CONFIG_FILE
+from peftkit.layout import CONFIG_FILE, list_checkpoints
 from peftkit.search import report
 from peftkit.search.space import Space, flag_of
 from peftkit.search.trial import ENV, STUDY_NAME, make_pruner, open_storage
@@ -202,7 +202,7 @@ class TrialRunner:
     def command(self, settings: dict[str, Any], run_dir: Path) -> list[str]:
         argv = ["-m", "peftkit", "train", "--task", self.space.task, "--strategy", settings["strategy"],
                 *self.space.trial_argv(settings), "--output_dir", str(run_dir), "--use_test_split", "false"]
-        if checkpoint.list_checkpoints(run_dir):
+        if list_checkpoints(run_dir):
             argv += ["--resume_from_checkpoint", "latest"]
         elif run_dir.exists() and any(run_dir.iterdir()):
             argv += ["--overwrite_output_dir"]  # started but never reached a checkpoint: start it again

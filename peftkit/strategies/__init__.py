@@ -1,43 +1,21 @@
-"""Strategy registry: how a model is adapted.
+"""Strategy registry: how a model is adapted. The contract (what a strategy writes) is
+:class:`peftkit.strategies.base.Strategy`.
 
-A strategy is a small dataclass (its fields become CLI flags) with two methods::
-
-    load_kwargs(head_names) -> dict        # extra from_pretrained kwargs, e.g. a quantization config
-    prepare(model, task, head_names) -> nn.Module   # freeze, or wrap with peft
-
-and a ``default_learning_rate`` class attribute. Optional: an ``lr_reference_batch`` class attribute (the global
-batch that rate was chosen at; a run of a task with ``lr_follows_batch``, a smaller derived batch and no
---learning_rate gets the rate x sqrt(batch / reference)), and these methods, used where present::
-
-    lr_scales(model) -> {param name: factor}        # per-parameter learning rates (LoRA+, layer-wise decay)
-    unfreeze_schedule(model) -> {param name: frac}  # when each parameter starts to train (gradual unfreezing)
-    finalize_saved(output_dir)                      # rewrite what was saved (PiSSA: for the original base)
-
-Variants are presets of one class
-(``register("qlora", LoRA, quantization="nf4")``). Third-party packages add strategies through the
-entry-point group ``peftkit.strategies``; each entry point names a strategy class, registered under the
-entry point's name.
+Variants are presets of one class (``register("qlora", LoRA, quantization="nf4")``). Third-party packages add
+strategies through the entry-point group ``peftkit.strategies``; each entry point names a Strategy subclass,
+registered under the entry point's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from peftkit.registry import Registry, Spec
-
-if TYPE_CHECKING:
-    from torch import nn
+from peftkit.strategies.base import Strategy
 
 ENTRY_POINT_GROUP = "peftkit.strategies"
-
-
-class Strategy(Protocol):
-    default_learning_rate: float
-
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]: ...
-
-    def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module: ...
+__all__ = ["Strategy", "available", "get_strategy", "register"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +26,7 @@ class StrategySpec(Spec):
         return self.cls(**{**self.preset, **overrides})
 
 
-REGISTRY = Registry("strategy", ENTRY_POINT_GROUP, spec=StrategySpec)
+REGISTRY = Registry("strategy", ENTRY_POINT_GROUP, spec=StrategySpec, base=Strategy)
 
 
 def register(name: str, cls: type | str, flags: type | None = None, **preset: Any) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from peftkit.errors import check
 from peftkit.modeling import layerwise_lr_scales, top_backbone_parameters, unfreeze_schedule
+from peftkit.strategies.base import Strategy
 from peftkit.strategies.flags import FullFlags, HeadFlags, NoFlags, PartialFlags
 
 
@@ -24,7 +25,7 @@ def _unfreeze_head(model: nn.Module, head_names: list[str]) -> None:
 
 
 @dataclass
-class Full(FullFlags):
+class Full(FullFlags, Strategy):
     """Every weight trains: the reference every other strategy is measured against."""
 
     default_learning_rate: ClassVar[float] = 5e-5
@@ -38,22 +39,16 @@ class Full(FullFlags):
     def unfreeze_schedule(self, model: nn.Module) -> dict[str, float]:
         return unfreeze_schedule(model) if self.gradual_unfreezing else {}
 
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
-        return {}
-
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         model.requires_grad_(True)
         return model
 
 
 @dataclass
-class Head(HeadFlags):
+class Head(HeadFlags, Strategy):
     """Only the new task head trains, on a frozen backbone (feature extraction)."""
 
     default_learning_rate: ClassVar[float] = 2e-2
-
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
-        return {}
 
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         check(bool(head_names), f"The head strategy trains only the new output layer a task adds to a pretrained "
@@ -64,7 +59,7 @@ class Head(HeadFlags):
 
 
 @dataclass
-class Partial(PartialFlags):
+class Partial(PartialFlags, Strategy):
     """The top N transformer layers, whatever sits above them (pooler, final norm) and the head train."""
 
     default_learning_rate: ClassVar[float] = 1e-4
@@ -80,9 +75,6 @@ class Partial(PartialFlags):
     def unfreeze_schedule(self, model: nn.Module) -> dict[str, float]:
         return unfreeze_schedule(model) if self.gradual_unfreezing else {}
 
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
-        return {}
-
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         _unfreeze_head(model, head_names)
         for param in top_backbone_parameters(model, self.num_trainable_layers):
@@ -91,7 +83,7 @@ class Partial(PartialFlags):
 
 
 @dataclass
-class BitFit(NoFlags):
+class BitFit(NoFlags, Strategy):
     """Only the bias terms of the pretrained model (BitFit, Ben Zaken et al. 2022) and the new head train.
 
     Measured on 1,000 built-in reviews (126 steps, 2026-11-26): with the BERT pooler it stayed at the majority
@@ -99,9 +91,6 @@ class BitFit(NoFlags):
     44), 1e-3 on 43 / 44 gave 73.1 / 74.4 and 3e-3 gave 75.2 / 77.4."""
 
     default_learning_rate: ClassVar[float] = 3e-3
-
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
-        return {}
 
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         _unfreeze_head(model, head_names)

@@ -8,18 +8,16 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.errors import PeftkitError
+from peftkit.strategies.base import Strategy
 from peftkit.strategies.flags import IA3Flags
 
 
 @dataclass
-class IA3(IA3Flags):
+class IA3(IA3Flags, Strategy):
     """Infused adapters (Liu et al. 2022): one learned scale per channel of the adapted layers; the new head
     trains fully and is saved with them. Far fewer weights than LoRA, and merges into the base exactly."""
 
     default_learning_rate: ClassVar[float] = 1e-2
-
-    def load_kwargs(self, head_names: list[str]) -> dict[str, Any]:
-        return {}
 
     def prepare(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
         from peft import IA3Config, get_peft_model

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import PeftkitError, check
+from peftkit.strategies.base import Strategy
 from peftkit.strategies.flags import LoRAFlags
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
@@ -28,7 +29,7 @@ def fsdp_enabled() -> bool:
 
 
 @dataclass
-class LoRA(LoRAFlags):
+class LoRA(LoRAFlags, Strategy):
     """Low-rank adapters on the attention projections; the new head trains fully and is saved with them."""
 
     default_learning_rate: ClassVar[float] = 2e-3
@@ -110,7 +111,7 @@ class LoRA(LoRAFlags):
         targets = self.lora_target_modules
         if targets is not None and len(targets) == 1 and targets[0].lower() == "all-linear":
             targets = "all-linear"  # peft's shorthand is a string; as a one-element list it names a module
-        if targets is None and model is not None and hasattr(task, "lora_targets"):
+        if targets is None and model is not None:
             targets = task.lora_targets(model, head_names)  # e.g. a CNN's convolutions, which peft has no default for
         return LoraConfig(
             task_type=task.peft_task_type,

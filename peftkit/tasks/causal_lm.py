@@ -18,6 +18,7 @@ from peftkit.data import ORIGIN, builtin_rotten_tomatoes, check_columns, load_fi
 from peftkit.errors import check
 from peftkit.modeling import load_tokenizer
 from peftkit.tasks import generation
+from peftkit.tasks.base import Task
 from peftkit.tasks.flags import CausalLMFlags
 from peftkit.tasks.sft_data import (
     IGNORE,
@@ -49,7 +50,7 @@ def builtin_review_questions() -> DatasetDict:
 
 
 @dataclass
-class CausalLM(CausalLMFlags):
+class CausalLM(CausalLMFlags, Task):
     """Supervised fine-tuning of a decoder LM (SmolLM2, Llama, Qwen, ...)."""
     name: ClassVar[str] = "causal_lm"
     auto_class: ClassVar[type] = AutoModelForCausalLM
@@ -121,9 +122,6 @@ class CausalLM(CausalLMFlags):
             else:
                 check_texts(ds, self.columns["prompt"], split, "prompt", allow_turns=True)
                 check_texts(ds, self.columns["completion"], split, "completion", allow_turns=True)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {}
 
     def new_modules(self, model) -> list[str]:
         """None: the output layer of an LM is pretrained (and often tied to the embeddings)."""

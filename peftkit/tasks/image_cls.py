@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from datasets import ClassLabel, DatasetDict, Image
 from torch import nn
@@ -18,6 +17,7 @@ from transformers import AutoModelForImageClassification
 from peftkit.data import check_columns, load_file
 from peftkit.errors import PeftkitError, check
 from peftkit.modeling import backbone, resolve_model_path, source_kwargs
+from peftkit.tasks.classification import SingleLabelClassification
 from peftkit.tasks.flags import ImageClsFlags
 from peftkit.tasks.image_data import (
     AUGMENT_KEY,
@@ -32,7 +32,6 @@ from peftkit.tasks.image_data import (
     processor_size,
     resolve_paths,
 )
-from peftkit.tasks.labelled import example_metrics, example_rows, head_config, label_ids
 
 logger = logging.getLogger(__name__)
 IMAGE = "image"  # the image column's name once preprocessed
@@ -52,29 +51,21 @@ CLASSIC_RECIPE = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "lea
 
 
 @dataclass
-class ImageClassification(ImageClsFlags):
+class ImageClassification(ImageClsFlags, SingleLabelClassification):
     """One label per image; classes are discovered from the data (folder names, or a label column)."""
     name: ClassVar[str] = "image_cls"
     auto_class: ClassVar[type] = AutoModelForImageClassification
     peft_task_type: ClassVar[str | None] = None  # peft has no image task type: a plain PeftModel
     kind: ClassVar[str] = "image-classification head"
     pipeline_tag: ClassVar[str] = "image-classification"
-    metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
-                                         "loss": "min"}
-    default_metric: ClassVar[str] = "accuracy"
-    # Full fine-tuning of a CNN with AdamW wants more than the 5e-5 chosen for transformers: 3 epochs of 320
-    # built-in digits with flips (seed 42, 2026-11-27) gave validation accuracy 0.69 at 1e-4, 0.84 at 3e-4 and
-    # 0.76 at 1e-3 (5e-5: 0.62 without flips); partial (the top 2 stages) 0.73 at its 1e-4 and 0.86 at 3e-4.
-    # LoRA's 2e-3 gave 0.87 (5e-3: 0.91, one seed) and head's 2e-2 0.80 there: kept.
-    learning_rates: ClassVar[dict[str, float]] = {"full": 3e-4, "partial": 3e-4}
+    example_noun: ClassVar[str] = "image"
+    single_class_hint: ClassVar[str] = " With --train_dir, give each class its own sub-folder."
     builtin_dataset = staticmethod(builtin_mnist)
 
     def __post_init__(self) -> None:
         Augmenter(self.augment, 1)  # checks the name
+        super().__post_init__()
         self.data = None
-        self._metric = None
-        self.labels: list[str] = []
-        self.label_type = "str"
 
     # -- data -------------------------------------------------------------------------------------
     def load_raw(self, data_args) -> tuple[DatasetDict, str] | None:
@@ -95,47 +86,16 @@ class ImageClassification(ImageClsFlags):
         return IMAGE if self.image_column not in some.column_names and IMAGE in some.column_names else \
             self.image_column
 
-    def _label_values(self, ds) -> list[Any]:
-        col = self.data.label_column
-        feature, values = ds.features[col], ds[col]
-        if isinstance(feature, ClassLabel):
-            return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
-        return values
+    def input_columns(self, raw: DatasetDict) -> dict[str, str | None]:
+        return {"image_column": self._column(raw)}
 
-    def discover(self, raw: DatasetDict) -> dict[str, Any]:
-        """Sorted class names of the training data; every other split's labels must be among them."""
-        col = self.data.label_column
-        check_columns(raw, {"image_column": self._column(raw), "label_column": col})
-        values = self._label_values(raw["train"])
-        missing = [i for i, v in enumerate(values) if v is None]
-        check(not missing, f"{len(missing)} training image(s) have no label in column {col!r}. Fill or drop them.")
-        kinds = {type(v) for v in values}
-        check(float not in kinds, f"Label column {col!r} holds floats: image_cls needs class labels (strings or "
-              "integers).")
-        check(len(kinds) == 1, f"Label column {col!r} mixes types ({', '.join(sorted(k.__name__ for k in kinds))}).")
-        self.label_type = "int" if kinds == {int} else "str"
-        feature = raw["train"].features[col]
-        # A ClassLabel column (the built-in digits, Hub datasets) names every class, also those a
-        # --max_train_samples subset happens to miss; evaluation data holding them is then not refused.
-        classes = list(feature.names) if isinstance(feature, ClassLabel) else sorted(set(values))
-        check(len(classes) >= 2, f"The training data has a single class ({classes[0]!r}): a classifier needs at "
-              "least two. With --train_dir, give each class its own sub-folder.")
-        self.labels = [str(v) for v in classes]
-        self.check_known_labels(DatasetDict({s: d for s, d in raw.items() if s != "train"}))
-        return {"labels": self.labels, "label_type": self.label_type}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.labels, self.label_type = list(state["labels"]), state.get("label_type", "str")
-
-    def check_known_labels(self, raw: DatasetDict) -> None:
-        for split, ds in raw.items():
-            check_columns(DatasetDict({split: ds}), {"label_column": self.data.label_column})
-            unseen = sorted({str(v) for v in self._label_values(ds)} - set(self.labels))
-            check(not unseen, f"The {split} data has class(es) {unseen[:10]} that training never saw (training "
-                  f"classes: {self.labels[:20]}). Add training images of them or drop them.")
+    def class_names(self, feature, values: list[Any]) -> list[Any]:
+        """A ClassLabel column (the built-in digits, Hub datasets) names every class, also those a
+        --max_train_samples subset happens to miss; evaluation data holding them is then not refused."""
+        return list(feature.names) if isinstance(feature, ClassLabel) else sorted(set(values))
 
     def model_kwargs(self) -> dict[str, Any]:
-        return head_config(self.labels) | {"ignore_mismatched_sizes": True}
+        return super().model_kwargs() | {"ignore_mismatched_sizes": True}
 
     def new_modules(self, model) -> list[str]:
         """The classifier: transformers' own (``classifier``) or, inside a timm model, the one timm names."""
@@ -143,9 +103,7 @@ class ImageClassification(ImageClsFlags):
         if inner is not None and hasattr(inner, "get_classifier"):
             head = inner.get_classifier()
             return [f"timm_model.{n}" for n, m in inner.named_modules() if m is head]
-        from peftkit.modeling import head_module_names
-
-        return head_module_names(model)
+        return super().new_modules(model)
 
     def load_processor(self, source):
         from transformers import AutoImageProcessor
@@ -171,7 +129,7 @@ class ImageClassification(ImageClsFlags):
     def preprocess(self, raw: DatasetDict, processor) -> DatasetDict:
         """Check every image once (refused or skipped here, never mid-epoch); keep the images as they are (paths or
         encoded), with label ids; training examples get their index, which seeds their augmentation."""
-        column, label2id = self._column(raw), label_ids(self.labels)
+        column, label2id = self._column(raw), self.label2id
         out = DatasetDict()
         for split, ds in raw.items():
             if not isinstance(ds.features.get(column), Image) and self.data.train_file and ds.column_names and \
@@ -207,6 +165,10 @@ class ImageClassification(ImageClsFlags):
             logger.info("%d batch norm layers with frozen weights keep their running statistics.", len(frozen))
         return {}
 
+    def start_epoch(self, collator, epoch: int, seed: int) -> None:
+        """Each example's augmentation draws follow (run seed, epoch, example)."""
+        collator.set_epoch(epoch, seed=seed)
+
     def features_fixed(self) -> bool:
         """A frozen backbone sees the same training images every epoch only without augmentation."""
         return self.augment == "none"
@@ -233,29 +195,6 @@ class ImageClassification(ImageClsFlags):
         logger.info("LoRA adapts %d layers of %s (linear and non-depthwise convolutions: %s); "
                     "--lora_target_modules chooses others.", len(names), type(model).__name__, ", ".join(kinds))
         return names
-
-    # -- training and evaluation ------------------------------------------------------------------
-    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["labels"].numel())
-
-    def loss_inputs(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return outputs.logits, batch["labels"]
-
-    def class_counts(self, train) -> torch.Tensor:
-        return torch.bincount(torch.tensor(train["labels"]), minlength=len(self.labels))
-
-    def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return example_rows(outputs, batch)
-
-    def compute_metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Loss, accuracy and macro F1/precision/recall over all examples (computed once, not averaged)."""
-        return example_metrics(self, rows)
-
-    def parity_logits(self, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return outputs.logits.float()
-
-    def final_evaluation(self, acc, model, processor, raw, output_dir, stage: str) -> dict[str, Any] | None:
-        return None
 
     # -- using a trained run ----------------------------------------------------------------------
     def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, str]]:
@@ -289,8 +228,6 @@ class ImageClassification(ImageClsFlags):
     def predict(self, model, processor, inputs: list[dict[str, Any]], batch_size: int = 32) -> list[dict[str, Any]]:
         """The label and class probabilities of each image; an unreadable image gets an error instead."""
         self.check_inputs(inputs)
-        as_int = self.label_type == "int"
-        id2label = {i: int(label) if as_int else label for i, label in enumerate(self.labels)}
         device = next(p.device for p in model.parameters())
         out: list[dict[str, Any]] = []
         for i in range(0, len(inputs), batch_size):
@@ -304,16 +241,8 @@ class ImageClassification(ImageClsFlags):
             if not images:
                 continue
             logits = model(pixel_values=pixel_values(processor, images).to(device)).logits
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            for row, p in zip(readable, probs, strict=True):
-                out.append({**row, "label": id2label[int(np.argmax(p))],
-                            "probabilities": {id2label[k]: round(float(x), 6) for k, x in enumerate(p)}})
+            out += self.probability_rows(readable, logits)
         return out
-
-    def headline(self, results: dict[str, Any]) -> str:
-        test = results["test"] or {}
-        return (f"validation accuracy {results['eval']['accuracy']:.4f}"
-                + (f", test accuracy {test['accuracy']:.4f}" if test else ""))
 
 
 def _keep_eval(module: nn.Module, args: Any) -> None:

@@ -6,83 +6,42 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from datasets import ClassLabel, DatasetDict
+from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from peftkit import pooling
 from peftkit.config import DataArguments
 from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
-from peftkit.errors import PeftkitError, check
-from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.errors import check
+from peftkit.modeling import load_tokenizer
+from peftkit.tasks.classification import SingleLabelClassification
 from peftkit.tasks.flags import TextClsFlags
-from peftkit.tasks.labelled import example_metrics, example_rows, head_config, label_ids
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TextClassification(TextClsFlags):
+class TextClassification(TextClsFlags, SingleLabelClassification):
     """Sequence classification with any number of classes; labels are discovered from the data."""
     name: ClassVar[str] = "text_cls"
     auto_class: ClassVar[type] = AutoModelForSequenceClassification
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     kind: ClassVar[str] = "sequence-classification head"
     pipeline_tag: ClassVar[str] = "text-classification"  # transformers' pipeline for the saved model
-    metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
-                                         "loss": "min"}
-    default_metric: ClassVar[str] = "accuracy"
     builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
 
     def __post_init__(self) -> None:
         check(self.pooling in pooling.POOLINGS,
               f"--pooling must be one of {', '.join(pooling.POOLINGS)}, got {self.pooling!r}.")
+        super().__post_init__()
         self.data = DataArguments()
-        self._metric = None
-        self.labels: list[str] = []
-        self.label_type = "str"
 
-    # -- labels -----------------------------------------------------------------------------------
-    def _label_values(self, raw: DatasetDict, split: str) -> list[Any]:
-        ds = raw[split]
-        feature = ds.features[self.data.label_column]
-        values = ds[self.data.label_column]
-        if isinstance(feature, ClassLabel):
-            return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
-        return values
-
-    def discover_labels(self, raw: DatasetDict) -> list[str]:
-        """Sorted label names from the training split; every evaluation label must be among them."""
-        col = self.data.label_column
-        check_columns(raw, {"text_column": self.data.text_column,
-                            "text_pair_column": self.data.text_pair_column, "label_column": col})
-        values = self._label_values(raw, "train")
-        missing = [i for i, v in enumerate(values) if v is None]
-        check(not missing, f"{len(missing)} training example(s) have no value in label column {col!r} "
-              f"({where(raw['train'], missing)}). Fill or drop them.")
-        kinds = {type(v) for v in values}
-        if kinds & {float}:
-            sample = next(v for v in values if isinstance(v, float))
-            raise PeftkitError(f"Label column {col!r} holds floats (e.g. {sample}); text_cls needs class labels "
-                               "(strings or integers). For a numeric target, round or bin it into classes.")
-        check(len(kinds) == 1, f"Label column {col!r} mixes types ({', '.join(sorted(k.__name__ for k in kinds))}). "
-              "Use one type: all strings or all integers.")
-        self.label_type = "int" if kinds == {int} else "str"  # predict gives integer labels back as integers
-        labels = sorted(set(values))
-        check(len(labels) >= 2, f"Label column {col!r} has a single class ({labels[0]!r}) in training data: "
-              "a classifier needs at least two.")
-        self.labels = [str(v) for v in labels]
-        self.check_known_labels(DatasetDict({s: d for s, d in raw.items() if s != "train"}))
-        return self.labels
-
-    def discover(self, raw: DatasetDict) -> dict[str, Any]:
-        """The label space of the training data, checked against every other split; saved in the run."""
-        self.discover_labels(raw)
-        return {"labels": self.labels, "label_type": self.label_type}
+    def input_columns(self, raw: DatasetDict) -> dict[str, str | None]:
+        return {"text_column": self.data.text_column, "text_pair_column": self.data.text_pair_column}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.labels, self.label_type = list(state["labels"]), state.get("label_type", "str")
+        super().restore(state)
         self.pooling = state.get("pooling", "pooler")  # as resolved when the run trained
 
     def prepare_model(self, model, model_dir: str | None = None) -> dict[str, Any]:
@@ -106,31 +65,6 @@ class TextClassification(TextClsFlags):
                 "transformers would answer differently. Use it through peftkit (`peftkit predict`/`eval`, "
                 "`peftkit.load_run`), or train with --pooling pooler for a model plain transformers serves")
 
-    def check_known_labels(self, raw: DatasetDict) -> None:
-        """Evaluation data may only hold labels the model was trained on."""
-        check_columns(raw, {"text_column": self.data.text_column,
-                            "text_pair_column": self.data.text_pair_column,
-                            "label_column": self.data.label_column})
-        for split in raw:
-            values = self._label_values(raw, split)
-            check(all(v is not None for v in values),
-                  f"Some {split} examples have no value in label column {self.data.label_column!r}.")
-            known = set(self.labels)
-            unseen = sorted({str(v) for v in values} - known)
-            check(not unseen, f"The {split} data has label(s) {unseen[:10]} that training never saw "
-                  f"(training labels: {sorted(known)[:20]}). Add examples of them to training or drop them.")
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return head_config(self.labels)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return label_ids(self.labels)
-
-    def new_modules(self, model) -> list[str]:
-        """The head (``classifier``, ``score``, ...): created for the task, trained fully."""
-        return head_module_names(model)
-
     def load_processor(self, source):
         return load_tokenizer(source)
 
@@ -152,7 +86,7 @@ class TextClassification(TextClsFlags):
         for split, ds in raw.items():
             for column in filter(None, (args.text_column, args.text_pair_column)):
                 self._check_texts(split, column, ds)
-            values = self._label_values(raw, split)
+            values = self._label_values(ds)
             ds = ds.remove_columns(args.label_column).add_column(args.label_column, [str(v) for v in values])
             out[split] = ds.map(convert, batched=True, remove_columns=ds.column_names,
                                 desc=f"Tokenizing {split}")
@@ -176,32 +110,6 @@ class TextClassification(TextClsFlags):
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
-
-    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
-        """The model's loss is a mean over the batch's examples (those not labelled -100)."""
-        return int((batch["labels"] != -100).sum())
-
-    def loss_inputs(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels, one row per example, for losses other than the model's own."""
-        return outputs.logits, batch["labels"]
-
-    def class_counts(self, train) -> torch.Tensor:
-        """Training examples per class, in label order (for --class_weights balanced)."""
-        return torch.bincount(torch.tensor(train["labels"]), minlength=len(self.labels))
-
-    # -- evaluation -------------------------------------------------------------------------------
-    def eval_rows(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return example_rows(outputs, batch)
-
-    def compute_metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Loss, accuracy and macro F1/precision/recall over all examples (computed once, not averaged)."""
-        return example_metrics(self, rows)
-
-    def parity_logits(self, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return outputs.logits.float()
-
-    def final_evaluation(self, acc, model, tokenizer, raw, output_dir, stage: str) -> dict[str, Any] | None:
-        return None  # the evaluation loop's metrics say it all
 
     # -- using a trained run ----------------------------------------------------------------------
     def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, str]]:
@@ -247,21 +155,12 @@ class TextClassification(TextClsFlags):
         Labels come back with the type training saw (integers stay integers)."""
         self.check_inputs(inputs)
         has_pairs = "text_pair" in inputs[0]
-        as_int = self.label_type == "int"
-        id2label = {i: int(label) if as_int else label for i, label in enumerate(self.labels)}
         device = next(p.device for p in model.parameters())
         out: list[dict[str, Any]] = []
         for i in range(0, len(inputs), batch_size):
             chunk = inputs[i:i + batch_size]
             pairs = [row["text_pair"] for row in chunk] if has_pairs else None
             enc = self.encode(tokenizer, [row["text"] for row in chunk], pairs, padding=True, return_tensors="pt")
-            probs = torch.softmax(model(**enc.to(device)).logits.float(), dim=-1).cpu().numpy()
-            for row, p in zip(chunk, probs, strict=True):
-                out.append({"label": id2label[int(np.argmax(p))],
-                            "probabilities": {id2label[k]: round(float(x), 6) for k, x in enumerate(p)}, **row})
+            out += [{"label": r["label"], "probabilities": r["probabilities"], **row} for row, r in zip(
+                chunk, self.probability_rows(chunk, model(**enc.to(device)).logits), strict=True)]
         return out
-
-    def headline(self, results: dict[str, Any]) -> str:
-        test = results["test"] or {}
-        return (f"validation accuracy {results['eval']['accuracy']:.4f}"
-                + (f", test accuracy {test['accuracy']:.4f}" if test else ""))

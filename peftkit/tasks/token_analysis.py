@@ -10,19 +10,17 @@ import torch
 
 from peftkit.data import ORIGIN
 from peftkit.evaluation import in_order
-from peftkit.tasks.token_cls import OUTSIDE
-from peftkit.tasks.token_data import IGNORE_INDEX, as_prefixed, entities
+from peftkit.tasks.token_data import as_prefixed, entities, word_tags
 
 
-def word_tags(task, model, collator, data, batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
+def split_word_tags(task, model, collator, data, batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
     """Gold and predicted tag of every word of every sentence, in data order."""
     golds, preds = [], []
     for outputs, batch in in_order(model, data, collator, batch_size):
         rows = task.eval_rows(outputs, batch)
-        for gold, pred in zip(rows["label"].tolist(), rows["prediction"].tolist(), strict=True):
-            n = sum(g != IGNORE_INDEX for g in gold)
-            golds.append([task.labels[g] for g in gold[:n]])
-            preds.append(["O" if p == OUTSIDE else task.labels[p] for p in pred[:n]])
+        gold, pred = word_tags(task.labels, rows["label"].tolist(), rows["prediction"].tolist())
+        golds += gold
+        preds += pred
     return golds, preds
 
 
@@ -47,7 +45,7 @@ def spans(words: list[str], tags: list[str], scheme: str) -> str:
 def analyze(task, model, tokenizer, raw, data, batch_size: int, out: Path, top_k: int) -> dict[str, Any]:
     """Entity scores per type, the word-level confusion of types and the worst sentences, for analysis.py to write
     (see its ``classification`` for the keys)."""
-    golds, preds = word_tags(task, model, task.collator(tokenizer), data, batch_size)
+    golds, preds = split_word_tags(task, model, task.collator(tokenizer), data, batch_size)
     types = sorted({entity_type(t) for t in task.labels} - {"O"})
     names = ["O", *types]
     index = {n: i for i, n in enumerate(names)}

@@ -3,7 +3,6 @@ tokens, entity-level precision / recall / F1 in the seqeval sense, entity spans 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -14,20 +13,21 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from peftkit import assets
-from peftkit.data import ORIGIN, check_columns, load_file, read_lines
+from peftkit.data import ORIGIN, check_columns, hash_split, load_file, read_conll, read_lines
 from peftkit.errors import check
-from peftkit.modeling import head_module_names, load_tokenizer
+from peftkit.modeling import load_tokenizer
+from peftkit.tasks.classification import LabelledHead
 from peftkit.tasks.flags import TokenClsFlags
-from peftkit.tasks.labelled import head_config, label_ids
 from peftkit.tasks.token_data import (
     IGNORE_INDEX,
+    OUTSIDE,
     align_labels,
     check_rows,
     entities,
     entity_scores,
     inside_tag,
-    read_conll,
     scheme_of,
+    word_tags,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ WNUT16 = {
 }
 # Batch keys the task adds for its own evaluation; the model never sees them (see peftkit.evaluation).
 WORD_STARTS, WORD_LABELS = "task_word_starts", "task_word_labels"
-OUTSIDE = -1  # a word the model never saw (cut by --max_seq_length): scored as predicted O
 WORD_PATTERN = re.compile(r"\w+(?:['’.-]\w+)*|[^\w\s]")  # how `predict` splits raw text into words
 
 
@@ -58,8 +57,7 @@ def builtin_wnut16() -> DatasetDict:
         if key in seen:
             continue
         seen.add(key)
-        bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 10
-        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        split = hash_split(key)
         rows[split]["tokens"].append(sentence["tokens"])
         rows[split]["ner_tags"].append(sentence["ner_tags"])
         rows[split][ORIGIN].append(f"WNUT-16 line {sentence['line']}")
@@ -99,7 +97,7 @@ class TokenCollator:
 
 
 @dataclass
-class TokenClassification(TokenClsFlags):
+class TokenClassification(TokenClsFlags, LabelledHead):
     """Tag every word (NER, POS, chunking): tags are discovered from the data, in any scheme."""
     name: ClassVar[str] = "token_cls"
     auto_class: ClassVar[type] = AutoModelForTokenClassification
@@ -109,17 +107,6 @@ class TokenClassification(TokenClsFlags):
     metrics: ClassVar[dict[str, str]] = {"f1": "max", "precision": "max", "recall": "max", "accuracy": "max",
                                          "loss": "min"}
     default_metric: ClassVar[str] = "f1"
-    # Tagging leaves a model predicting `O` for every word for its first few hundred steps. 300 built-in
-    # sentences at the derived batch 32 (100 steps) left full fine-tuning there on all of seeds 42-44 (entity F1
-    # 0.0); at batch 8 (380 steps) full reached 0.26 / 0.30 / 0.30, head and LoRA's mean rose (LoRA at its 2e-3
-    # still lost seed 43: README, "A few hundred sentences", 2026-11-27). The whole built-in data (1,891
-    # sentences, 6 epochs) still gets batch 32: 360 steps.
-    min_steps: ClassVar[int] = 300
-    # ... and at that batch 8, LoRA's 2e-3 left seed 43 at F1 0.09, while 1e-3 = 2e-3 x sqrt(8 / 32) learned on
-    # every seed (0.28 / 0.32 / 0.33; QLoRA and DoRA alike); the whole data at batch 32 keeps 2e-3 (0.40 against
-    # 0.37 at 1e-3). Text classification does not want it: 300 reviews at batch 8 (152 steps) scored 0.742 at
-    # 2e-3 and 0.720 at 1e-3 on average (README, "A few hundred sentences").
-    lr_follows_batch: ClassVar[bool] = True
     builtin_dataset = staticmethod(builtin_wnut16)
 
     def __post_init__(self) -> None:
@@ -185,17 +172,6 @@ class TokenClassification(TokenClsFlags):
             unseen = sorted({t for row in self._tags(ds, split) for t in row} - known)
             check(not unseen, f"The {split} data has tag(s) {unseen[:10]} that training never saw (training tags: "
                   f"{sorted(known)[:30]}). Add examples of them to training or map them to known tags.")
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return head_config(self.labels)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return label_ids(self.labels)
-
-    def new_modules(self, model) -> list[str]:
-        """The head (``classifier``, ``score``, ...): created for the task, trained fully."""
-        return head_module_names(model)
 
     def load_processor(self, source):
         tokenizer = load_tokenizer(source)
@@ -281,11 +257,7 @@ class TokenClassification(TokenClsFlags):
 
     def compute_metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         """Entity precision, recall and F1 (micro, and F1 per type), word accuracy and the token loss."""
-        refs, preds = [], []
-        for gold, pred in zip(rows["label"].tolist(), rows["prediction"].tolist(), strict=True):
-            n = sum(g != IGNORE_INDEX for g in gold)
-            refs.append([self.labels[g] for g in gold[:n]])
-            preds.append(["O" if p == OUTSIDE else self.labels[p] for p in pred[:n]])
+        refs, preds = word_tags(self.labels, rows["label"].tolist(), rows["prediction"].tolist())
         count = rows["loss_count"].sum().item()
         loss = rows["loss_sum"].double().sum().item() / count if count else float("nan")
         return {"loss": loss, **entity_scores(refs, preds, self.scheme)}
@@ -293,9 +265,6 @@ class TokenClassification(TokenClsFlags):
     def parity_logits(self, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The logits of every supervised token, as (tokens, tags)."""
         return outputs.logits.float()[batch["labels"] != IGNORE_INDEX]
-
-    def final_evaluation(self, acc, model, tokenizer, raw, output_dir, stage: str) -> dict[str, Any] | None:
-        return None  # the evaluation loop's metrics say it all
 
     def analyze_split(self, model, tokenizer, raw, data, batch_size: int, out, top_k: int) -> dict[str, Any]:
         """`peftkit analyze`: entity scores per type, types confused word by word, the worst sentences."""

@@ -6,64 +6,12 @@ Pure functions of lists and files; the ``token_cls`` task wires them to datasets
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from peftkit.errors import PeftkitError, check
+from peftkit.errors import check
 
 IGNORE_INDEX = -100  # the label transformers' token-classification losses skip
-DOCSTART = "-DOCSTART-"
-
-
-def read_conll(path: str | Path) -> list[dict[str, Any]]:
-    """Sentences of a CoNLL-format file: one token per line with its tag in the last column (columns split by
-    tabs or spaces, so token / POS / chunk / tag files work), a blank line between sentences, ``-DOCSTART-``
-    lines skipped. Each sentence: ``{"tokens": [...], "ner_tags": [...], "line": first line number}``."""
-    path = Path(path)
-    check(path.is_file(), f"CoNLL file {str(path)!r} does not exist.")
-    sentences: list[dict[str, Any]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    first = 0
-    one_column: list[int] = []
-    widths: dict[int, list[int]] = {}  # number of columns -> the lines that have it
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            # Tab-separated files split on tabs only (a token may hold other white space); others on any run.
-            line = line.rstrip("\r\n")
-            fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
-            fields = fields if any(fields) else []
-            if not fields or fields[0] == DOCSTART:
-                if tokens:
-                    sentences.append({"tokens": tokens, "ner_tags": tags, "line": first})
-                tokens, tags = [], []
-                continue
-            if len(fields) < 2:
-                one_column.append(number)
-                continue
-            widths.setdefault(len(fields), []).append(number)
-            if not tokens:
-                first = number
-            tokens.append(fields[0])
-            tags.append(fields[-1])
-    if tokens:
-        sentences.append({"tokens": tokens, "ner_tags": tags, "line": first})
-    if one_column:
-        shown = ", ".join(map(str, one_column[:10])) + (" and more" if len(one_column) > 10 else "")
-        raise PeftkitError(
-            f"{path} is not in CoNLL format: line(s) {shown} hold a single column. CoNLL needs one token per line "
-            "with its tag in the last column (`word<TAB>B-PER`), and a blank line between sentences. For JSON/JSONL "
-            "data with token and tag lists, pass a .json or .jsonl file.")
-    if len(widths) > 1:  # every token line of a CoNLL file has the same columns; prose lines do not
-        usual = max(widths, key=lambda w: len(widths[w]))
-        odd = sorted(n for w, lines in widths.items() if w != usual for n in lines)
-        shown = ", ".join(map(str, odd[:10])) + (" and more" if len(odd) > 10 else "")
-        raise PeftkitError(
-            f"{path} is not in CoNLL format: line(s) {shown} do not have the {usual} columns most lines have. "
-            "CoNLL needs one token per line with the same columns on every line (token ... tag, the tag last; "
-            "tab-separated if a token holds spaces) and a blank line between sentences.")
-    check(bool(sentences), f"{path} holds no sentences (only blank or -DOCSTART- lines).")
-    return sentences
+OUTSIDE = -1  # a word the model never saw (cut by --max_seq_length): scored as predicted O
 
 
 def check_rows(tokens: Sequence[Any], tags: Sequence[Any], where: list[str], text_column: str,
@@ -88,6 +36,18 @@ def check_rows(tokens: Sequence[Any], tags: Sequence[Any], where: list[str], tex
     check(not uneven, f"{len(uneven)} row(s) have a different number of words and tags ({listed(uneven)}; the "
           f"first: {len(tokens[uneven[0]]) if uneven else 0} words, {len(tags[uneven[0]]) if uneven else 0} tags). "
           "Each word needs exactly one tag.")
+
+
+def word_tags(labels: Sequence[str], gold_rows: list[list[int]], pred_rows: list[list[int]]
+              ) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tag names of every word, from the fixed-width id rows that evaluation gathers (gold
+    padded with IGNORE_INDEX; a word the model never saw predicted OUTSIDE, read as O)."""
+    golds, preds = [], []
+    for gold, pred in zip(gold_rows, pred_rows, strict=True):
+        n = sum(g != IGNORE_INDEX for g in gold)
+        golds.append([labels[g] for g in gold[:n]])
+        preds.append(["O" if p == OUTSIDE else labels[p] for p in pred[:n]])
+    return golds, preds
 
 
 def inside_tag(tag: str) -> str:

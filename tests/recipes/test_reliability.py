@@ -187,7 +187,7 @@ def test_an_adapter_is_refused_on_another_base(reference, tmp_path, tiny_model_d
     cfg = json.loads((run / "peftkit_config.json").read_text())
     cfg["model"]["model_name_or_path"] = tiny_model_dir("bert")
     (run / "peftkit_config.json").write_text(json.dumps(cfg))
-    from peftkit.runner import write_manifest
+    from peftkit.layout import write_manifest
 
     write_manifest(run)  # an edit made with care: only the base check can tell
     assert main(["eval", str(run)]) == 2

@@ -48,7 +48,7 @@ def crafted_copy(run, tmp_path, **model_changes):
 
 def reseal(run):
     """Write the manifest again, as whoever crafted a run would: it detects damage, it is not a signature."""
-    from peftkit.runner import write_manifest
+    from peftkit.layout import write_manifest
 
     write_manifest(run)
 
@@ -313,7 +313,7 @@ def test_a_run_that_fails_during_training_gives_the_old_run_back(tmp_path, built
 def test_an_interrupted_replacement_keeps_its_checkpoint_and_the_old_run_aside(tmp_path, builtin_model_dir,
                                                                                 data_csv, capsys):
     from peftkit.checkpoint import STATE
-    from peftkit.runner import REPLACED_DIR, restore_aside, set_aside
+    from peftkit.layout import REPLACED_DIR, restore_aside, set_aside
 
     out = tmp_path / "run"
     assert main(train_argv(builtin_model_dir, data_csv, out)) == 0

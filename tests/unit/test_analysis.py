@@ -11,10 +11,10 @@ from peftkit.data import ORIGIN
 from peftkit.errors import PeftkitError
 
 
-def test_per_class_scores_from_the_confusion_matrix():
-    # rows true, columns predicted: 3 a (2 right, 1 called b), 2 b (both right), 1 c (called a)
-    confusion = torch.tensor([[2, 1, 0], [0, 2, 0], [1, 0, 0]])
-    scores = per_class(confusion, ["a", "b", "c"])
+def test_per_class_scores():
+    # 3 a (2 right, 1 called b), 2 b (both right), 1 c (called a)
+    labels, predicted = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1, 0])
+    scores = per_class(labels, predicted, ["a", "b", "c"])
     assert scores["a"] == {"precision": round(2 / 3, 4), "recall": round(2 / 3, 4), "f1": round(2 / 3, 4),
                            "support": 3}
     assert scores["b"] == {"precision": round(2 / 3, 4), "recall": 1.0, "f1": 0.8, "support": 2}

@@ -222,11 +222,11 @@ def test_a_full_disk_while_keeping_the_best_weights_keeps_the_previous_ones(tiny
 
 
 def test_an_atomic_text_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
-    from peftkit import train_state
+    from peftkit import layout
 
     path = tmp_path / "results.json"
     path.write_text('{"old": true}')
-    monkeypatch.setattr(train_state.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr(layout.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(OSError):
-        train_state.atomic_write_text(path, '{"new": true}')
+        layout.atomic_write_text(path, '{"new": true}')
     assert path.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

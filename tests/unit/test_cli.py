@@ -82,6 +82,17 @@ def test_debug_shows_the_traceback():
         train_main(["--lora_r", "0", "--debug"], task="text_cls", strategy="lora")
 
 
+@pytest.mark.parametrize("command", ["eval", "predict", "analyze", "merge"])
+def test_debug_shows_the_traceback_of_every_command_on_a_run(command, tmp_path, capsys):
+    from peftkit.errors import PeftkitError
+
+    extra = ["--output_dir", str(tmp_path / "out")] if command == "merge" else []
+    assert main([command, str(tmp_path / "missing"), *extra]) == 2  # one line, no traceback
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(PeftkitError):
+        main([command, str(tmp_path / "missing"), *extra, "--debug"])
+
+
 def test_unknown_strategy(capsys):
     assert main(["train", "--strategy", "nope"]) == 2
     from peftkit.strategies import available
@@ -132,7 +143,7 @@ def test_a_lone_cpu_process_gets_the_cores_accelerate_launch_left_idle(monkeypat
 
     import torch
 
-    from peftkit.runner import use_idle_cores
+    from peftkit.devices import use_idle_cores
 
     for key in ("ACCELERATE_DYNAMO_BACKEND", "OMP_NUM_THREADS", "PEFTKIT_CPU_THREADS"):
         monkeypatch.delenv(key, raising=False)
@@ -154,8 +165,8 @@ def test_bad_thread_count_is_refused(monkeypatch):
 
     import torch
 
+    from peftkit.devices import use_idle_cores
     from peftkit.errors import PeftkitError
-    from peftkit.runner import use_idle_cores
 
     monkeypatch.setenv("PEFTKIT_CPU_THREADS", "two")
     with pytest.raises(PeftkitError, match="PEFTKIT_CPU_THREADS must be a positive integer, got 'two'"):

@@ -29,14 +29,14 @@ def test_string_labels_are_discovered_sorted_and_validation_is_carved(tmp_path):
     rows = [f"text {i},{['pos', 'neg', 'neutral'][i % 3]}" for i in range(30)]
     raw, task = load(tmp_path, rows)
     assert set(raw) == {"train", "validation"} and len(raw["validation"]) == 3
-    assert task.discover_labels(raw) == ["neg", "neutral", "pos"]
+    assert task.discover(raw)["labels"] == ["neg", "neutral", "pos"]
     again, _ = load(tmp_path, rows)
     assert again["validation"]["review"] == raw["validation"]["review"]  # seeded, reproducible
 
 
 def test_int_labels_keep_their_names(tmp_path):
     raw, task = load(tmp_path, [f"t{i},{i % 4}" for i in range(20)])
-    labels = task.discover_labels(raw)
+    labels = task.discover(raw)["labels"]
     assert labels == ["0", "1", "2", "3"]
     assert task.model_kwargs()["id2label"] == {0: "0", 1: "1", 2: "2", 3: "3"}
 
@@ -45,7 +45,7 @@ def test_classlabel_feature_uses_its_names():
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     raw = DatasetDict({s: Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, 1]}, features=features)
                        for s in ("train", "validation")})
-    assert get_task("text_cls").build(DataArguments()).discover_labels(raw) == ["neg", "pos"]
+    assert get_task("text_cls").build(DataArguments()).discover(raw)["labels"] == ["neg", "pos"]
 
 
 def test_pairs_and_json_lines(tmp_path):
@@ -54,7 +54,7 @@ def test_pairs_and_json_lines(tmp_path):
     args = DataArguments(train_file=str(path), text_column="q", text_pair_column="a")
     raw, _ = load_raw_datasets(args, seed=0)
     task = get_task("text_cls").build(args)
-    task.discover_labels(raw)
+    task.discover(raw)["labels"]
     from transformers import AutoTokenizer
 
     from peftkit.assets import builtin_model_path
@@ -80,7 +80,7 @@ def test_builtin_rotten_tomatoes_is_split_deterministically():
     assert sum(sizes.values()) == 12752  # 12,808 fresh/rotten rows less 56 duplicate texts
     assert sizes == {"train": 10186, "validation": 1258, "test": 1308}  # fixed by a hash of each text
     assert not set(raw["train"]["text"]) & set(raw["test"]["text"])
-    assert get_task("text_cls").build(DataArguments()).discover_labels(raw) == ["fresh", "rotten"]
+    assert get_task("text_cls").build(DataArguments()).discover(raw)["labels"] == ["fresh", "rotten"]
 
 
 @pytest.mark.parametrize("rows,message", [
@@ -90,16 +90,16 @@ def test_builtin_rotten_tomatoes_is_split_deterministically():
 def test_bad_labels(tmp_path, rows, message):
     raw, task = load(tmp_path, rows * 4)
     with pytest.raises(PeftkitError, match=message):
-        task.discover_labels(raw)
+        task.discover(raw)
 
 
 def test_mixed_label_types(monkeypatch):
     # Arrow columns hold one type, so mixed labels reach us only from Python objects; simulate that.
     raw = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]})})
     task = get_task("text_cls").build(DataArguments())
-    monkeypatch.setattr(task, "_label_values", lambda r, s: [1, "y"])
+    monkeypatch.setattr(task, "_label_values", lambda ds: [1, "y"])
     with pytest.raises(PeftkitError, match="mixes types"):
-        task.discover_labels(raw)
+        task.discover(raw)
 
 
 def test_unseen_evaluation_labels_are_named(tmp_path):
@@ -107,14 +107,14 @@ def test_unseen_evaluation_labels_are_named(tmp_path):
                          validation_file=write_csv(tmp_path / "va.csv", "text,label", ["c,x", "d,z"]))
     raw, _ = load_raw_datasets(args, seed=0)
     with pytest.raises(PeftkitError, match=r"validation data has label\(s\) \['z'\] that training never saw"):
-        get_task("text_cls").build(args).discover_labels(raw)
+        get_task("text_cls").build(args).discover(raw)
 
 
 def test_missing_column_lists_the_columns_there_are(tmp_path):
     raw, task = load(tmp_path, ["a,x", "b,y"] * 3, header="review,mood")
     with pytest.raises(PeftkitError, match=r"'sentiment' \(--label_column\) is not in the train data. "
                                            r"Its columns are: review, mood"):
-        task.discover_labels(raw)
+        task.discover(raw)
 
 
 @pytest.mark.parametrize("content,message", [

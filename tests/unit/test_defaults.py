@@ -210,7 +210,7 @@ def test_token_cls_runs_derive_their_batch_and_lora_rate_from_the_data(tmp_path,
     from peftkit.cli import train_main
     from peftkit.tasks.token_cls import TokenClassification
 
-    assert TokenClassification.min_steps == 300 > MIN_STEPS
+    assert TokenClassification.defaults.min_steps == 300 > MIN_STEPS
     data = tmp_path / "d.jsonl"
     rows = [{"tokens": ["visit", f"city{i}", "today"], "ner_tags": ["O", "B-LOC", "O"]} for i in range(200)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -244,7 +244,7 @@ def test_text_cls_keeps_lora_rate_at_a_derived_small_batch(tmp_path, builtin_mod
     from peftkit.cli import train_main
     from peftkit.tasks.text_cls import TextClassification
 
-    assert not getattr(TextClassification, "lr_follows_batch", False)
+    assert not TextClassification.defaults.lr_follows_batch
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
     code = train_main(["--model_name_or_path", builtin_model_dir, "--train_file", str(data), "--output_dir",

@@ -66,3 +66,19 @@ def test_glibc_malloc_trim_is_found_and_runs():
     assert trim(0) in (0, 1)
     assert memory.resident_bytes() > 0
 
+
+def test_each_run_counts_only_its_own_trims(monkeypatch):
+    """results.json's host_memory_trims is the run's: a second run in one process (a test, a notebook) starts at 0."""
+    from peftkit import memory
+
+    host = memory.HostMemory(slack=0, every=1)
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: (lambda pad: 1))
+    sizes = iter(range(0, 10**9, 10**6))
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(sizes))
+    host.enable(True)
+    for _ in range(3):
+        host.release()
+    assert host.calls == 3
+    host.enable(True)  # the next run
+    host.release()
+    assert host.calls == 1

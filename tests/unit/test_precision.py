@@ -8,19 +8,19 @@ import torch
 
 
 def test_auto_mixed_precision_keeps_float32_on_a_cpu_and_picks_a_half_type_on_a_gpu(monkeypatch):
-    from peftkit import runner
+    from peftkit import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for instructions in (None, "avx512_bf16", "amx"):
-        monkeypatch.setattr(runner, "cpu_bf16_instructions", lambda i=instructions: i)
-        assert runner.resolve_mixed_precision("auto") == "no"
+        monkeypatch.setattr(devices, "cpu_bf16_instructions", lambda i=instructions: i)
+        assert devices.resolve_mixed_precision("auto") == "no"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert runner.resolve_mixed_precision("auto") == "bf16"
+    assert devices.resolve_mixed_precision("auto") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert runner.resolve_mixed_precision("auto") == "fp16"
-    assert runner.resolve_mixed_precision("bf16") == "bf16" and runner.resolve_mixed_precision(None) is None
+    assert devices.resolve_mixed_precision("auto") == "fp16"
+    assert devices.resolve_mixed_precision("bf16") == "bf16" and devices.resolve_mixed_precision(None) is None
 
 
 @pytest.mark.parametrize(("instructions", "warning"), [
@@ -31,16 +31,16 @@ def test_auto_mixed_precision_keeps_float32_on_a_cpu_and_picks_a_half_type_on_a_
 def test_bf16_on_a_cpu_warns_where_it_was_measured_slower(monkeypatch, tmp_path, caplog, instructions, warning):
     from accelerate.state import AcceleratorState
 
-    from peftkit import runner
+    from peftkit import devices
     from peftkit.config import TrainingArguments
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")
-    monkeypatch.setattr(runner, "cpu_bf16_instructions", lambda: instructions)
+    monkeypatch.setattr(devices, "cpu_bf16_instructions", lambda: instructions)
     AcceleratorState._reset_state(True)
     try:
-        with caplog.at_level(logging.WARNING, logger="peftkit.runner"):
-            acc = runner.make_accelerator(TrainingArguments(mixed_precision="bf16", report_to="none"), tmp_path)
+        with caplog.at_level(logging.WARNING, logger="peftkit.devices"):
+            acc = devices.make_accelerator(TrainingArguments(mixed_precision="bf16", report_to="none"), tmp_path)
         assert acc.mixed_precision == "bf16"
         if warning:
             assert warning in caplog.text
@@ -48,14 +48,14 @@ def test_bf16_on_a_cpu_warns_where_it_was_measured_slower(monkeypatch, tmp_path,
             assert "bf16 on a CPU" not in caplog.text
         caplog.clear()
         AcceleratorState._reset_state(True)
-        acc = runner.make_accelerator(TrainingArguments(mixed_precision="auto", report_to="none"), tmp_path)
+        acc = devices.make_accelerator(TrainingArguments(mixed_precision="auto", report_to="none"), tmp_path)
         assert acc.mixed_precision == "no" and "bf16 on a CPU" not in caplog.text
     finally:
         AcceleratorState._reset_state(True)
 
 
 def test_cpu_bf16_instructions_reads_this_cpu():
-    from peftkit.runner import cpu_bf16_instructions
+    from peftkit.devices import cpu_bf16_instructions
 
     assert cpu_bf16_instructions() in (None, "avx512_bf16", "amx")
     if torch.cpu._is_amx_tile_supported():

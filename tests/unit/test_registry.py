@@ -8,16 +8,14 @@ from typing import ClassVar
 import pytest
 
 import peftkit.strategies as registry
+from peftkit.strategies import Strategy
 
 
 @dataclass
-class BiasOnly:
+class BiasOnly(Strategy):
     """A toy plug-in: train only biases (BitFit)."""
 
     default_learning_rate: ClassVar[float] = 1e-3
-
-    def load_kwargs(self, head_names):
-        return {}
 
     def prepare(self, model, task, head_names):
         for name, param in model.named_parameters():
@@ -100,37 +98,60 @@ def test_the_built_in_classes_still_import_from_their_packages():
 
 # -- tasks ------------------------------------------------------------------------------------------------------
 import peftkit.tasks as task_registry  # noqa: E402
+from peftkit.tasks.text_cls import TextClassification  # noqa: E402
 
 
 @dataclass
-class KeywordTask:
-    """A toy third-party task: text classification whose texts get a prefix (its own flag). It reuses the
-    built-in task by composition, as a plug-in author would, and overrides what it needs."""
+class KeywordTask(TextClassification):
+    """A toy third-party task: text classification whose texts get a prefix (its own flag). It subclasses the
+    built-in task, as a plug-in author would, and overrides what it needs."""
 
     keyword_prefix: str = field(default="review: ", metadata={"help": "keyword: prefix added to every text."})
     name: ClassVar[str] = "keyword"
     default_metric: ClassVar[str] = "f1"
 
-    def __post_init__(self):
-        from peftkit.tasks.text_cls import TextClassification
-
-        self.inner = TextClassification()
-
-    def __getattr__(self, attr):  # everything not defined here is the built-in task's
-        return getattr(self.__dict__["inner"], attr)
-
-    def __setattr__(self, attr, value):
-        if attr == "data":
-            self.inner.data = value
-        object.__setattr__(self, attr, value)
-
     def preprocess(self, raw, tokenizer):
         from datasets import DatasetDict
 
-        column = self.inner.data.text_column
+        column = self.data.text_column
         raw = DatasetDict({split: ds.map(lambda b: {column: [self.keyword_prefix + t for t in b[column]]},
                                          batched=True) for split, ds in raw.items()})
-        return self.inner.preprocess(raw, tokenizer)
+        return super().preprocess(raw, tokenizer)
+
+
+def test_a_plugin_must_subclass_the_contract(fresh_registry, fresh_tasks):
+    @dataclass
+    class Loose:
+        default_learning_rate: ClassVar[float] = 1e-3
+
+    for module, kind in ((registry, "strategy"), (task_registry, "task")):
+        with pytest.raises(TypeError, match=f"{kind} loose.*not a subclass of .*, the contract it must keep"):
+            module.register("loose", Loose)
+    # named by its module path (imported on first use): refused when it is first imported
+    task_registry.register("late", "test_registry:BiasOnly")
+    with pytest.raises(TypeError, match="'late'.*not a subclass of peftkit.tasks.base.Task"):
+        task_registry.get_task("late").cls  # noqa: B018
+    with pytest.raises(TypeError, match="flags.*not a subclass of peftkit.tasks.base.TaskFlags"):
+        task_registry.register("bare_flags", KeywordTask, flags=Loose)
+
+
+def test_a_task_must_set_its_class_attributes():
+    from peftkit.tasks import Task
+
+    written = {m: (lambda self, *args: None) for m in Task.__abstractmethods__}
+    with pytest.raises(TypeError, match=r"must set the class attribute\(s\) name, auto_class"):
+        type("Nameless", (Task,), {**written, "metrics": {"loss": "min"}, "default_metric": "loss"})
+    with pytest.raises(TypeError, match="default_metric 'bleu' is not one of its metrics"):
+        @dataclass
+        class Unscored(TextClassification):
+            default_metric: ClassVar[str] = "bleu"
+
+
+def test_a_strategy_must_set_its_learning_rate():
+    with pytest.raises(TypeError, match="must set default_learning_rate"):
+        class NoRate(Strategy):
+            def prepare(self, model, task, head_names):
+                return model
 
 
 @pytest.fixture
@@ -171,5 +192,6 @@ def test_a_plugin_task_gets_its_flags_and_trains_through_the_engine(fresh_tasks,
     assert code == 0, capsys.readouterr().err[-2000:]
     cfg = json.loads((tmp_path / "run" / "peftkit_config.json").read_text())
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert cfg["task"] == "keyword" and cfg["task_args"] == {"keyword_prefix": "note: "}
+    # its own flag and the one it inherits
+    assert cfg["task"] == "keyword" and cfg["task_args"] == {"pooling": "auto", "keyword_prefix": "note: "}
     assert results["metric_for_best_model"] == "f1" and set(results["eval"]) >= {"accuracy", "f1"}

@@ -2,6 +2,7 @@
 
 import pytest
 
+from peftkit.data import read_conll
 from peftkit.errors import PeftkitError
 from peftkit.tasks.token_data import (
     IGNORE_INDEX,
@@ -10,7 +11,6 @@ from peftkit.tasks.token_data import (
     entities,
     entity_scores,
     inside_tag,
-    read_conll,
     scheme_of,
 )
 
