@@ -107,7 +107,8 @@ def baselines(data: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.suite import SET_HELP, BenchConfig, parse_set, train_strategy
+    from benchmarks.suite import SET_HELP, BenchConfig, hardware, parse_set, stamp, train_strategy
+    from peftkit.runner import versions
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.long_documents", description=__doc__.splitlines()[0])
     ap.add_argument("--output_dir", default="runs/long_documents")
@@ -136,34 +137,43 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {strategy}: {row.get('accuracy', row.get('error'))}", flush=True)
             runs.append(row)
     results = {"data": info, "baselines": reference, "settings": {k: str(v) for k, v in extra.items()},
-               "runs": runs}
+               "runs": runs, **stamp(), "hardware": hardware(), "versions": versions(),
+               "command": ["python", "-m", "benchmarks.long_documents", *(sys.argv[1:] if argv is None else argv)]}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(report(results, args.strategies, out))
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 
 def report(results: dict, strategies: list[str], out: Path) -> str:
-    info, reference, runs = results["data"], results["baselines"], results["runs"]
+    """Write results.md (a title and the table) and return it."""
     extra = " ".join(f"--{k} {v}" for k, v in results.get("settings", {}).items())
-    title = f"# Long documents, default flags{' and ' + extra if extra else ''}"
-    lines = [title, "", f"Data: {info}", "", "| model | test accuracy | macro F1 | "
+    lines = [f"# Long documents, default flags{' and ' + extra if extra else ''}", "", *table(results, strategies)]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def table(results: dict, strategies: list[str] | None = None) -> list[str]:
+    """The data and the table of baselines and peftkit runs, as Markdown lines: what results.md and the docs
+    site's page (docs/gen_benchmarks.py) both show."""
+    info, reference, runs = results["data"], results["baselines"], results["runs"]
+    lines = [f"Data: {info}", "", "| model | test accuracy | macro F1 | "
              "train time (s) | batch x epochs = steps |", "|---|---|---|---|---|"]
     for name, scores in reference.items():
         f1 = f"{scores['f1']:.4f}" if "f1" in scores else "-"
         lines.append(f"| {name} | {scores['accuracy']:.4f} | {f1} | | |")
-    for strategy in strategies:
+    for strategy in strategies or dict.fromkeys(r["strategy"] for r in runs):
         ok = [r for r in runs if r["strategy"] == strategy and r["status"] == "ok"]
         if not ok:
             lines.append(f"| peftkit {strategy} | FAILED | | | |")
             continue
         acc = [r["accuracy"] for r in ok]
         spread = f" +- {statistics.stdev(acc):.4f} [{' '.join(f'{a:.3f}' for a in acc)}]" if len(acc) > 1 else ""
+        steps = ok[0].get("global_step", ok[0].get("steps"))  # "steps" in the first results.json (2026-11-26)
         lines.append(f"| peftkit {strategy} | {statistics.fmean(acc):.4f}{spread} | "
                      f"{statistics.fmean(r['f1'] for r in ok):.4f} | "
                      f"{statistics.fmean(r['train_runtime_s'] for r in ok):.1f} | "
-                     f"{ok[0]['batch_size']} x {ok[0]['epochs']:g} = {ok[0]['global_step']} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    return "\n".join(lines)
+                     f"{ok[0]['batch_size']} x {ok[0]['epochs']:g} = {steps} |")
+    return lines
 
 
 if __name__ == "__main__":

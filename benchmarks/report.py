@@ -218,25 +218,38 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """results.md: a title, what was run on which hardware, the tables, the command and any notes."""
+    smoke = results["config"]["quick"]
+    lines = ["# peftkit benchmark" + (" - SMOKE RUN (--quick): not results" if smoke else ""), "",
+             *([SMOKE_NOTE, ""] if smoke else []),
+             f"{setup(results)} Hardware: {results['hardware']}.", "",
+             *tables(results),
+             "", f"Command: `{' '.join(results['command'])}`", ""]
+    lines += [f"Note: {note}\n" for note in results.get("notes", [])]  # added by hand to a committed result
+    return "\n".join(lines)
+
+
+def setup(results: dict[str, Any]) -> str:
+    """One sentence: the task, data, model, score, settings, seeds and processes of a suite run."""
+    cfg = results["config"]
+    return (f"Task: {cfg.get('task', 'text_cls')} on {cfg['dataset']} with {cfg['model_name_or_path']}, scored by "
+            f"{cfg.get('score', 'test accuracy and macro F1')}; settings "
+            f"{cfg['settings'] or 'peftkit defaults'}; {cfg['repeats']} seed(s) from {cfg['seed']}; "
+            f"{process_counts(results)[0]} process(es)"
+            + (" (the rows without peftkit always 1); " if any(r["strategy"] in WITHOUT_PEFTKIT
+                                                               for r in results["runs"]) else "; ")
+            + f"{'quick' if cfg['quick'] else 'full'} mode.")
+
+
+def tables(results: dict[str, Any]) -> list[str]:
+    """The strategy table (ratios to full fine-tuning) and the sections under it, as Markdown lines: what
+    results.md and the docs site's benchmark pages (docs/gen_benchmarks.py) both show."""
     summary = summarize(main_rows(results))
     full = summary.get("full", {}).get("mean", {})
-    cfg = results["config"]
-    smoke = cfg["quick"]
-    task = cfg.get("task", "text_cls")
+    task = results["config"].get("task", "text_cls")
     score, f1, _ = NAMES[task]
     lm = task == "causal_lm"
     lines = [
-        "# peftkit benchmark" + (" - SMOKE RUN (--quick): not results" if smoke else ""),
-        "",
-        *([SMOKE_NOTE, ""] if smoke else []),
-        f"Task: {task} on {cfg['dataset']} with {cfg['model_name_or_path']}, scored by "
-        f"{cfg.get('score', 'test accuracy and macro F1')}; settings "
-        f"{cfg['settings'] or 'peftkit defaults'}; {cfg['repeats']} seed(s) from {cfg['seed']}; "
-        f"{process_counts(results)[0]} process(es)"
-        + (" (the rows without peftkit always 1); " if any(r["strategy"] in WITHOUT_PEFTKIT for r in results["runs"])
-           else "; ")
-        + f"{'quick' if cfg['quick'] else 'full'} mode. Hardware: {results['hardware']}.",
-        "",
         *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
            f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
@@ -254,24 +267,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|" + ("---|---|" if lm else "") + "---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for strategy, entry in summary.items():
-        if not entry["ok"]:
-            lines.append(f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * (16 if lm else 14))
-            continue
-        m, sd = entry["mean"], entry["std"]
-        acc_delta = 100 * (m["accuracy"] - full["accuracy"]) if "accuracy" in full else None
-        mem_x = m["peak_memory_bytes"] / full["peak_memory_bytes"] if "peak_memory_bytes" in full else None
-        speed_x = full["train_runtime_s"] / m["train_runtime_s"] if "train_runtime_s" in full else None
-        lines.append(
-            f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
-            + (f"{_fmt(m.get('base_accuracy'), '.4f')} | {_fmt(m.get('eval_loss'), '.4f')} | " if lm else "")
-            + f"{_spread(entry, 'peak_memory_bytes', 2**20, '.0f')} | "
-            f"{_spread(entry, 'memory_over_loaded_bytes', 2**20, '.0f')} | {_fmt(mem_x, '.2f')} | "
-            f"{_spread(entry, 'train_runtime_s', 1, '.1f')} | "
-            f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
-            f"{_fmt(m.get('step_time_median_s'), '.4f')} | "
-            f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
-            f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
-            + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
+        lines.append(_strategy_row(strategy, entry, full, lm))
     lines += against_the_stock_route(summary, score)
     lines += time_breakdown(main_rows(results))
     lines += scaling(results)
@@ -280,9 +276,28 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"**Incomplete:** {len(results['missing'])} of "
                   f"{len(results['missing']) + len(results['runs'])} runs have not been made yet: "
                   + ", ".join(results["missing"]) + ". The same command with --resume runs them."]
-    lines += ["", f"Command: `{' '.join(results['command'])}`", ""]
-    lines += [f"Note: {note}\n" for note in results.get("notes", [])]  # added by hand to a committed result
-    return "\n".join(lines)
+    return lines
+
+
+def _strategy_row(strategy: str, entry: dict[str, Any], full: dict[str, float], lm: bool) -> str:
+    """One strategy's row of the main table."""
+    if not entry["ok"]:
+        return f"| {strategy} | FAILED: {entry['errors'][-1][:120]} |" + " |" * (16 if lm else 14)
+    m, sd = entry["mean"], entry["std"]
+    acc_delta = 100 * (m["accuracy"] - full["accuracy"]) if "accuracy" in full else None
+    mem_x = m["peak_memory_bytes"] / full["peak_memory_bytes"] if "peak_memory_bytes" in full else None
+    speed_x = full["train_runtime_s"] / m["train_runtime_s"] if "train_runtime_s" in full else None
+    return (
+        f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
+        + (f"{_fmt(m.get('base_accuracy'), '.4f')} | {_fmt(m.get('eval_loss'), '.4f')} | " if lm else "")
+        + f"{_spread(entry, 'peak_memory_bytes', 2**20, '.0f')} | "
+        f"{_spread(entry, 'memory_over_loaded_bytes', 2**20, '.0f')} | {_fmt(mem_x, '.2f')} | "
+        f"{_spread(entry, 'train_runtime_s', 1, '.1f')} | "
+        f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
+        f"{_fmt(m.get('step_time_median_s'), '.4f')} | "
+        f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
+        f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
+        + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +197,15 @@ def finished_row(run_dir: Path) -> dict[str, Any] | None:
     return row | {"reused": True}
 
 
-def git_commit() -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+def git_commit(short: bool = False) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=REPO,
+                          capture_output=True, text=True)
     return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def stamp() -> dict[str, Any]:
+    """When and at which commit a results.json was made: the header of its page on the docs site."""
+    return {"date": datetime.now(timezone.utc).date().isoformat(), "commit": git_commit(short=True)}
 
 
 def merge_row(run_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +390,8 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
         partial.write_text(json.dumps({"runs": rows, "jobs_left": len(jobs) - n}, indent=2))
     if jobs:
         partial.unlink(missing_ok=True)
-    return {"runs": rows, "missing": missing, "hardware": hardware(), "versions": versions(), "command": command,
+    return {"runs": rows, "missing": missing, **stamp(), "hardware": hardware(), "versions": versions(),
+            "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
                        "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
                        "resumed": cfg.resume,
