@@ -43,6 +43,9 @@ class ModelArguments:
                   "the frozen base's memory, but full, head and partial then train half-precision weights."},
     )
 
+    def __post_init__(self) -> None:
+        check_model_arguments(self)  # refused where set: a flag, a config file, a saved run
+
 
 @dataclass
 class DataArguments:
@@ -82,6 +85,9 @@ class DataArguments:
         default=None, metadata={"help": "Use only the first N validation and N test examples."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+
+    def __post_init__(self) -> None:
+        check_data_arguments(self)  # refused where set: a flag, a config file, a saved run
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
@@ -251,6 +257,9 @@ class TrainingArguments:
     )
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks for errors."})
 
+    def __post_init__(self) -> None:
+        check_training_arguments(self)  # refused where set: a flag, a config file, a saved run
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 MIXED_PRECISION = (None, "no", "fp16", "bf16", "fp8", "auto")
@@ -273,230 +282,87 @@ def parse_class_weights(spec: str) -> str | list[float] | None:
     return weights
 
 
-def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
-    """Reject impossible values before any heavy work starts."""
-    check(model_args.torch_dtype in TORCH_DTYPES,
-          f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {model_args.torch_dtype!r}.")
+def check_model_arguments(m: ModelArguments) -> None:
+    """Refuse impossible model settings (run when the dataclass is built: parsing flags or a config file)."""
+    check(m.torch_dtype in TORCH_DTYPES,
+          f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {m.torch_dtype!r}.")
+
+
+def check_data_arguments(d: DataArguments) -> None:
+    """Refuse impossible data settings."""
+    check(d.max_seq_length > 0, f"--max_seq_length must be a positive integer, got {d.max_seq_length}.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, name)
+        check(value is None or value > 0, f"--{name} must be positive, got {value}.")
+    check(math.isfinite(d.validation_split_percentage),
+          f"--validation_split_percentage must be a finite number, got {d.validation_split_percentage}.")
+    check(0 < d.validation_split_percentage < 100,
+          f"--validation_split_percentage must be between 0 and 100, got {d.validation_split_percentage}.")
+
+
+def check_training_arguments(t: TrainingArguments) -> None:
+    """Refuse impossible training settings."""
     positive = {
-        "per_device_train_batch_size": train_args.per_device_train_batch_size,
-        "per_device_eval_batch_size": train_args.per_device_eval_batch_size,
-        "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
-        "max_seq_length": data_args.max_seq_length,
-        "logging_steps": train_args.logging_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "logging_steps": t.logging_steps,
     }
     for name, value in positive.items():
         check(value is None or value > 0, f"--{name} must be a positive integer, got {value}.")
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, name)
-        check(value is None or value > 0, f"--{name} must be positive, got {value}.")
-    floats = {"learning_rate": train_args.learning_rate, "num_train_epochs": train_args.num_train_epochs,
-              "weight_decay": train_args.weight_decay, "warmup_ratio": train_args.warmup_ratio,
-              "max_grad_norm": train_args.max_grad_norm,
-              "validation_split_percentage": data_args.validation_split_percentage}
+    floats = {"learning_rate": t.learning_rate, "num_train_epochs": t.num_train_epochs,
+              "weight_decay": t.weight_decay, "warmup_ratio": t.warmup_ratio,
+              "max_grad_norm": t.max_grad_norm}
     for name, value in floats.items():
         check(value is None or math.isfinite(value), f"--{name} must be a finite number, got {value}.")
-    lr = train_args.learning_rate
+    lr = t.learning_rate
     check(lr is None or lr > 0, f"--learning_rate must be positive, got {lr}.")
-    check(train_args.num_train_epochs is None or train_args.num_train_epochs > 0 or train_args.max_steps > 0,
-          f"--num_train_epochs must be positive (got {train_args.num_train_epochs}), or set --max_steps.")
-    check(train_args.weight_decay >= 0, f"--weight_decay must be >= 0, got {train_args.weight_decay}.")
-    check(0 <= train_args.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {train_args.warmup_ratio}.")
-    check(train_args.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {train_args.max_grad_norm}.")
-    check(train_args.optimizer in OPTIMIZERS,
-          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_args.optimizer!r}.")
-    check(train_args.lr_scheduler_type in SCHEDULERS,
-          f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {train_args.lr_scheduler_type!r}.")
-    check(train_args.loss in ("cross_entropy", "focal"),
-          f"--loss must be cross_entropy or focal, got {train_args.loss!r}.")
-    check(math.isfinite(train_args.focal_gamma) and train_args.focal_gamma >= 0,
-          f"--focal_gamma must be >= 0, got {train_args.focal_gamma}.")
-    check(math.isfinite(train_args.label_smoothing) and 0 <= train_args.label_smoothing < 1,
-          f"--label_smoothing must be in [0, 1), got {train_args.label_smoothing}.")
-    parse_class_weights(train_args.class_weights)
-    check(math.isfinite(train_args.lr_step_size) and train_args.lr_step_size > 0,
-          f"--lr_step_size must be a positive number of epochs, got {train_args.lr_step_size}.")
-    check(math.isfinite(train_args.lr_gamma) and 0 < train_args.lr_gamma <= 1,
-          f"--lr_gamma must be in (0, 1], got {train_args.lr_gamma}.")
-    check(math.isfinite(train_args.momentum) and 0 <= train_args.momentum < 1,
-          f"--momentum must be in [0, 1), got {train_args.momentum}.")
-    check(0 < data_args.validation_split_percentage < 100,
-          f"--validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}.")
-    check(train_args.save_steps >= -1, f"--save_steps must be -1 (never), 0 (epoch ends) or positive, got "
-          f"{train_args.save_steps}.")
-    check(train_args.save_total_limit >= 0, f"--save_total_limit must be >= 0, got {train_args.save_total_limit}.")
-    check(train_args.on_nonfinite in ("stop", "skip"),
-          f"--on_nonfinite must be stop or skip, got {train_args.on_nonfinite!r}.")
-    check(not (train_args.resume_from_checkpoint and train_args.overwrite_output_dir),
+    check(t.num_train_epochs is None or t.num_train_epochs > 0 or t.max_steps > 0,
+          f"--num_train_epochs must be positive (got {t.num_train_epochs}), or set --max_steps.")
+    check(t.weight_decay >= 0, f"--weight_decay must be >= 0, got {t.weight_decay}.")
+    check(0 <= t.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}.")
+    check(t.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {t.max_grad_norm}.")
+    check(t.optimizer in OPTIMIZERS,
+          f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}.")
+    check(t.lr_scheduler_type in SCHEDULERS,
+          f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {t.lr_scheduler_type!r}.")
+    check(t.loss in ("cross_entropy", "focal"),
+          f"--loss must be cross_entropy or focal, got {t.loss!r}.")
+    check(math.isfinite(t.focal_gamma) and t.focal_gamma >= 0,
+          f"--focal_gamma must be >= 0, got {t.focal_gamma}.")
+    check(math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1,
+          f"--label_smoothing must be in [0, 1), got {t.label_smoothing}.")
+    parse_class_weights(t.class_weights)
+    check(math.isfinite(t.lr_step_size) and t.lr_step_size > 0,
+          f"--lr_step_size must be a positive number of epochs, got {t.lr_step_size}.")
+    check(math.isfinite(t.lr_gamma) and 0 < t.lr_gamma <= 1,
+          f"--lr_gamma must be in (0, 1], got {t.lr_gamma}.")
+    check(math.isfinite(t.momentum) and 0 <= t.momentum < 1,
+          f"--momentum must be in [0, 1), got {t.momentum}.")
+    check(t.save_steps >= -1, f"--save_steps must be -1 (never), 0 (epoch ends) or positive, got "
+          f"{t.save_steps}.")
+    check(t.save_total_limit >= 0, f"--save_total_limit must be >= 0, got {t.save_total_limit}.")
+    check(t.on_nonfinite in ("stop", "skip"),
+          f"--on_nonfinite must be stop or skip, got {t.on_nonfinite!r}.")
+    check(not (t.resume_from_checkpoint and t.overwrite_output_dir),
           "--resume_from_checkpoint continues the run in --output_dir and --overwrite_output_dir replaces it: "
           "pass one of them.")
-    check(train_args.eval_every_epochs is None or train_args.eval_every_epochs > 0,
-          f"--eval_every_epochs must be a positive integer, got {train_args.eval_every_epochs}.")
-    check(train_args.early_stopping_patience >= 0 and train_args.eval_steps >= 0,
+    check(t.eval_every_epochs is None or t.eval_every_epochs > 0,
+          f"--eval_every_epochs must be a positive integer, got {t.eval_every_epochs}.")
+    check(t.early_stopping_patience >= 0 and t.eval_steps >= 0,
           "--early_stopping_patience and --eval_steps must be >= 0.")
-    check(train_args.warmup_steps >= 0 and train_args.dataloader_num_workers >= 0,
+    check(t.warmup_steps >= 0 and t.dataloader_num_workers >= 0,
           "--warmup_steps and --dataloader_num_workers must be >= 0.")
-    check(train_args.mixed_precision in MIXED_PRECISION,
+    check(t.mixed_precision in MIXED_PRECISION,
           f"--mixed_precision must be one of {', '.join(p for p in MIXED_PRECISION if p)}, got "
-          f"{train_args.mixed_precision!r}.")
+          f"{t.mixed_precision!r}.")
 
 
-def _optimizer_steps(train_args: TrainingArguments, num_train: int, num_processes: int, size: int,
-                     epochs: float) -> int:
-    batches = math.ceil(num_train / (size * num_processes))
-    return math.ceil(epochs * math.ceil(batches / train_args.gradient_accumulation_steps))
-
-
-def epochs_for_classes(num_train: int, num_classes: int) -> float:
-    """The fewest epochs (from DEFAULT_EPOCHS to MAX_CLASS_EPOCHS) that show each of ``num_classes`` classes
-    MIN_CLASS_VISITS times on average; DEFAULT_EPOCHS when the task has no classes (0)."""
-    if num_classes < 2 or not num_train:
-        return DEFAULT_EPOCHS
-    return float(min(MAX_CLASS_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_CLASS_VISITS * num_classes / num_train))))
-
-
-def derive_batch_size(train_args: TrainingArguments, num_train: int, num_processes: int,
-                      base_epochs: float = DEFAULT_EPOCHS, min_steps: int = MIN_STEPS) -> tuple[int, str] | None:
-    """The per-process batch size of a run that did not set one, and why; None if it was set.
-
-    Small data at batch 32 gets few optimizer steps: 2,000 examples for one epoch are 63 steps, over which
-    LoRA on the built-in data learned on some seeds and not on others (test accuracy 0.63 to 0.75 over
-    seeds 0-4); at batch 16 (125 steps) all five reached 0.75 or more (2026-11-26). So: the largest of
-    32, 16, 8 that gives at least ``min_steps`` optimizer steps over the run (MIN_STEPS unless the task asks for
-    more), else 8. ``base_epochs``: the epochs a run that did not set them starts from (``epochs_for_classes``)."""
-    if train_args.per_device_train_batch_size is not None:
-        return None
-    if train_args.max_steps > 0:
-        return AUTO_BATCH_SIZES[0], f"--max_steps {train_args.max_steps} fixes the number of steps"
-    epochs = train_args.num_train_epochs or base_epochs
-
-    def steps(size: int) -> int:
-        return _optimizer_steps(train_args, num_train, num_processes, size, epochs)
-
-    size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= min_steps), AUTO_BATCH_SIZES[-1])
-    why = (f"{num_train:,} training examples, {epochs:g} epoch(s), {num_processes} process(es): {steps(size)} "
-           "optimizer steps")
-    if size != AUTO_BATCH_SIZES[0]:
-        why += (f" (batch {AUTO_BATCH_SIZES[0]} would give {steps(AUTO_BATCH_SIZES[0])}; small data needs enough "
-                f"steps to learn, at least {min_steps} where the batch size allows)")
-    return size, why
-
-
-def derive_epochs(train_args: TrainingArguments, num_train: int, num_processes: int, num_classes: int = 0,
-                  min_steps: int = MIN_STEPS) -> tuple[float, str] | None:
-    """The number of epochs of a run that did not set one (after its batch size is known), and why.
-
-    DEFAULT_EPOCHS, or more for a classification task whose classes would each be seen fewer than
-    MIN_CLASS_VISITS times (``epochs_for_classes``), or more again if the run would stay under ``min_steps``
-    optimizer steps (100 examples at batch 8 are 13 steps an epoch), at most MAX_AUTO_EPOCHS. The best
-    validation epoch is what is kept, so the extra epochs cannot make the saved model worse on validation.
-    Where even MAX_AUTO_EPOCHS stay under ``min_steps``, the reason says so (``too_few_steps`` warns)."""
-    if train_args.num_train_epochs is not None:
-        return None
-    if train_args.max_steps > 0:
-        return DEFAULT_EPOCHS, f"--max_steps {train_args.max_steps} fixes the number of steps"
-    size = train_args.per_device_train_batch_size
-    per_epoch = _optimizer_steps(train_args, num_train, num_processes, size, 1)
-    for_classes = epochs_for_classes(num_train, num_classes)
-    epochs = float(min(MAX_AUTO_EPOCHS, max(for_classes, math.ceil(min_steps / per_epoch))))
-    why = f"{per_epoch} optimizer steps per epoch at batch {size} x {num_processes} process(es)"
-    if for_classes > DEFAULT_EPOCHS:
-        why += (f"; {num_train:,} examples in {num_classes} classes: {for_classes:g} epochs show each class about "
-                f"{MIN_CLASS_VISITS} times on average ({DEFAULT_EPOCHS:g} would show it "
-                f"{DEFAULT_EPOCHS * num_train / num_classes:.0f})")
-    if epochs > for_classes:
-        why += (f"; {for_classes:g} epochs would give {math.ceil(for_classes * per_epoch)} steps, and small data "
-                f"needs at least {min_steps} to learn")
-    if epochs == MAX_AUTO_EPOCHS and epochs * per_epoch < min_steps:
-        why += f" (at most {MAX_AUTO_EPOCHS} epochs)"
-    return epochs, why + f": {math.ceil(epochs * per_epoch)} steps"
-
-
-def too_few_steps(train_args: TrainingArguments, num_train: int, num_processes: int, min_steps: int = MIN_STEPS
-                  ) -> str | None:
-    """The warning for a run whose derived schedule (after ``derive_defaults``) still gives fewer than
-    ``min_steps`` optimizer steps: data too small even for MAX_AUTO_EPOCHS at the smallest batch. None where
-    the run has its steps, or where the user chose the epochs or steps."""
-    if train_args.max_steps > 0 or not num_train:
-        return None
-    steps = _optimizer_steps(train_args, num_train, num_processes, train_args.per_device_train_batch_size,
-                             train_args.num_train_epochs)
-    if steps >= min_steps:
-        return None
-    return (f"Only {num_train:,} training examples: {train_args.num_train_epochs:g} epochs at batch "
-            f"{train_args.per_device_train_batch_size} give {steps} optimizer steps, under the {min_steps} this "
-            "task needs to learn reliably. Expect weak results: label more examples, or set --num_train_epochs or "
-            "--max_steps yourself.")
-
-
-def derive_eval_every_epochs(train_args: TrainingArguments, num_train: int, num_validation: int
-                             ) -> tuple[int, str] | None:
-    """Every how many epochs a run that did not say evaluates (after its epochs are known), and why.
-
-    Every epoch, unless the validation set is so much larger than the training data that evaluating after each
-    epoch would cost more than training (EVAL_COST_RATIO): 100 training examples for 8 epochs against 1,258
-    validation ones are evaluated every 4 epochs, twice (each evaluation there costs about 3x an epoch)."""
-    if train_args.eval_every_epochs is not None or not num_validation:
-        return None
-    epochs = math.ceil(train_args.num_train_epochs or DEFAULT_EPOCHS)
-    affordable = math.ceil(EVAL_COST_RATIO * num_train * epochs / num_validation)
-    every = math.ceil(epochs / max(1, min(epochs, affordable)))
-    why = f"{num_train:,} training examples for {epochs} epoch(s), {num_validation:,} validation examples"
-    if every == 1:
-        return 1, why + ": every epoch"
-    cost = num_validation / EVAL_COST_RATIO / num_train
-    return every, (why + f": an evaluation after each epoch would cost about {cost:.1f}x the epoch, so every {every} "
-                   f"epochs and at the end ({math.ceil(epochs / every)} evaluations)")
-
-
-def derive_learning_rate(train_args: TrainingArguments, num_processes: int, default: float,
-                         reference_batch: int | None) -> tuple[float, str] | None:
-    """The learning rate of a run that left both its batch size and its learning rate to peftkit, where the batch
-    derived for small data is smaller than the one the strategy's default rate was chosen at; and why. None
-    where the default stands (called after the batch size is derived, and only if it was).
-
-    A strategy's ``lr_reference_batch`` is the global batch its ``default_learning_rate`` was chosen at. A smaller
-    derived global batch takes that rate x sqrt(batch / reference): the square-root rule for Adam (Malladi et al.
-    2022, "On the SDEs and scaling rules for adaptive gradient algorithms"). The runner asks for it only where
-    the task says its data wants it (``lr_follows_batch``): with LoRA on 300 WNUT-16 sentences at batch 8
-    (2026-11-27, seeds 42/43/44, entity F1) 2e-3 gave 0.256 / 0.087 / 0.314 and 1e-3 = 2e-3 x sqrt(8/32) gave
-    0.280 / 0.317 / 0.329 (on the whole data at batch 32, 2e-3 stays ahead of 1e-3: 0.401 against 0.366); on
-    300 built-in reviews at batch 8, 1e-3 learned too slowly in the 152 steps (test accuracy 0.720 against 0.742
-    at 2e-3). A batch the user (or the task's defaults) chose keeps the strategy's rate. Only for Adam-type
-    optimizers."""
-    if train_args.learning_rate is not None or not reference_batch or train_args.optimizer not in ("adamw", "adam"):
-        return None
-    batch = train_args.per_device_train_batch_size * num_processes * train_args.gradient_accumulation_steps
-    if batch >= reference_batch:
-        return None
-    lr = float(f"{default * math.sqrt(batch / reference_batch):.3g}")
-    return lr, (f"the strategy's default {default:g} is for a batch of {reference_batch}; the batch of {batch} "
-                f"derived for this data takes it x sqrt({batch}/{reference_batch}) (square-root scaling for Adam)")
-
-
-def derive_defaults(train_args: TrainingArguments, num_train: int, num_validation: int,
-                    num_processes: int, num_classes: int = 0, min_steps: int = MIN_STEPS,
-                    default_learning_rate: float = 0.0, lr_reference_batch: int | None = None
-                    ) -> dict[str, dict[str, Any]]:
-    """Fill in, in place, the settings a run left to peftkit: batch size, then epochs, then evaluation spacing,
-    then the learning rate (each may depend on the ones before). ``num_classes``: a classification task's label
-    count (0: none); ``min_steps``: the optimizer steps the task needs at least (its ``min_steps``, else
-    MIN_STEPS); ``default_learning_rate`` and ``lr_reference_batch``: the strategy's (``derive_learning_rate``).
-    Returns ``{flag: {"value", "why"}}`` for each one derived."""
-    derived = {}
-    base = epochs_for_classes(num_train, num_classes)
-    for name, derive in (
-        ("per_device_train_batch_size",
-         lambda: derive_batch_size(train_args, num_train, num_processes, base, min_steps)),
-        ("num_train_epochs", lambda: derive_epochs(train_args, num_train, num_processes, num_classes, min_steps)),
-        ("eval_every_epochs", lambda: derive_eval_every_epochs(train_args, num_train, num_validation)),
-        ("learning_rate",
-         lambda: "per_device_train_batch_size" in derived
-         and derive_learning_rate(train_args, num_processes, default_learning_rate, lr_reference_batch)),
-    ):
-        if result := derive():
-            setattr(train_args, name, result[0])
-            derived[name] = {"value": result[0], "why": result[1]}
-    return derived
+def validate(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> None:
+    """Check the three again (each already checked itself when it was built; a value set afterwards is not)."""
+    check_model_arguments(model_args)
+    check_data_arguments(data_args)
+    check_training_arguments(train_args)
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -62,6 +62,29 @@ class FitResult:
     time_breakdown_s: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Loop:
+    """One run's loop: what :meth:`Engine.fit` builds in one place (:meth:`Engine._start`) and the steps share."""
+
+    started: float  # perf_counter at the start of this process's training
+    generator: torch.Generator  # the data order's only source of randomness
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches_per_epoch: int
+    total: int  # optimizer steps of the whole run
+    checkpoint_every_epochs: int
+    checkpoints: bool  # whether this run writes checkpoints (not under FSDP/DeepSpeed yet)
+    waiting: list  # gradual unfreezing: (step, parameters that start to train then), in order
+    epoch_start_rng: torch.Tensor  # the data generator's state at the start of the current epoch
+    rng: dict | None = None  # the checkpoint being resumed, until its first epoch has started
+    runtime_before: float = 0.0  # training seconds of the runs this one resumes
+    timing: dict = field(default_factory=dict)
+    bar: tqdm | None = None
+    stop: StopRequest | None = None
+
+
 class PhaseClock:
     """Seconds of training spent in each phase, summed over the run: where a step's time goes.
 
@@ -149,7 +172,6 @@ class Engine:
         self.should_stop, self.pruned_at_step = should_stop, None
         # Gradual unfreezing: parameter name -> fraction of the run's steps after which it starts to train.
         self.unfreeze = {n: f for n, f in (unfreeze or {}).items() if f > 0}
-        self.waiting: list[tuple[int, list[torch.nn.Parameter]]] = []
         self.model, self.collator = model, collator
         self.cache = FeatureCache(model) if use_feature_cache and backbone_is_frozen(model) else None
         if self.cache is not None:
@@ -163,6 +185,7 @@ class Engine:
         self.metric = args.metric_for_best_model or task.default_metric
         self.best_weights = BestWeights(output_dir)
         self.state = TrainState()
+        self.loop: Loop | None = None  # built by fit() (_start), one per run
         self.clock = PhaseClock()
 
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
@@ -237,96 +260,108 @@ class Engine:
         self.acc.wait_for_everyone()
 
     def fit(self, resume: Path | None = None) -> FitResult:
+        """Train to the end (or an early stop, a prune, a signal); the best evaluation's weights are put back."""
+        loop = self._start(resume)
+        state = self.state
+        with StopRequest() as loop.stop:
+            while state.step < loop.total and not state.stop:
+                self._train_epoch(loop.rng)
+                loop.rng = None
+                if state.batches_in_epoch < loop.batches_per_epoch:
+                    break  # stopped inside the epoch: --max_steps or early stopping
+                if (state.epoch + 1) % (self.args.eval_every_epochs or 1) == 0:
+                    self._evaluate_and_select()
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                loop.epoch_start_rng = loop.generator.get_state()
+                if state.step < loop.total and not state.stop and state.epoch % loop.checkpoint_every_epochs == 0:
+                    self._checkpoint()
+            self._evaluate_and_select()
+        loop.bar.close()
+        return self._finish(loop.runtime_before + time.perf_counter() - loop.started)
+
+    def _start(self, resume: Path | None) -> Loop:
+        """Everything one run's loop needs, built in one place: loaders, optimizer and schedule (through
+        Accelerate), the step count, the checkpoint plan, and the state (restored from ``resume``)."""
         args, acc = self.args, self.acc
-        self.started = time.perf_counter()
+        started = time.perf_counter()
         if self.cache is not None:
             with self.clock("feature cache"):
                 self._build_cache()
         train_loader = self.loader(self.data["train"], train=True)
-        self.generator = train_loader.generator  # the data order's only source of randomness (its sampler's too)
+        generator = train_loader.generator  # the data order's only source of randomness (its sampler's too)
         eval_loaders = {s: eval_loader(self.data[s], args.per_device_eval_batch_size, self.collator,
                                        args.dataloader_num_workers) for s in ("validation", "test") if s in self.data}
         optimizer = build_optimizer(self.model, args, self.lr, self.lr_scales)
-        model, self.optimizer, self.train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
-                                                                          *eval_loaders.values())
-        self.eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
+        model, optimizer, train_loader, *prepared = acc.prepare(self.model, optimizer, train_loader,
+                                                                *eval_loaders.values())
         self.prepared = model
-        self.batches_per_epoch = len(self.train_loader)
-        steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        batches_per_epoch = len(train_loader)
+        steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
         epochs = args.num_train_epochs or DEFAULT_EPOCHS  # the runner derives it; an Engine built by hand may not
-        self.total = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
-        # A checkpoint at every epoch end, or every k-th where a run has more than EPOCH_CHECKPOINTS epochs: tiny data
-        # trains up to 100 short epochs, and each checkpoint writes the whole training state.
-        self.checkpoint_every_epochs = max(1, math.ceil(math.ceil(self.total / steps_per_epoch) / EPOCH_CHECKPOINTS))
+        total = args.max_steps if args.max_steps > 0 else math.ceil(epochs * steps_per_epoch)
         # The scheduler is stepped by hand once per real optimizer step, so it needs no scaling by the
         # number of processes (a classic off-by-N in Accelerate examples).
-        self.scheduler = build_scheduler(self.optimizer, args, self.total, steps_per_epoch)
-        logger.info("%d optimizer steps (%d per epoch), effective batch %d", self.total, steps_per_epoch,
+        scheduler = build_scheduler(optimizer, args, total, steps_per_epoch)
+        logger.info("%d optimizer steps (%d per epoch), effective batch %d", total, steps_per_epoch,
                     args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps)
+        waiting: list[tuple[int, list[torch.nn.Parameter]]] = []
         if self.unfreeze:
             check(not sharded(acc), "Gradual unfreezing is not supported under FSDP or DeepSpeed: drop "
                   "--gradual_unfreezing or train with DDP.")
             params, joins = dict(self.model.named_parameters()), {}
             for name, fraction in self.unfreeze.items():
-                joins.setdefault(math.ceil(fraction * self.total), []).append(params[name])
-            self.waiting = sorted(joins.items(), key=lambda item: item[0])
+                joins.setdefault(math.ceil(fraction * total), []).append(params[name])
+            waiting = sorted(joins.items(), key=lambda item: item[0])
             logger.info("Gradual unfreezing: %d parameter groups join at steps %s (the head and the top train from "
                         "the start).", len(joins), ", ".join(str(step) for step in joins))
-        self.checkpoints = args.save_steps >= 0 and not sharded(acc)
+        checkpoints = args.save_steps >= 0 and not sharded(acc)
         if args.save_steps >= 0 and sharded(acc):
             logger.warning("Checkpoints and --resume_from_checkpoint are not supported under FSDP or DeepSpeed yet: "
                            "this run writes none.")
         self.state = TrainState()
-        self.epoch_start_rng = self.generator.get_state()
-        rng = self._resume(resume) if resume else None
-        self.runtime_before = self.state.train_runtime_s
-        self.timing = {"step_times": [], "last": time.perf_counter()}
-        state = self.state
-        self.bar = tqdm(total=self.total, initial=state.step, desc="Training", disable=not acc.is_local_main_process)
-        with StopRequest() as self.stop:
-            while state.step < self.total and not state.stop:
-                self._train_epoch(rng)
-                rng = None
-                if state.batches_in_epoch < self.batches_per_epoch:
-                    break  # stopped inside the epoch: --max_steps or early stopping
-                if (state.epoch + 1) % (args.eval_every_epochs or 1) == 0:
-                    self._evaluate_and_select()
-                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-                self.epoch_start_rng = self.generator.get_state()
-                if state.step < self.total and not state.stop and state.epoch % self.checkpoint_every_epochs == 0:
-                    self._checkpoint()
-            self._evaluate_and_select()
-        self.bar.close()
-        return self._finish(self.runtime_before + time.perf_counter() - self.started)
+        self.loop = loop = Loop(
+            started=started, generator=generator, train_loader=train_loader,
+            eval_loaders=dict(zip(eval_loaders, prepared, strict=True)), optimizer=optimizer, scheduler=scheduler,
+            batches_per_epoch=batches_per_epoch, total=total,
+            # A checkpoint at every epoch end, or every k-th where a run has more than EPOCH_CHECKPOINTS epochs:
+            # tiny data trains up to 100 short epochs, and each checkpoint writes the whole training state.
+            checkpoint_every_epochs=max(1, math.ceil(math.ceil(total / steps_per_epoch) / EPOCH_CHECKPOINTS)),
+            checkpoints=checkpoints, waiting=waiting, epoch_start_rng=generator.get_state())
+        loop.rng = self._resume(resume) if resume else None
+        loop.runtime_before = self.state.train_runtime_s
+        loop.timing = {"step_times": [], "last": time.perf_counter()}
+        loop.bar = tqdm(total=total, initial=self.state.step, desc="Training", disable=not acc.is_local_main_process)
+        return loop
 
     def _resume(self, path: Path) -> dict:
         self.state, ckpt = checkpoint.restore(self.acc, path, self.output_dir, self.prepared, self.trainable,
-                                              self.optimizer, self.scheduler, self.metric)
-        self.generator.set_state(ckpt["rng"]["data_epoch_start"])
-        self.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
+                                              self.loop.optimizer, self.loop.scheduler, self.metric)
+        self.loop.generator.set_state(ckpt["rng"]["data_epoch_start"])
+        self.loop.epoch_start_rng = ckpt["rng"]["data_epoch_start"]
         logger.info("Resumed from %s: step %d, epoch %d, %d batches into it.", path, self.state.step,
                     self.state.epoch, self.state.batches_in_epoch)
         return ckpt
 
     def _checkpoint(self) -> Path | None:
-        if not self.checkpoints:
+        if not self.loop.checkpoints:
             return None
-        self.state.train_runtime_s = self.runtime_before + time.perf_counter() - self.started
+        self.state.train_runtime_s = self.loop.runtime_before + time.perf_counter() - self.loop.started
         with self.clock("checkpoint"):
             return checkpoint.save(self.acc, self.output_dir, self.args.save_total_limit, self.prepared,
-                                   self.trainable, self.optimizer, self.scheduler, self.state, self.epoch_start_rng)
+                                   self.trainable, self.loop.optimizer, self.loop.scheduler, self.state,
+                                   self.loop.epoch_start_rng)
 
     def _train_epoch(self, rng: dict | None) -> None:
         """The epoch's remaining optimizer steps. ``rng``: the checkpoint being resumed, in its first epoch."""
         acc, state = self.acc, self.state
         self.prepared.train()
         if rng is None:
-            self.generator.set_state(self.epoch_start_rng)  # no-op in a straight run; exact after a resume
+            self.loop.generator.set_state(self.loop.epoch_start_rng)  # no-op in a straight run; exact after a resume
         self.task.start_epoch(self.collator, state.epoch, self.args.seed)
         skip = state.batches_in_epoch
         if rng is not None and not skip:  # saved at an epoch's end, before the next epoch's iterator was made
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
-        batches = iter(acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader)
+        batches = iter(acc.skip_first_batches(self.loop.train_loader, skip) if skip else self.loop.train_loader)
         timed = self.clock.iterate(batches, "data")  # collation and the copy to the device included
         if rng is not None and skip:  # saved inside the epoch, after its iterator had drawn its seeds
             checkpoint.restore_rng(rng["rng"], rng["rng_json"])
@@ -334,16 +369,16 @@ class Engine:
         for batch in timed:
             window.append(batch)
             if len(window) < self.args.gradient_accumulation_steps and state.batches_in_epoch + len(window) < \
-                    self.batches_per_epoch:
+                    self.loop.batches_per_epoch:
                 continue
             loss = self._optimizer_step(window)
             window = []
             with self.clock("host memory release"):
                 HOST.release()  # what this step's batch shapes left with the allocator, once it amounts to something
             with self.clock("optimizer"):
-                self.scheduler.step()
+                self.loop.scheduler.step()
             self._after_step(loss)
-            if state.step >= self.total or state.stop:
+            if state.step >= self.loop.total or state.stop:
                 return
 
     def _optimizer_step(self, window: list[dict]) -> float:
@@ -384,7 +419,7 @@ class Engine:
                     weighted += loss.detach().float() * n                   # process must reach the same
                     nonfinite |= any_process(acc, int(not torch.isfinite(loss.detach()).item()))  # collectives
         with self.clock("optimizer"):  # clipping, the update (or a skip) and zeroing the gradients
-            for join, params in self.waiting:  # gradual unfreezing: not their turn yet, so no gradient, no update
+            for join, params in self.loop.waiting:  # gradual unfreezing: not their turn yet, so no gradient, no update
                 if state.step < join:
                     for param in params:
                         param.grad = None
@@ -397,14 +432,14 @@ class Engine:
             else:
                 self._step_optimizer()
                 self.skip_streak = 0
-            self.optimizer.zero_grad()
+            self.loop.optimizer.zero_grad()
         if len(window) == 1 and acc.num_processes == 1:
             return loss.detach().float()
         return acc.reduce(weighted, "sum") / max(step_units, 1)
 
     def _step_optimizer(self) -> None:
         try:
-            self.optimizer.step()
+            self.loop.optimizer.step()
         except RuntimeError as exc:  # Adam's lr / bias correction past float's range (e.g. --learning_rate 1e38)
             if "overflow" not in str(exc):
                 raise
@@ -418,7 +453,7 @@ class Engine:
         transformers' losses ignore and ``loss_units`` does not count: N processes then train exactly like one,
         whatever the data size. ``position``: the batch's 1-based index in the epoch."""
         acc = self.acc
-        if acc.num_processes == 1 or position != self.batches_per_epoch:
+        if acc.num_processes == 1 or position != self.loop.batches_per_epoch:
             return
         size = self.args.per_device_train_batch_size
         real_in_last_step = len(self.data["train"]) % (size * acc.num_processes)
@@ -457,22 +492,23 @@ class Engine:
         """Count the step; log, evaluate and checkpoint when due; stop cleanly on a signal."""
         args, acc, state = self.args, self.acc, self.state
         now = time.perf_counter()
-        self.timing["step_times"].append(now - self.timing["last"])  # one optimizer step, all its micro-batches
-        self.timing["last"] = now
+        timing = self.loop.timing
+        timing["step_times"].append(now - timing["last"])  # one optimizer step, all its micro-batches
+        self.loop.timing["last"] = now
         state.step += 1
-        self.bar.update(1)
-        if state.step % args.logging_steps == 0 or state.step == self.total:
+        self.loop.bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == self.loop.total:
             mean_loss = acc.gather(loss.reshape(1)).mean().item()
-            self.bar.set_postfix(loss=f"{mean_loss:.4f}")
-            lr = self.scheduler.get_last_lr()[0]
+            self.loop.bar.set_postfix(loss=f"{mean_loss:.4f}")
+            lr = self.loop.scheduler.get_last_lr()[0]
             state.train_history.append({"step": state.step, "loss": mean_loss, "learning_rate": lr})
             acc.log({"train/loss": mean_loss, "train/lr": lr}, step=state.step)
         if args.eval_steps and state.step % args.eval_steps == 0:
             self._evaluate_and_select()
-        signum = any_process(acc, self.stop.signum)
+        signum = any_process(acc, self.loop.stop.signum)
         if args.save_steps > 0 and state.step % args.save_steps == 0 or signum:
             path = self._checkpoint()
-            self.timing["last"] = time.perf_counter()
+            self.loop.timing["last"] = time.perf_counter()
             if signum:
                 name = signal.Signals(signum).name
                 where = f"Checkpoint saved at {path}" if path else "No checkpoint could be saved under this setup"
@@ -488,14 +524,14 @@ class Engine:
             with self.clock("evaluation"):
                 self._select()
         finally:
-            self.timing["last"] = time.perf_counter()  # evaluation time is not step time
+            self.loop.timing["last"] = time.perf_counter()  # evaluation time is not step time
 
     def _select(self) -> None:
         state, name = self.state, self.metric
-        metrics = self.evaluate(self.prepared, self.eval_loaders["validation"], "validation")
+        metrics = self.evaluate(self.prepared, self.loop.eval_loaders["validation"], "validation")
         check(name in metrics, f"--metric_for_best_model {name!r} is not a validation metric. "
               f"Choose one of: {', '.join(metrics)}.")
-        epoch = state.epoch + state.batches_in_epoch / self.batches_per_epoch
+        epoch = state.epoch + state.batches_in_epoch / self.loop.batches_per_epoch
         state.history.append({"step": state.step, "epoch": round(epoch, 3), **metrics})
         self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
         logger.info("step %d: %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
@@ -521,7 +557,7 @@ class Engine:
         """This session's training time by phase; "other" is the rest (progress bar, logging, bookkeeping). A
         resumed run's earlier sessions are not in it."""
         phases = {name: round(seconds, 3) for name, seconds in self.clock.totals.items()}
-        session = runtime - self.runtime_before
+        session = runtime - self.loop.runtime_before
         return phases | {"other": round(max(session - sum(self.clock.totals.values()), 0.0), 3)}
 
     def _finish(self, runtime: float) -> FitResult:
@@ -529,12 +565,13 @@ class Engine:
         state = self.state
         best = self.best_weights.load() if self.acc.is_main_process else {}
         restore_trainable(self.acc, self.prepared, self.trainable, best)
-        results = {split: self.evaluate(self.prepared, loader, split) for split, loader in self.eval_loaders.items()}
+        results = {split: self.evaluate(self.prepared, loader, split)
+                   for split, loader in self.loop.eval_loaders.items()}
         if self.cache is not None:
             self.cache.detach()
         if self.acc.is_main_process:
             self.best_weights.remove()
-        times = self.timing["step_times"]
+        times = self.loop.timing["step_times"]
         return FitResult(eval=results["validation"], test=results.get("test"), global_step=state.step,
                          epochs=state.epoch, train_runtime_s=runtime, train_samples=state.samples,
                          history=state.history, train_history=state.train_history, stopped_early=state.stop,

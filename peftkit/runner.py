@@ -11,6 +11,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,9 @@ from accelerate.utils import set_seed
 
 from peftkit import checkpoint, locks, model_card
 from peftkit._version import __version__
-from peftkit.config import (
-    DataArguments,
-    ModelArguments,
-    TrainingArguments,
-    derive_defaults,
-    too_few_steps,
-    validate,
-)
+from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
+from peftkit.defaults import derive_defaults, too_few_steps
 from peftkit.devices import logging_dir, make_accelerator, use_idle_cores
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
@@ -181,113 +176,187 @@ def train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelAr
             raise
 
 
+@dataclass
+class Run:
+    """What one training run carries from step to step (:func:`_train`): its plug-ins and settings, then what each
+    step adds."""
+
+    task_name: str
+    strategy_name: str
+    strategy: Any
+    task: Any
+    model_args: ModelArguments
+    data_args: DataArguments
+    train_args: TrainingArguments
+    should_stop: Callable[[int, dict[str, float]], bool] | None
+    # set up (_set_up)
+    acc: Accelerator | None = None
+    output_dir: Path | None = None
+    metric: str = ""
+    lr: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    resume: Path | None = None
+    # data (_load_data)
+    raw: Any = None
+    dataset_desc: str = ""
+    task_state: dict[str, Any] = field(default_factory=dict)
+    processor: Any = None
+    data: Any = None
+    # model (_build_model)
+    model: Any = None
+    head_names: list[str] = field(default_factory=list)
+    use_cache: bool | None = None
+    trainable: int = 0
+    total: int = 0
+    head_params: int = 0
+
+
 def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
            data_args: DataArguments, train_args: TrainingArguments, task: Any = None,
            should_stop: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+    """The run's steps, in order: set up, data, model, fit (and save), results."""
     validate(model_args, data_args, train_args)
     task = task if task is not None else get_task(task_name).build(data_args)
     task.data = data_args
-    metric = train_args.metric_for_best_model or task.default_metric
-    check(metric in task.metrics, f"--metric_for_best_model {metric!r} is not a metric of task {task_name}. "
+    run = Run(task_name, strategy_name, strategy, task, model_args, data_args, train_args, should_stop)
+    _set_up(run)
+    _load_data(run)
+    _build_model(run)
+    fit, evaluations, loaded = _fit(run)
+    return _write_results(run, fit, evaluations, loaded)
+
+
+def _set_up(run: Run) -> None:
+    """Check the metric and the model path, start Accelerate, seed, and check the output directory (refusing to
+    clobber a run; on resume, finding the checkpoint and refusing changed settings)."""
+    task, train_args = run.task, run.train_args
+    run.metric = metric = train_args.metric_for_best_model or task.default_metric
+    check(metric in task.metrics, f"--metric_for_best_model {metric!r} is not a metric of task {run.task_name}. "
           f"Choose one of: {', '.join(task.metrics)} ("
           + "; ".join(f"{k}: {'lower' if v == 'min' else 'higher'} is better" for k, v in task.metrics.items()) + ").")
-    load_config(model_args)  # fail fast on a wrong model path, before any data work
-    output_dir = run_output_dir(train_args, strategy_name, task_name)
-    acc = make_accelerator(train_args, output_dir)
+    load_config(run.model_args)  # fail fast on a wrong model path, before any data work
+    run.output_dir = output_dir = run_output_dir(train_args, run.strategy_name, run.task_name)
+    run.acc = acc = make_accelerator(train_args, output_dir)
     use_idle_cores(acc)
     set_seed(train_args.seed)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     # A task may know better rates for some strategies than the strategy's own (image_cls: CNNs, full at 3e-4)
-    policy = task.defaults
-    lr = train_args.learning_rate or policy.learning_rates.get(strategy_name) or strategy.default_learning_rate
-    config = resolved_config(task, strategy_name, strategy, model_args, data_args, train_args, lr)
+    run.lr = (train_args.learning_rate or task.defaults.learning_rates.get(run.strategy_name)
+              or run.strategy.default_learning_rate)
+    run.config = resolved_config(task, run.strategy_name, run.strategy, run.model_args, run.data_args, train_args,
+                                 run.lr)
     # Every process then reads the checkpoint itself (on several machines: from a shared disk).
-    resume = on_main(acc, lambda: prepare_output_dir(output_dir, train_args, config))
+    run.resume = on_main(acc, lambda: prepare_output_dir(output_dir, train_args, run.config))
 
+
+def _load_data(run: Run) -> None:
+    """Load and check the data, find the label space, preprocess; then derive the defaults the data decides."""
+    task, train_args, acc, policy = run.task, run.train_args, run.acc, run.task.defaults
     with acc.main_process_first():
-        raw, dataset_desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset,
-                                              own=task.load_raw)
-        task_state = task.discover(raw)
-        processor = task.load_processor(model_args)
-        data = task.preprocess(raw, processor)
-    config["derived"] = derive_defaults(train_args, len(data["train"]), len(data.get("validation", ())),
-                                        acc.num_processes, num_classes=len(task_state.get("labels") or ()),
-                                        min_steps=policy.min_steps, default_learning_rate=lr,
-                                        lr_reference_batch=strategy.lr_reference_batch
-                                        if policy.lr_follows_batch else None)
-    # config["training"] keeps the rate asked for (what a resumption is checked against); "derived" the one used.
-    lr = train_args.learning_rate or lr
-    for name, derived in config["derived"].items():
+        run.raw, run.dataset_desc = load_raw_datasets(run.data_args, train_args.seed, builtin=task.builtin_dataset,
+                                                      own=task.load_raw)
+        run.task_state = task.discover(run.raw)
+        run.processor = task.load_processor(run.model_args)
+        run.data = data = task.preprocess(run.raw, run.processor)
+    run.train_args, derived = derive_defaults(
+        train_args, len(data["train"]), len(data.get("validation", ())), acc.num_processes,
+        num_classes=len(run.task_state.get("labels") or ()), min_steps=policy.min_steps,
+        default_learning_rate=run.lr,
+        lr_reference_batch=run.strategy.lr_reference_batch if policy.lr_follows_batch else None)
+    # config["training"] keeps what was asked for (what a resumption is checked against); "derived" what is used.
+    run.config["derived"] = derived
+    train_args = run.train_args
+    run.lr = train_args.learning_rate or run.lr
+    for name, value in derived.items():
         # evaluating every epoch is what a user expects unless told: said only when it is not that
-        if name != "eval_every_epochs" or derived["value"] > 1:
-            logger.info("--%s %g (derived: %s; pass it to choose).", name, derived["value"], derived["why"])
-    if acc.is_main_process and "num_train_epochs" in config["derived"] and (
-            warning := too_few_steps(train_args, len(data["train"]), acc.num_processes,
-                                     policy.min_steps)):
+        if name != "eval_every_epochs" or value["value"] > 1:
+            logger.info("--%s %g (derived: %s; pass it to choose).", name, value["value"], value["why"])
+    if acc.is_main_process and "num_train_epochs" in derived and (
+            warning := too_few_steps(train_args, len(data["train"]), acc.num_processes, policy.min_steps)):
         logger.warning(warning)
-    model, head_names = load_model(task, strategy, model_args, processor)
+
+
+def _build_model(run: Run) -> None:
+    """Load the model, let the strategy adapt it and the task change what it computes; count what trains; write
+    the run's config (a new run) and start the trackers."""
+    task, train_args, acc, output_dir = run.task, run.train_args, run.acc, run.output_dir
+    model, run.head_names = load_model(task, run.strategy, run.model_args, run.processor)
     # Training keeps no key/value cache: it would only cost memory, and while one is kept transformers does not
     # read packed rows (--packing) as several examples. Put back before saving.
-    use_cache = getattr(model.config, "use_cache", None)
-    if use_cache:
+    run.use_cache = getattr(model.config, "use_cache", None)
+    if run.use_cache:
         model.config.use_cache = False
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = strategy.prepare(model, task, head_names)
-    check_trainable_dtype(model, acc.mixed_precision, model_args.torch_dtype)
-    task_state |= task.prepare_model(model, resolve_model_path(model_args.model_name_or_path))
+    model = run.strategy.prepare(model, task, run.head_names)
+    check_trainable_dtype(model, acc.mixed_precision, run.model_args.torch_dtype)
+    run.task_state |= task.prepare_model(model, resolve_model_path(run.model_args.model_name_or_path))
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
-    trainable, total = count_parameters(model)
-    head_leaves = {h.rsplit(".", 1)[-1] for h in head_names}  # timm_model.classifier -> classifier
-    head_params = sum(p.numel() for n, p in model.named_parameters()
-                      if p.requires_grad and set(n.split(".")) & head_leaves)
-    logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", strategy_name, task_name, f"{trainable:,}",
-                f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in data.items()})
-    config |= {"labels": task_state.get("labels"), "task_state": task_state}
-    if resume is None and train_args.overwrite_output_dir:
+    run.model = model
+    run.trainable, run.total = trainable, total = count_parameters(model)
+    head_leaves = {h.rsplit(".", 1)[-1] for h in run.head_names}  # timm_model.classifier -> classifier
+    run.head_params = sum(p.numel() for n, p in model.named_parameters()
+                          if p.requires_grad and set(n.split(".")) & head_leaves)
+    logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", run.strategy_name, run.task_name,
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in run.data.items()})
+    config = run.config
+    config |= {"labels": run.task_state.get("labels"), "task_state": run.task_state}
+    if run.resume is None and train_args.overwrite_output_dir:
         on_main(acc, lambda: set_aside(output_dir))
-    if acc.is_main_process and resume is None:
-        atomic_write_text(output_dir / CONFIG_FILE, json.dumps(config | {"label_type": task_state.get("label_type")},
-                                                         indent=2))
+    if acc.is_main_process and run.resume is None:
+        atomic_write_text(output_dir / CONFIG_FILE,
+                          json.dumps(config | {"label_type": run.task_state.get("label_type")}, indent=2))
     tracked = config["training"] | {name: derived["value"] for name, derived in config["derived"].items()}
     acc.init_trackers(logging_dir(train_args, output_dir).name,
                       config={k: v for k, v in tracked.items() if isinstance(v, int | float | str | bool)})
 
-    HOST.enable(train_args.release_host_memory and acc.device.type == "cpu")
-    baseline = final_evaluation(acc, task, model, processor, raw, output_dir, "base", resume is not None)
+
+def _fit(run: Run) -> tuple[Any, dict[str, Any], int | None]:
+    """Evaluate the base where the task has a final evaluation, train, evaluate the tuned model, save it."""
+    task, strategy, acc, output_dir = run.task, run.strategy, run.acc, run.output_dir
+    HOST.enable(run.train_args.release_host_memory and acc.device.type == "cpu")
+    baseline = final_evaluation(acc, task, run.model, run.processor, run.raw, output_dir, "base",
+                                run.resume is not None)
     cache = strategy.cache_features
     if cache and not task.features_fixed():
         cache = False
         logger.info("No feature cache: augmentation changes the training images every epoch, so the frozen "
                     "backbone runs on each batch (exact, slower); --augment none allows the cache.")
-    engine = Engine(acc, task, model, data, task.collator(processor), train_args, lr, output_dir,
+    engine = Engine(acc, task, run.model, run.data, task.collator(run.processor), run.train_args, run.lr, output_dir,
                     use_feature_cache=cache,
-                    lr_scales=strategy.lr_scales(model), unfreeze=strategy.unfreeze_schedule(model),
-                    should_stop=should_stop)
+                    lr_scales=strategy.lr_scales(run.model), unfreeze=strategy.unfreeze_schedule(run.model),
+                    should_stop=run.should_stop)
     # The baseline that a CPU run's memory comes on top of (a GPU's peak needs none): with the model loaded, it
     # holds the interpreter, libraries and weights, where the strategies do not differ.
     loaded = resident_bytes() if acc.device.type == "cpu" else None
-    fit = engine.fit(resume)
-    final = final_evaluation(acc, task, engine.prepared, processor, raw, output_dir, "fine_tuned", False)
-    if use_cache:
-        acc.unwrap_model(engine.prepared).config.use_cache = use_cache
+    fit = engine.fit(run.resume)
+    final = final_evaluation(acc, task, engine.prepared, run.processor, run.raw, output_dir, "fine_tuned", False)
+    if run.use_cache:
+        acc.unwrap_model(engine.prepared).config.use_cache = run.use_cache
     try:
-        save_model(acc, engine.prepared, output_dir, processor)
+        save_model(acc, engine.prepared, output_dir, run.processor)
         if acc.is_main_process:
             strategy.finalize_saved(output_dir)
     except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it
         raise final_write_failure(exc, output_dir) from exc
     acc.end_training()
+    evaluations = {"base": baseline, "fine_tuned": final} if final is not None else {}
+    return fit, evaluations, loaded
 
+
+def _write_results(run: Run, fit, evaluations: dict[str, Any], loaded: int | None) -> dict[str, Any]:
+    """results.json, the model card and the manifest (last: a run without one did not finish writing)."""
+    acc, train_args, output_dir, config = run.acc, run.train_args, run.output_dir, run.config
+    trainable, total = run.trainable, run.total
     results = {
-        "strategy": strategy_name, "task": task_name, "model": model_args.model_name_or_path,
-        "dataset": dataset_desc, "artifact_dir": str(output_dir.resolve()),
-        "labels": task_state.get("labels"), "trainable_params": trainable,
-        "trainable_params_without_head": trainable - head_params,
+        "strategy": run.strategy_name, "task": run.task_name, "model": run.model_args.model_name_or_path,
+        "dataset": run.dataset_desc, "artifact_dir": str(output_dir.resolve()),
+        "labels": run.task_state.get("labels"), "trainable_params": trainable,
+        "trainable_params_without_head": trainable - run.head_params,
         "total_params": total, "trainable_percent": round(100 * trainable / total, 4), **fit_results(fit),
-        "num_examples": {s: len(d) for s, d in data.items()},
+        "num_examples": {s: len(d) for s, d in run.data.items()},
         "peak_memory_bytes": peak_memory_bytes(acc.device), "loaded_memory_bytes": loaded,
         "host_memory_trims": HOST.calls, "device": str(acc.device),
         "peak_memory_reserved_bytes": (int(torch.cuda.max_memory_reserved(acc.device))
@@ -295,19 +364,19 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
         "num_processes": acc.num_processes,
         "effective_batch_size": train_args.per_device_train_batch_size * acc.num_processes
         * train_args.gradient_accumulation_steps,
-        "base_fingerprint": config["base"]["fingerprint"], "learning_rate": lr, "seed": train_args.seed,
+        "base_fingerprint": config["base"]["fingerprint"], "learning_rate": run.lr, "seed": train_args.seed,
         "per_device_train_batch_size": train_args.per_device_train_batch_size,
         "num_train_epochs": train_args.num_train_epochs, "derived": config.get("derived", {}),
-        "metric_for_best_model": metric,
+        "metric_for_best_model": run.metric,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-    if final is not None:
-        results["final_evaluation"] = {"base": baseline, "fine_tuned": final}
+    if evaluations:
+        results["final_evaluation"] = evaluations
     if acc.is_main_process:
         try:
             checkpoint.share_files(output_dir)
             atomic_write_text(output_dir / RESULTS_FILE, json.dumps(results, indent=2))
-            model_card.write(output_dir, config, results, task)
+            model_card.write(output_dir, config, results, run.task)
             (output_dir / BASELINE_FILE).unlink(missing_ok=True)
             write_manifest(output_dir)  # last: a run without one did not finish writing
         except Exception as exc:  # noqa: BLE001 - a full disk, however the writer reports it

@@ -35,7 +35,7 @@ class LoRA(LoRAFlags, Strategy):
     default_learning_rate: ClassVar[float] = 2e-3
     # ... chosen at a global batch of 32 (the built-in reviews and NER data); in a task that asks for it
     # (token_cls), a smaller batch derived for small data takes it x sqrt(batch / 32) unless --learning_rate is
-    # passed (config.derive_learning_rate).
+    # passed (defaults.derive_learning_rate).
     lr_reference_batch: ClassVar[int] = 32
 
     def __post_init__(self) -> None:

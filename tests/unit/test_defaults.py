@@ -6,12 +6,8 @@ import json
 
 import pytest
 
-from peftkit.config import (
-    MAX_AUTO_EPOCHS,
-    MAX_CLASS_EPOCHS,
-    MIN_CLASS_VISITS,
-    MIN_STEPS,
-    TrainingArguments,
+from peftkit.config import MAX_AUTO_EPOCHS, MAX_CLASS_EPOCHS, MIN_CLASS_VISITS, MIN_STEPS, TrainingArguments
+from peftkit.defaults import (
     derive_batch_size,
     derive_defaults,
     derive_epochs,
@@ -57,15 +53,13 @@ def test_small_data_gets_more_epochs_up_to_a_cap(n, batch, expected_epochs):
 def test_a_tiny_ner_set_gets_the_steps_its_task_asks_for():
     """24 sentences (the issue's case): batch 8, 3 steps an epoch; the derived schedule reaches token_cls's 300
     steps (it was 10 epochs, 30 steps, and learned nothing), and nothing warns."""
-    args = TrainingArguments()
-    derive_defaults(args, 24, 60, 1, num_classes=7, min_steps=300)
+    args, _ = derive_defaults(TrainingArguments(), 24, 60, 1, num_classes=7, min_steps=300)
     assert (args.per_device_train_batch_size, args.num_train_epochs) == (8, 100)
     assert too_few_steps(args, 24, 1, 300) is None
 
 
 def test_data_too_small_even_for_the_cap_is_warned_about():
-    args = TrainingArguments()
-    derived = derive_defaults(args, 12, 60, 1, num_classes=7, min_steps=300)
+    args, derived = derive_defaults(TrainingArguments(), 12, 60, 1, num_classes=7, min_steps=300)
     assert derived["num_train_epochs"]["why"].endswith(f"(at most {MAX_AUTO_EPOCHS} epochs): 200 steps")
     warning = too_few_steps(args, 12, 1, 300)
     assert warning.startswith("Only 12 training examples: 100 epochs at batch 8 give 200 optimizer steps, under "
@@ -107,13 +101,14 @@ def test_evaluation_frequency_set_or_without_validation_is_left_alone():
 
 
 def test_the_three_derive_in_order_each_from_the_one_before():
-    args = TrainingArguments()
-    derived = derive_defaults(args, 100, 1258, 1)  # 100 examples: batch 8, so 13 steps an epoch, so 8 epochs
+    asked = TrainingArguments()
+    args, derived = derive_defaults(asked, 100, 1258, 1)  # 100 examples: batch 8, so 13 steps an epoch, so 8 epochs
     assert {k: v["value"] for k, v in derived.items()} == {"per_device_train_batch_size": 8, "num_train_epochs": 8,
                                                            "eval_every_epochs": 4}
     assert (args.per_device_train_batch_size, args.num_train_epochs, args.eval_every_epochs) == (8, 8, 4)
+    assert asked == TrainingArguments()  # new arguments; what was asked for is left as it was
     set_by_user = TrainingArguments(per_device_train_batch_size=32, num_train_epochs=1, eval_every_epochs=1)
-    assert derive_defaults(set_by_user, 100, 1258, 1) == {}
+    assert derive_defaults(set_by_user, 100, 1258, 1) == (set_by_user, {})
 
 
 @pytest.mark.parametrize("n, classes, batch, epochs", [
@@ -125,14 +120,13 @@ def test_the_three_derive_in_order_each_from_the_one_before():
     (100, 0, 8, 8),       # no classes (a language model): the step floor alone
 ])
 def test_classification_epochs_show_each_class_often_enough(n, classes, batch, epochs):
-    args = TrainingArguments()
-    derived = derive_defaults(args, n, 100, 1, num_classes=classes)
+    args, derived = derive_defaults(TrainingArguments(), n, 100, 1, num_classes=classes)
     assert (args.per_device_train_batch_size, args.num_train_epochs) == (batch, epochs)
     assert args.num_train_epochs * n / max(classes, 1) >= MIN_CLASS_VISITS or epochs in (2, MAX_AUTO_EPOCHS) \
         or not classes
     if classes and epochs > 2:
         assert f"{classes} classes" in derived["num_train_epochs"]["why"]
-    assert derive_defaults(TrainingArguments(num_train_epochs=1), n, 100, 1, num_classes=classes).get(
+    assert derive_defaults(TrainingArguments(num_train_epochs=1), n, 100, 1, num_classes=classes)[1].get(
         "num_train_epochs") is None  # a set value stands
 
 
@@ -199,8 +193,7 @@ def test_eval_every_epochs_evaluates_then_and_at_the_end(tmp_path, builtin_model
     (1891, 300, (32, 6)),         # the whole built-in NER data keeps batch 32: 360 steps
 ])
 def test_a_task_can_ask_for_more_steps(n, min_steps, expected):
-    args = TrainingArguments()
-    derived = derive_defaults(args, n, 200, 1, num_classes=21, min_steps=min_steps)
+    args, derived = derive_defaults(TrainingArguments(), n, 200, 1, num_classes=21, min_steps=min_steps)
     assert (args.per_device_train_batch_size, args.num_train_epochs) == expected
     if expected[0] != 32:
         assert f"at least {min_steps}" in derived["per_device_train_batch_size"]["why"]
@@ -277,18 +270,17 @@ def test_lora_rate_follows_a_derived_batch(batch, procs, derived, lr, expected):
             assert f"sqrt({batch * procs}/32)" in got[1]
     else:
         n = 100  # small data: only the batch is the user's
-        result = derive_defaults(args, n, 100, procs, default_learning_rate=2e-3, lr_reference_batch=32)
+        args, result = derive_defaults(args, n, 100, procs, default_learning_rate=2e-3, lr_reference_batch=32)
         assert "learning_rate" not in result and args.learning_rate is None
 
 
 def test_derive_defaults_scales_only_adam_and_only_strategies_that_say_where_their_rate_was_chosen():
     small = dict(num_train=300, num_validation=100, num_processes=1, default_learning_rate=2e-3)
-    args = TrainingArguments()
-    assert derive_defaults(args, **small, lr_reference_batch=32)["learning_rate"]["value"] == 1e-3
-    assert args.learning_rate == 1e-3
-    assert "learning_rate" not in derive_defaults(TrainingArguments(), **small, lr_reference_batch=None)
+    args, derived = derive_defaults(TrainingArguments(), **small, lr_reference_batch=32)
+    assert derived["learning_rate"]["value"] == 1e-3 and args.learning_rate == 1e-3
+    assert "learning_rate" not in derive_defaults(TrainingArguments(), **small, lr_reference_batch=None)[1]
     sgd = TrainingArguments(optimizer="sgd")
-    assert "learning_rate" not in derive_defaults(sgd, **small, lr_reference_batch=32)
+    assert "learning_rate" not in derive_defaults(sgd, **small, lr_reference_batch=32)[1]
 
 
 
