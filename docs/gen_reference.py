@@ -115,9 +115,13 @@ def generate() -> str:
               "### `peftkit`", "", parser_help(cli.command_parser()), ""]
     commands = cli.command_parser()._subparsers._group_actions[0].choices
     for name, parser in commands.items():
-        if name in ("train", "bench", "search"):
-            continue  # train: the sections above; bench and search: their own parsers below
+        if name in ("train", "plan", "bench", "search"):
+            continue  # train: the sections above; plan, bench and search: their own parsers below
         parts += [f"### `peftkit {name}`", "", parser_help(parser), ""]
+    from peftkit.commands import plan
+
+    parts += ["### `peftkit plan`", "", "It also reads every flag of `peftkit train` (the sections above).", "",
+              parser_help(plan.own_parser()), ""]
     parts += ["### `peftkit search`", "", parser_help(cli.search_parser()), ""]
     sys.path.insert(0, str(ROOT))
     from benchmarks.__main__ import build_parser

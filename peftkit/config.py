@@ -42,6 +42,13 @@ class ModelArguments:
                   "precision, and --bf16 / --fp16 mixed precision then computes in half. A half type halves "
                   "the frozen base's memory, but full, head and partial then train half-precision weights."},
     )
+    random_init: bool = field(
+        default=False,
+        metadata={"help": "Start from random weights of the model's shapes instead of its trained ones (a directory "
+                  "holding only config.json is enough, as is catalogue:NAME, e.g. catalogue:llama-3.1-8b; see "
+                  "`peftkit plan --help`): to measure memory and speed at real sizes without the weights. Accuracy is "
+                  "then meaningless, and results.json and every report say the weights were synthetic."},
+    )
 
     def __post_init__(self) -> None:
         check_model_arguments(self)  # refused where set: a flag, a config file, a saved run
@@ -134,7 +141,14 @@ class TrainingArguments:
         default=None,
         metadata={"help": "Batch size per process. Default: derived from the data: 32, or 16 or 8 where 32 would give "
                   f"a run fewer than {MIN_STEPS} optimizer steps (300 for token_cls; small data; the choice is logged "
-                  "and saved)."},
+                  "and saved). `auto`: see --auto_batch_size."},
+    )
+    auto_batch_size: bool = field(
+        default=False,
+        metadata={"help": "(also --per_device_train_batch_size auto) Train the batch size asked for, or the derived "
+                  "one, in the largest micro-batch that the plan says fits --memory (halving it), with gradient "
+                  "accumulation making up the rest: the same global batch, and the same results as passing that "
+                  "micro-batch and accumulation by hand. The choice is logged and saved with the run."},
     )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
@@ -255,6 +269,20 @@ class TrainingArguments:
         default="auto",
         metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., or none; auto = tensorboard if installed."},
     )
+    plan: bool = field(
+        default=True,
+        metadata={"help": "Before loading the model, predict the run's peak memory per process (as `peftkit plan` "
+                  "does, from the model's shapes alone), log it, and stop with the plan's advice (exit 2) when it "
+                  "does not fit --memory. --plan false skips it."},
+    )
+    memory: str | None = field(
+        default=None,
+        metadata={"help": "Memory one process may use, e.g. 24GiB or 80GB, which the plan checks the run against. "
+                  "Default: what the device has free now (GPU), or the host's available memory (CPU)."},
+    )
+    force: bool = field(
+        default=False, metadata={"help": "Train even when the plan predicts that the run will not fit."}
+    )
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks for errors."})
 
     def __post_init__(self) -> None:
@@ -302,6 +330,10 @@ def check_data_arguments(d: DataArguments) -> None:
 
 def check_training_arguments(t: TrainingArguments) -> None:
     """Refuse impossible training settings."""
+    if t.memory is not None:
+        from peftkit.units import parse_size
+
+        parse_size(t.memory, "--memory")
     positive = {
         "per_device_train_batch_size": t.per_device_train_batch_size,
         "per_device_eval_batch_size": t.per_device_eval_batch_size,

@@ -54,13 +54,25 @@ def translate(name: str, value: Any, given: set[str]) -> dict[str, Any]:
                        "merge` if you want a plain transformers model.")
 
 
+# A number flag that also takes "auto": the value becomes a switch of its own (--per_device_train_batch_size auto:
+# --auto_batch_size, the largest micro-batch that fits, see runner._plan).
+AUTO_VALUES = {"per_device_train_batch_size": "auto_batch_size"}
+
+
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """``argv`` with Trainer flags replaced by peftkit's (e.g. ``--fp16`` -> ``--mixed_precision fp16``)."""
+    """``argv`` with Trainer flags replaced by peftkit's (e.g. ``--fp16`` -> ``--mixed_precision fp16``), and
+    ``--per_device_train_batch_size auto`` by ``--auto_batch_size``."""
     given = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     out, i = [], 0
     while i < len(argv):
         token = argv[i]
         name = token[2:].split("=", 1)[0] if token.startswith("--") else None
+        if name in AUTO_VALUES:
+            value = token.split("=", 1)[1] if "=" in token else argv[i + 1] if i + 1 < len(argv) else ""
+            if value.lower() == "auto":
+                out.append(f"--{AUTO_VALUES[name]}")
+                i += 1 if "=" in token else 2
+                continue
         if name not in HF_FLAGS:
             out.append(token)
             i += 1
@@ -86,6 +98,10 @@ def rewrite_config(values: dict[str, Any]) -> dict[str, Any]:
     """A config file's keys, with Trainer keys replaced as on the command line."""
     given = set(values)
     out = {k: v for k, v in values.items() if k not in HF_FLAGS}
+    for key, switch in AUTO_VALUES.items():
+        if str(out.get(key, "")).lower() == "auto":
+            del out[key]
+            out[switch] = True
     for key in values.keys() & HF_FLAGS:
         out.update(translate(key, values[key], given))
     return out

@@ -59,7 +59,8 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
     if name:
         meta["base_model"] = name
     meta["pipeline_tag"] = task.pipeline_tag
-    meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag]
+    meta["tags"] = ["peftkit", config["strategy"], task.pipeline_tag,
+                    *(["synthetic-weights"] if results.get("synthetic_weights") else [])]
     not_plain = task.not_plain_reason()
     load = ("import peftkit\nmodel, tokenizer, config = peftkit.load_run(\"RUN_DIR\")" if adapter or not_plain else
             f"from transformers import pipeline\nclassify = pipeline(\"{task.pipeline_tag}\", \"RUN_DIR\")")
@@ -70,6 +71,9 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         f"# {Path(results['artifact_dir']).name}", "",
         f"`{config['strategy']}` fine-tune of `{name or base}` for `{config['task']}`, trained with peftkit "
         f"{config['peftkit_version']}.", "",
+        *(["> **Synthetic weights.** This run started from random weights of the base's shapes (`--random_init`),",
+           "> to measure memory and speed: its accuracy and outputs mean nothing.", ""]
+          if results.get("synthetic_weights") else []),
         f"- **Base model:** `{base}`" + (f" ({name})" if name and name != base else ""),
         *([f"- **Labels:** {labels}"] if labels else []),
         f"- **Data:** `{results['dataset']}` ({counts} examples)",

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from peftkit import checkpoint, locks, model_card
+from peftkit import checkpoint, locks, model_card, planner, preflight
 from peftkit._version import __version__
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
@@ -27,7 +27,7 @@ from peftkit.defaults import derive_defaults, too_few_steps
 from peftkit.devices import logging_dir, make_accelerator, use_idle_cores
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
-from peftkit.errors import check, is_write_failure, write_failure
+from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
 from peftkit.identity import fingerprint
 from peftkit.layout import (
     BASELINE_FILE,
@@ -47,11 +47,13 @@ from peftkit.modeling import (
     check_trainable_dtype,
     count_parameters,
     disable_dropout,
+    enable_activation_checkpointing,
     load_config,
     load_model,
     resolve_model_path,
 )
 from peftkit.tasks import get_task, task_fields
+from peftkit.units import human_size
 
 logger = logging.getLogger(__name__)
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "evaluate")
@@ -202,6 +204,8 @@ class Run:
     task_state: dict[str, Any] = field(default_factory=dict)
     processor: Any = None
     data: Any = None
+    # plan (_plan)
+    plan: dict[str, Any] | None = None
     # model (_build_model)
     model: Any = None
     head_names: list[str] = field(default_factory=list)
@@ -221,6 +225,7 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     run = Run(task_name, strategy_name, strategy, task, model_args, data_args, train_args, should_stop)
     _set_up(run)
     _load_data(run)
+    _plan(run)
     _build_model(run)
     fit, evaluations, loaded = _fit(run)
     return _write_results(run, fit, evaluations, loaded)
@@ -277,6 +282,109 @@ def _load_data(run: Run) -> None:
         logger.warning(warning)
 
 
+def _plan(run: Run) -> None:
+    """Predict the run's peak memory per process from the model's shapes (peftkit/planner.py) and log it; stop
+    before the model is loaded, with the plan's advice, when it would not fit (unless --force). With
+    --auto_batch_size, first find the largest micro-batch that fits and train the same global batch with
+    accumulation. A model the planner cannot run on the meta device is trained unplanned (said at debug level)."""
+    train_args, acc = run.train_args, run.acc
+    if not (train_args.plan or train_args.auto_batch_size):
+        return
+
+    def setup(micro_batch: int, accumulation: int) -> planner.Setup:
+        processes, sharding = preflight.sharding_of_environment()
+        per_process = -(-len(run.data["train"]) // acc.num_processes)  # a batch larger than the data is the data
+        return planner.Setup(
+            micro_batch=min(micro_batch, per_process), length=longest(run.data["train"]), accumulation=accumulation,
+            gradient_checkpointing=train_args.gradient_checkpointing, processes=acc.num_processes,
+            sharding=sharding if processes == acc.num_processes else "ddp" if acc.num_processes > 1 else "none",
+            device=acc.device.type, mixed_precision=None if acc.mixed_precision == "no" else acc.mixed_precision,
+            optimizer=train_args.optimizer)
+
+    def plan_of(micro_batch: int, accumulation: int) -> planner.Plan:
+        return preflight.plan_candidate(run.task, run.strategy_name, run.strategy, run.model_args,
+                                        setup(micro_batch, accumulation))
+
+    def work() -> dict[str, Any] | None:
+        limit, where = preflight.memory_limit(train_args, acc.device.type,
+                                              int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
+        batch, accumulation = train_args.per_device_train_batch_size, train_args.gradient_accumulation_steps
+        try:
+            plan = plan_of(batch, accumulation)
+            chosen = None
+            if train_args.auto_batch_size:
+                chosen = saved_micro_batch(run) or largest_micro_batch(plan_of, batch, accumulation, limit)
+                if chosen[0] != batch:
+                    plan = plan_of(*chosen)
+        except Exception as exc:  # noqa: BLE001 - planning is advice: a model it cannot run still trains
+            if train_args.auto_batch_size:
+                logger.warning("--auto_batch_size: the model could not be planned (%s); training micro-batch %d.",
+                               str(exc).splitlines()[0][:200], batch)
+            else:
+                logger.debug("No plan of this run: %s", exc)
+            return None
+        logger.info(preflight.summary(plan, limit, where))
+        if limit is not None and plan.peak > limit:
+            if not train_args.force:
+                advice = preflight.advise(run.task, run.strategy_name, run.strategy, run.model_args,
+                                          plan.setup, limit, lambda name: preflight.strategy_like(run.strategy, name))
+                fixes = [a for a in advice if a["fits"]]
+                raise PeftkitError(
+                    f"This run would not fit: the plan predicts a peak of {human_size(plan.peak)} per process, "
+                    f"and {human_size(limit)} is available ({where}). Nothing was loaded. "
+                    + ("What would fit, cheapest first: " + "; ".join(
+                        f"{a['change']}, {human_size(a['peak'])} ({a['flags']})" for a in fixes[:3]) + "."
+                       if fixes else "Nothing the planner tried fits: a device with more memory, or a smaller model.")
+                    + " `peftkit plan` with the same flags shows the whole plan; --force trains anyway, and --memory "
+                    "sets the limit if the available figure is wrong.")
+            logger.warning("The plan predicts more memory than is available; training anyway (--force).")
+        return plan.as_dict() | {"limit": limit, "limit_from": where, "chosen": chosen}
+
+    run.plan = on_main(acc, work)
+    chosen = run.plan.pop("chosen") if run.plan else None
+    if chosen and tuple(chosen) != (train_args.per_device_train_batch_size, train_args.gradient_accumulation_steps):
+        micro, accumulation = chosen
+        why = (f"--auto_batch_size: the largest micro-batch under {human_size(run.plan['limit'])} by the plan "
+               f"({human_size(run.plan['peak'])}); global batch {micro * accumulation * acc.num_processes} as "
+               f"with {train_args.per_device_train_batch_size}")
+        run.train_args = dataclasses.replace(train_args, per_device_train_batch_size=micro,
+                                             gradient_accumulation_steps=accumulation)
+        run.config["derived"]["per_device_train_batch_size"] = {"value": micro, "why": why}
+        run.config["derived"]["gradient_accumulation_steps"] = {"value": accumulation, "why": why}
+        logger.info("--per_device_train_batch_size %d --gradient_accumulation_steps %d (%s).", micro, accumulation,
+                    why)
+
+
+def largest_micro_batch(plan_of, batch: int, accumulation: int, limit: int | None) -> tuple[int, int]:
+    """(micro-batch, accumulation) for --auto_batch_size: ``batch`` halved until its plan fits ``limit`` (down
+    to 1), with accumulation multiplied to keep ``batch x accumulation``. A batch that does not halve evenly
+    stops at the last size that divides it."""
+    micro = batch
+    while (limit is not None and micro > 1 and micro % 2 == 0
+           and plan_of(micro, accumulation * batch // micro).peak > limit):
+        micro //= 2
+    return micro, accumulation * batch // micro
+
+
+def saved_micro_batch(run: Run) -> tuple[int, int] | None:
+    """The micro-batch --auto_batch_size chose for the run being resumed (free memory may differ now, and a
+    resumed run must take the same steps)."""
+    if run.resume is None:
+        return None
+    saved = json.loads((run.resume.parent / CONFIG_FILE).read_text()).get("derived", {})
+    if "per_device_train_batch_size" not in saved or "gradient_accumulation_steps" not in saved:
+        return None
+    return saved["per_device_train_batch_size"]["value"], saved["gradient_accumulation_steps"]["value"]
+
+
+def longest(train) -> int:
+    """Tokens in the longest training example (the planner's sequence length: peftkit's first batch is the
+    longest); 0 for examples without token ids (images)."""
+    if "input_ids" not in train.column_names:
+        return 0
+    return max((len(ids) for ids in train["input_ids"]), default=0)
+
+
 def _build_model(run: Run) -> None:
     """Load the model, let the strategy adapt it and the task change what it computes; count what trains; write
     the run's config (a new run) and start the trackers."""
@@ -288,7 +396,7 @@ def _build_model(run: Run) -> None:
     if run.use_cache:
         model.config.use_cache = False
     if train_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model = run.strategy.prepare(model, task, run.head_names)
     check_trainable_dtype(model, acc.mixed_precision, run.model_args.torch_dtype)
     run.task_state |= task.prepare_model(model, resolve_model_path(run.model_args.model_name_or_path))
@@ -368,6 +476,8 @@ def _write_results(run: Run, fit, evaluations: dict[str, Any], loaded: int | Non
         "per_device_train_batch_size": train_args.per_device_train_batch_size,
         "num_train_epochs": train_args.num_train_epochs, "derived": config.get("derived", {}),
         "metric_for_best_model": run.metric,
+        "synthetic_weights": run.model_args.random_init,
+        "plan": run.plan,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if evaluations:

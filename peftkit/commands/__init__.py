@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 # Each is the module peftkit.commands.<name>; the modules are light (what a command needs heavy, it imports in
 # its run()), so that building the parser, --help and a mistyped flag load no torch.
-COMMANDS = ("train", "eval", "predict", "bench", "search", "merge", "analyze")
-OWN_FLAGS = ("train", "bench", "search")  # they read the flags after the subcommand themselves
+COMMANDS = ("train", "plan", "eval", "predict", "bench", "search", "merge", "analyze")
+OWN_FLAGS = ("train", "plan", "bench", "search")  # they read the flags after the subcommand themselves
 
 
 def command(name: str):

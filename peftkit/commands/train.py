@@ -41,7 +41,9 @@ def train_main(argv: Sequence[str] | None = None, *, task: str, strategy: str, p
                   + f" | trainable {results['trainable_params']:,} of {results['total_params']:,}"
                   f" ({results['trainable_percent']:.2f}%) | {results['train_runtime_s']:.0f} s"
                   f"\n{kept_line(results)}"
-                  f"\nSaved to {results['artifact_dir']} (results.json, peftkit_config.json, weights)")
+                  + ("\nSynthetic weights (--random_init): the metrics above mean nothing; memory and speed do."
+                     if results.get("synthetic_weights") else "")
+                  + f"\nSaved to {results['artifact_dir']} (results.json, peftkit_config.json, weights)")
         return 0
 
     return guard(run, argv)

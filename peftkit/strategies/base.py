@@ -56,3 +56,13 @@ class Strategy(ABC):
     def finalize_saved(self, output_dir: Path) -> None:
         """Rewrite what was saved, on the main process (PiSSA: an adapter for the original base)."""
         return None
+
+    def plan_model(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        """:meth:`prepare` as the planner needs it, on a model on the meta device (no weights, no quantization):
+        the same trainable parameters and the same modules in the forward pass. Default: ``prepare``."""
+        return self.prepare(model, task, head_names)
+
+    def weight_bits(self, model: nn.Module, head_names: list[str]) -> dict[str, float]:
+        """{module name: bits per stored weight} of the layers this strategy quantizes (QLoRA's 4-bit linears,
+        with their scales), for the planner; {}: every weight stays in its dtype."""
+        return {}

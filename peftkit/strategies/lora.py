@@ -154,6 +154,32 @@ class LoRA(LoRAFlags, Strategy):
                                      get_peft_model_state_dict(model).items() if ".lora_A." in k or ".lora_B." in k}
         return model
 
+    def plan_model(self, model: nn.Module, task: Any, head_names: list[str]) -> nn.Module:
+        """The adapters on the meta model; a quantized base stays unquantized there (its stored size is
+        :meth:`weight_bits`'s; bitsandbytes' layers, like plain frozen ones, keep no input for backward)."""
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(task, head_names, model))
+
+    def weight_bits(self, model: nn.Module, head_names: list[str]) -> dict[str, float]:
+        """bitsandbytes' storage: NF4/FP4 packs two weights per byte plus a scale per block of 64 (float32, or
+        with double quantization 8 bits and a float32 per 256 blocks); int8 a byte per weight plus a float32
+        scale per output row. Every linear layer but the new head and the output layer is quantized."""
+        if self.quantization is None:
+            return {}
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        skip = set(head_names)
+        bits: dict[str, float] = {}
+        for name, module in model.named_modules():
+            if (not isinstance(module, nn.Linear) or module is output
+                    or any(name == h or name.startswith(h + ".") for h in skip)):
+                continue
+            if self.quantization == "int8":
+                bits[name] = 8 + 32 / module.in_features
+            else:
+                bits[name] = 4 + (8 / 64 + 32 / (64 * 256) if self.bnb_4bit_use_double_quant else 32 / 64)
+        return bits
+
     def finalize_saved(self, output_dir: Path) -> None:
         """Turn a saved PiSSA/OLoRA adapter into an ordinary one for the original base: with W = W_res + B0 A0
         and W_res + B A after training, the update is B A - B0 A0 = [B | -B0] [A ; A0], an adapter of rank 2r

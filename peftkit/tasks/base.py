@@ -210,6 +210,16 @@ class Task(TaskFlags, ABC):
         example, so that resumption and N processes stay exact)."""
         return None
 
+    def example_batch(self, batch_size: int, length: int, config) -> dict[str, torch.Tensor]:
+        """A training batch of this shape (``batch_size`` examples of ``length`` tokens) on the meta device, for
+        the planner, which runs it through the model without data. Default: token ids and one label per
+        example."""
+        import torch
+
+        ids = torch.zeros(batch_size, length, dtype=torch.long, device="meta")
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "labels": torch.zeros(batch_size, dtype=torch.long, device="meta")}
+
     def lora_targets(self, model, head_names: list[str]) -> list[str] | None:
         """What LoRA adapts when the user names nothing; None: peft's default for the architecture."""
         return None

@@ -167,6 +167,11 @@ class CausalLM(CausalLMFlags, Task):
             out[split] = Dataset.from_list(rows)
         return out
 
+    def example_batch(self, batch_size: int, length: int, config) -> dict[str, torch.Tensor]:
+        """Token ids with a label per token (the planner's batch)."""
+        ids = torch.zeros(batch_size, length, dtype=torch.long, device="meta")
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros_like(ids)}
+
     def collator(self, tokenizer):
         pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
 

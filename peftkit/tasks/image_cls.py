@@ -149,6 +149,13 @@ class ImageClassification(ImageClsFlags, SingleLabelClassification):
                 "test": self.data.test_file}.get(split) or self.data.train_file
         return Path(path).resolve().parent
 
+    def example_batch(self, batch_size: int, length: int, config) -> dict[str, torch.Tensor]:
+        """Images at the model's input size (the planner's batch; ``length`` does not apply)."""
+        size = getattr(config, "image_size", None) or (getattr(config, "pretrained_cfg", None) or {}).get(
+            "input_size", (3, 224, 224))[-1]
+        return {"pixel_values": torch.zeros(batch_size, 3, size, size, device="meta"),
+                "labels": torch.zeros(batch_size, dtype=torch.long, device="meta")}
+
     def collator(self, processor):
         augmenter = Augmenter(self.augment, processor_size(processor)) if self.augment != "none" else None
         return ImageCollator(processor, IMAGE, augmenter, seed=0)  # the engine gives it the run's seed

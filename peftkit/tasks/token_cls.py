@@ -216,6 +216,11 @@ class TokenClassification(TokenClsFlags, LabelledHead):
                                cut_rows, split, self.data.max_seq_length, cut_entities)
         return out
 
+    def example_batch(self, batch_size: int, length: int, config) -> dict[str, torch.Tensor]:
+        """Token ids with a label per token (the planner's batch)."""
+        ids = torch.zeros(batch_size, length, dtype=torch.long, device="meta")
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros_like(ids)}
+
     def collator(self, tokenizer):
         return TokenCollator(tokenizer)
 
