@@ -35,10 +35,11 @@ from jinja2.sandbox import SandboxedEnvironment
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: benchmarks/ is a package at the repository root
 from benchmarks import long_documents, report  # noqa: E402
+from benchmarks import planner as planner_bench  # noqa: E402
 
 RESULTS, OUT = Path("benchmarks/results"), Path("docs/benchmarks")
 GROUPS = ("Main comparison", "Learning curves", "Adapter methods", "Long documents", "NER", "Images", "SFT",
-          "Speed and CPU options", "Search", "GPU")
+          "Speed and CPU options", "Memory and time planning", "Search", "GPU")
 CONTEXT = """Placeholders read: results (the JSON); s, the strategy table's summary (report.summarize):
 s.lora.mean.accuracy, s.lora.std.train_runtime_s, s.lora["values"].accuracy (one per seed; .values would be
 the dict's method); curve, a learning curve's
@@ -136,6 +137,8 @@ def body(root: Path, part: Path) -> list[str]:
         return search_markdown(data).splitlines()[2:]  # after its title, which is the page's
     if "baselines" in data:
         return long_documents.table(data)
+    if "planner_rows" in data:
+        return planner_bench.table(data)
     return [*([report.SMOKE_NOTE, ""] if data["config"]["quick"] else []), report.setup(data), "",
             *report.tables(data)]
 
