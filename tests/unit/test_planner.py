@@ -109,7 +109,7 @@ def test_quantized_weights_are_counted_at_their_stored_bits():
 
 def test_an_8b_shape_is_planned_without_its_weights(tmp_path):
     """Llama 3.1 8B from its config.json alone, in a fresh process: the plan counts 16 GB of bfloat16 weights
-    while the process's own peak stays near the libraries'."""
+    while the process's peak grows by less than 1 GiB over what the libraries took."""
     from peftkit import catalogue
 
     directory = catalogue.write("llama-3.1-8b", tmp_path / "llama8b")
@@ -120,8 +120,15 @@ from peftkit.config import DataArguments, ModelArguments
 from peftkit.strategies import get_strategy
 from peftkit.tasks import get_task
 from peftkit.memory import resident_bytes
-before = resident_bytes()
 task = get_task("causal_lm").build(DataArguments())
+# a first plan of a tiny shape loads every library planning uses (peft, bitsandbytes, the model classes): what
+# the 8B plan adds beyond that is its own
+from transformers import LlamaConfig
+tiny = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+for name in ("lora", "qlora"):
+    planner.plan(task, get_strategy(name).build(), name, tiny, planner.Setup(1, 64, gradient_checkpointing=True),
+                 torch.bfloat16)
+before = max(resident_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 args = ModelArguments(model_name_or_path={str(directory)!r}, torch_dtype="bfloat16")
 out = {{}}
 for name in ("lora", "qlora"):
@@ -136,7 +143,7 @@ print(json.dumps(out, default=str))
     assert lora["trainable"] + lora["frozen"] == pytest.approx(8.03e9 + lora["trainable"], rel=0.005)
     assert lora["weights"] == pytest.approx(2 * 8.03e9, rel=0.01)
     assert qlora["weights"] < 0.45 * lora["weights"]  # 4-bit linears; embeddings and output layer stay bf16
-    assert out["growth"] < 1.5 * 2**30, f"planning allocated {out['growth'] / 2**30:.1f} GiB"
+    assert out["growth"] < 2**30, f"planning allocated {out['growth'] / 2**30:.1f} GiB"
 
 
 @pytest.mark.parametrize("text,value", [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("16000MiB", 16000 * 2**20),
