@@ -124,7 +124,7 @@ def measure(row: Row) -> dict[str, Any]:
     optimizer = build_optimizer(model, train_args, 1e-4)
 
     def batch(length: int):
-        return preflight._real_batch(task.example_batch(row.batch, length, config), config, device, True)
+        return preflight.real_batch(task.example_batch(row.batch, length, config), config, device, True)
 
     load_peak = peak_memory_bytes(device) - baseline
     if device.type == "cuda":

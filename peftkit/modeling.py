@@ -333,24 +333,35 @@ def release_checkpoint_mapping(model: nn.Module) -> None:
                     module._buffers[name] = buffer.clone()
 
 
+RANDOM_INIT_SEED = 0  # --random_init's weights: one synthetic base per configuration
+
+
 def random_model(task: Any, config, model_args: ModelArguments, kwargs: dict[str, Any]):
-    """The model of ``config`` with random weights (the architecture's own initialisation, from the run's seed).
-    A strategy that loads differently (a quantized base) gets the random weights through a checkpoint written
-    once per configuration and seed in peftkit's cache, loaded as a trained one would be."""
+    """The model of ``config`` with random weights: the architecture's own initialisation from a fixed seed, so
+    that the same config gives the same synthetic base in training, `predict`, `eval` and `merge` (the run's
+    adapter is then read on the base it was trained on), and the run's own random generators are left as they
+    were. A strategy that loads differently (a quantized base) gets the random weights through a checkpoint
+    written once per configuration in peftkit's cache, loaded as a trained one would be."""
     dtype = kwargs.get("dtype")
     dtype = None if dtype == "auto" else dtype
     load_as_usual = {k: v for k, v in kwargs.items() if k != "dtype"}
+
+    def build():
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return task.auto_class.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code)
+
     if not load_as_usual:
-        return task.auto_class.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code)
+        return build()
     import hashlib
 
-    key = hashlib.sha256((config.to_json_string() + str(torch.initial_seed())).encode()).hexdigest()[:16]
+    key = hashlib.sha256((config.to_json_string() + str(RANDOM_INIT_SEED)).encode()).hexdigest()[:16]
     directory = assets.cache_dir() / "random_init" / key
     if not directory.is_dir():  # written beside, then renamed: an interrupted write is never taken for a whole one
         import shutil
 
         partial = directory.with_name(f"{key}.partial-{os.getpid()}")
-        model = task.auto_class.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code)
+        model = build()
         model.save_pretrained(partial)  # safetensors
         del model
         try:

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,38 @@ def plan_candidate(task: Any, name: str, strategy: Any, model_args: ModelArgumen
                            f"on the meta device ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from exc
 
 
+# What the probe of --auto_batch_size runs on, and the error that means "too large" there (a host that runs out
+# of memory kills the process instead of raising; the plan alone decides on a CPU).
+PROBED_DEVICES = ("cuda",)
+OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError,)
+
+
+def probe_micro_batch(step: Callable[[int], None], micro: int, accumulation: int) -> tuple[int, int]:
+    """(micro-batch, accumulation) that a real step takes: ``step(micro)`` (one forward and backward pass on the
+    longest training examples) tried at the plan's micro-batch and halved on out-of-memory, with accumulation
+    doubled to keep the global batch, down to 1. The plan leaves out what it cannot see (a kernel's workspace,
+    fragmentation, another process on the GPU); this catches it before the first step does."""
+    while True:
+        try:
+            step(micro)
+            return micro, accumulation
+        except OUT_OF_MEMORY as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        # Out of the except block: the traceback, and the activations its frames hold, are released.
+        if micro == 1 or micro % 2:
+            raise PeftkitError(
+                f"--auto_batch_size: micro-batch {micro} ran out of memory on the longest training batch ({why})"
+                + (" and it cannot be halved without changing the global batch: an even "
+                   "--per_device_train_batch_size, or set the micro-batch and --gradient_accumulation_steps."
+                   if micro > 1 else ". Gradient checkpointing (--gradient_checkpointing), a shorter "
+                   "--max_seq_length, QLoRA or more GPUs with FSDP would fit it (`peftkit plan` compares them)."))
+        logger.info("--auto_batch_size: micro-batch %d ran out of memory on the longest batch (%s); trying %d.",
+                    micro, why, micro // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        micro, accumulation = micro // 2, accumulation * 2
+
+
 def advise(task: Any, name: str, strategy: Any, model_args: ModelArguments, setup: planner.Setup,
            limit: int, build_strategy, config=None) -> list[dict[str, Any]]:
     """Changes that make the run fit ``limit``, cheapest first, each with its predicted peak: a smaller
@@ -239,7 +272,7 @@ def calibrate(task: Any, name: str, strategy: Any, model_args: ModelArguments, s
     optimizer = planner._optimizer(model, setup.optimizer)
     samples = []
     for n in lengths:
-        batch = _real_batch(task.example_batch(setup.micro_batch, max(n, 1), config), config, device,
+        batch = real_batch(task.example_batch(setup.micro_batch, max(n, 1), config), config, device,
                             language_model=task.peft_task_type == "CAUSAL_LM")
         samples.append((flops[n], planner.time_steps(model, batch, optimizer, steps=2)))
     del model, optimizer
@@ -286,7 +319,7 @@ def _interpolate(points: list[tuple[int, float]], n: int) -> float:
             + y2 * (n - x0) * (n - x1) / ((x2 - x0) * (x2 - x1)))
 
 
-def _real_batch(batch: dict[str, torch.Tensor], config, device: torch.device,
+def real_batch(batch: dict[str, torch.Tensor], config, device: torch.device,
                 language_model: bool) -> dict[str, torch.Tensor]:
     """The planner's meta batch as a real one: random token ids, a mask of ones, noise for pixels, and labels
     that are the ids for a language model (labels of the ids' shape and a vocabulary's range) or random classes."""

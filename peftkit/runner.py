@@ -28,6 +28,7 @@ from peftkit.devices import logging_dir, make_accelerator, use_idle_cores
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
+from peftkit.evaluation import model_inputs
 from peftkit.identity import fingerprint
 from peftkit.layout import (
     BASELINE_FILE,
@@ -343,16 +344,73 @@ def _plan(run: Run) -> None:
     run.plan = on_main(acc, work)
     chosen = run.plan.pop("chosen") if run.plan else None
     if chosen and tuple(chosen) != (train_args.per_device_train_batch_size, train_args.gradient_accumulation_steps):
-        micro, accumulation = chosen
-        why = (f"--auto_batch_size: the largest micro-batch under {human_size(run.plan['limit'])} by the plan "
-               f"({human_size(run.plan['peak'])}); global batch {micro * accumulation * acc.num_processes} as "
-               f"with {train_args.per_device_train_batch_size}")
-        run.train_args = dataclasses.replace(train_args, per_device_train_batch_size=micro,
-                                             gradient_accumulation_steps=accumulation)
-        run.config["derived"]["per_device_train_batch_size"] = {"value": micro, "why": why}
-        run.config["derived"]["gradient_accumulation_steps"] = {"value": accumulation, "why": why}
-        logger.info("--per_device_train_batch_size %d --gradient_accumulation_steps %d (%s).", micro, accumulation,
-                    why)
+        _choose_batch(run, *chosen, f"the largest micro-batch under {human_size(run.plan['limit'])} by the plan "
+                                    f"({human_size(run.plan['peak'])})")
+
+
+def _choose_batch(run: Run, micro: int, accumulation: int, reason: str) -> None:
+    """Train ``micro`` x ``accumulation`` instead of the asked batch (--auto_batch_size): the same global batch,
+    recorded as a derived setting with its reason."""
+    asked = run.config["derived"].get("per_device_train_batch_size", {}).get(
+        "asked", run.train_args.per_device_train_batch_size)
+    why = (f"--auto_batch_size: {reason}; global batch {micro * accumulation * run.acc.num_processes} as with "
+           f"{asked}")
+    run.train_args = dataclasses.replace(run.train_args, per_device_train_batch_size=micro,
+                                         gradient_accumulation_steps=accumulation)
+    run.config["derived"]["per_device_train_batch_size"] = {"value": micro, "why": why, "asked": asked}
+    run.config["derived"]["gradient_accumulation_steps"] = {"value": accumulation, "why": why}
+    logger.info("--per_device_train_batch_size %d --gradient_accumulation_steps %d (%s).", micro, accumulation, why)
+
+
+def _probe(run: Run, model) -> None:
+    """--auto_batch_size on a GPU: the planned micro-batch tried for real, one forward and backward pass on the
+    longest training examples (peftkit's first batch is the longest) with the optimizer state's planned bytes held
+    aside, halved while it runs out of memory (preflight.probe_micro_batch); every process takes the smallest.
+    Not on a CPU (running out of host memory kills rather than raises), not under FSDP/ZeRO (a whole model on
+    one device is not what a sharded step holds) and not on resume (the saved choice stands). Random generators
+    are left as they were (augmentation and dropout draw from them)."""
+    train_args, acc = run.train_args, run.acc
+    if (not train_args.auto_batch_size or acc.device.type not in preflight.PROBED_DEVICES or run.resume is not None
+            or preflight.sharding_of_environment()[1] not in ("none", "ddp")):
+        return
+    train, collate = run.data["train"], run.task.collator(run.processor)
+    lengths = [len(ids) for ids in train["input_ids"]] if "input_ids" in train.column_names else [0] * len(train)
+    order = sorted(range(len(train)), key=lambda i: -lengths[i])
+    reserve = int((run.plan or {}).get("optimizer", 0))
+    if not getattr(model, "is_quantized", False) and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(acc.device)
+
+    def step(micro: int) -> None:
+        held = torch.empty(reserve, dtype=torch.uint8, device=acc.device)
+        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v
+                 for k, v in collate([train[i] for i in order[:micro]]).items()}
+        model.train()
+        try:
+            with acc.autocast():
+                loss = model(**model_inputs(batch)).loss
+            loss.backward()
+            if acc.device.type == "cuda":
+                torch.cuda.synchronize()
+        finally:
+            model.zero_grad(set_to_none=True)
+            del held
+
+    before = (train_args.per_device_train_batch_size, train_args.gradient_accumulation_steps)
+    generators, modes = checkpoint.rng_states(None), {m: m.training for m in model.modules()}
+    try:
+        micro, accumulation = preflight.probe_micro_batch(step, *before)
+    finally:
+        checkpoint.restore_rng(generators["tensors"], generators["json"])
+        for module, training in modes.items():
+            module.training = training
+    smallest = int(acc.gather(torch.tensor([micro], device=acc.device)).min())
+    if smallest != micro:
+        micro, accumulation = smallest, before[0] * before[1] // smallest
+    if run.plan is not None:
+        run.plan["probe"] = {"micro_batch": before[0], "fits": micro == before[0]}
+    if (micro, accumulation) != before:
+        _choose_batch(run, micro, accumulation, f"micro-batch {before[0]} ran out of memory on the longest "
+                                                f"training batch, {micro} did not")
 
 
 def largest_micro_batch(plan_of, batch: int, accumulation: int, limit: int | None) -> tuple[int, int]:
@@ -399,6 +457,8 @@ def _build_model(run: Run) -> None:
         enable_activation_checkpointing(model)
     model = run.strategy.prepare(model, task, run.head_names)
     check_trainable_dtype(model, acc.mixed_precision, run.model_args.torch_dtype)
+    _probe(run, model)
+    train_args = run.train_args
     run.task_state |= task.prepare_model(model, resolve_model_path(run.model_args.model_name_or_path))
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
