@@ -88,6 +88,12 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training examples (after a seeded shuffle)."}
     )
+    shots: int | None = field(
+        default=None,
+        metadata={"help": "Few-shot: train on K examples of each class, drawn from the training split with --seed "
+                  "(a class with fewer gives all it has); the draw is logged and saved in results.json (rows and "
+                  "counts). Single-label classification (text_cls, image_cls). See --contrastive."},
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N validation and N test examples."}
     )
@@ -269,6 +275,36 @@ class TrainingArguments:
         default="auto",
         metadata={"help": "Accelerate tracker: tensorboard, wandb, ..., or none; auto = tensorboard if installed."},
     )
+    contrastive: bool = field(
+        default=False,
+        metadata={"help": "Few-shot classification (SetFit's method): first train the model, as the strategy adapts "
+                  "it (full, lora, ...), on pairs of training examples so that one class embeds close together and "
+                  "different classes far apart, then train the head on the adapted features (or with them: "
+                  "--end_to_end). For a few labelled examples per class (--shots). text_cls."},
+    )
+    contrastive_loss: str = field(
+        default="cosine",
+        metadata={"help": "--contrastive: cosine (squared error of each pair's cosine similarity against 1 for the "
+                  "same class, 0 for different ones: SetFit's) or supcon (supervised contrastive over the batch)."},
+    )
+    contrastive_pairs: int | None = field(
+        default=None,
+        metadata={"help": "--contrastive: pairs per epoch, half of examples of one class, half of different classes "
+                  "(drawn from every such pair, shuffled with --seed, repeated as needed). Default: 40 per training "
+                  "example."},
+    )
+    contrastive_epochs: float = field(default=1.0, metadata={"help": "--contrastive: epochs over the pairs."})
+    contrastive_batch_size: int = field(default=16, metadata={"help": "--contrastive: pairs per optimizer step."})
+    contrastive_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "--contrastive: the pair stage's peak rate. Default: the strategy's own (full 5e-5)."},
+    )
+    end_to_end: bool = field(
+        default=False,
+        metadata={"help": "--contrastive: after the pair stage, train the strategy's weights and the head together "
+                  "with the classification loss (at the strategy's rate), instead of the head alone on the "
+                  "adapted features (at head's rate, on cached features)."},
+    )
     plan: bool = field(
         default=True,
         metadata={"help": "Before loading the model, predict the run's peak memory per process (as `peftkit plan` "
@@ -319,7 +355,7 @@ def check_model_arguments(m: ModelArguments) -> None:
 def check_data_arguments(d: DataArguments) -> None:
     """Refuse impossible data settings."""
     check(d.max_seq_length > 0, f"--max_seq_length must be a positive integer, got {d.max_seq_length}.")
-    for name in ("max_train_samples", "max_eval_samples"):
+    for name in ("max_train_samples", "max_eval_samples", "shots"):
         value = getattr(d, name)
         check(value is None or value > 0, f"--{name} must be positive, got {value}.")
     check(math.isfinite(d.validation_split_percentage),
@@ -339,6 +375,8 @@ def check_training_arguments(t: TrainingArguments) -> None:
         "per_device_eval_batch_size": t.per_device_eval_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "logging_steps": t.logging_steps,
+        "contrastive_batch_size": t.contrastive_batch_size,
+        "contrastive_pairs": t.contrastive_pairs,
     }
     for name, value in positive.items():
         check(value is None or value > 0, f"--{name} must be a positive integer, got {value}.")
@@ -365,6 +403,13 @@ def check_training_arguments(t: TrainingArguments) -> None:
     check(math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1,
           f"--label_smoothing must be in [0, 1), got {t.label_smoothing}.")
     parse_class_weights(t.class_weights)
+    check(t.contrastive_loss in ("cosine", "supcon"),
+          f"--contrastive_loss must be cosine or supcon, got {t.contrastive_loss!r}.")
+    check(math.isfinite(t.contrastive_epochs) and t.contrastive_epochs > 0,
+          f"--contrastive_epochs must be positive, got {t.contrastive_epochs}.")
+    rate = t.contrastive_learning_rate
+    check(rate is None or (math.isfinite(rate) and rate > 0),
+          f"--contrastive_learning_rate must be positive, got {rate}.")
     check(math.isfinite(t.lr_step_size) and t.lr_step_size > 0,
           f"--lr_step_size must be a positive number of epochs, got {t.lr_step_size}.")
     check(math.isfinite(t.lr_gamma) and 0 < t.lr_gamma <= 1,

@@ -41,8 +41,8 @@ LEGACY_OWNED = re.compile(r"(peftkit_.*|results\.json|best_trainable\.safetensor
 
 # What comes and goes in a run directory after its manifest is written: checkpoints (--keep_checkpoints, or an
 # unfinished run's), tracker logs, `peftkit analyze`'s folders, and train.log (a search trial's or benchmark run's
-# output, written before the run starts).
-TRANSIENT = re.compile(r"logs|analysis_.*|checkpoint-\d+|\.checkpoint-\d+\.tmp|train\.log")
+# output, written before the run starts), and the contrastive stage's folder (--contrastive: until the run ends).
+TRANSIENT = re.compile(r"logs|analysis_.*|checkpoint-\d+|\.checkpoint-\d+\.tmp|train\.log|peftkit_contrastive")
 
 
 def owned_entries(output_dir: Path) -> set[str]:

@@ -49,14 +49,20 @@ def declared_pooling(model_dir: str | Path) -> str | None:
     return modes[0] if len(modes) == 1 else None
 
 
-def resolve(requested: str, model_dir: str | Path, backbone_weights_frozen: bool) -> tuple[str, str]:
+def resolve(requested: str, model_dir: str | Path, backbone_weights_frozen: bool,
+            trains_embeddings: bool = False) -> tuple[str, str]:
     """The pooling a run uses, and why. ``auto``: the model's declared pooling when no backbone weight trains
     (head; bitfit, whose biases alone do not adapt a pooler the model was not trained with: with this model's
     pooler BitFit stayed at the majority class on 1,000 reviews, with mean pooling 74.9, seed 42); otherwise
-    the architecture's own head, which the backbone adapts to and which keeps the model plain transformers."""
+    the architecture's own head, which the backbone adapts to and which keeps the model plain transformers.
+    ``trains_embeddings`` (--contrastive trains the pooled vector itself): the declared pooling, else mean (as
+    sentence-transformers pools a model that declares none)."""
     if requested != "auto":
         return requested, "--pooling"
     declared = declared_pooling(model_dir)
+    if trains_embeddings:
+        return declared or "mean", ("the contrastive stage trains the pooled embedding the head reads: "
+                                    + (f"the model declares {declared} pooling" if declared else "mean pooling"))
     if declared is None:
         return "pooler", "the model declares no sentence-embedding pooling"
     if backbone_weights_frozen:

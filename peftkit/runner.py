@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from peftkit import checkpoint, locks, model_card, planner, preflight
+from peftkit import checkpoint, fewshot, locks, model_card, planner, preflight
 from peftkit._version import __version__
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
 from peftkit.data import load_raw_datasets
@@ -53,6 +53,7 @@ from peftkit.modeling import (
     load_model,
     resolve_model_path,
 )
+from peftkit.strategies import get_strategy
 from peftkit.tasks import get_task, task_fields
 from peftkit.units import human_size
 
@@ -114,8 +115,10 @@ def prepare_output_dir(output_dir: Path, train_args: TrainingArguments, config: 
               f"The run in {str(output_dir)!r} has finished (it wrote {RESULTS_FILE}): there is nothing to resume. "
               f"Use it with `peftkit eval {output_dir}` or `peftkit predict {output_dir}`; to train again, pass "
               "--overwrite_output_dir or another --output_dir.")
-        path = checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
-        saved = path.parent / CONFIG_FILE
+        stage_only = (train_args.resume_from_checkpoint == "latest" and not checkpoint.list_checkpoints(output_dir)
+                      and (output_dir / fewshot.STAGE_DIR).is_dir())  # stopped in (or just after) --contrastive's
+        path = None if stage_only else checkpoint.resolve(output_dir, train_args.resume_from_checkpoint)
+        saved = output_dir / CONFIG_FILE if path is None else path.parent / CONFIG_FILE
         check(saved.is_file(), f"No {CONFIG_FILE} beside {path}: cannot check that the settings match the run "
               "being resumed.")
         changes = config_changes(json.loads(saved.read_text()), config)
@@ -205,6 +208,7 @@ class Run:
     task_state: dict[str, Any] = field(default_factory=dict)
     processor: Any = None
     data: Any = None
+    shots: dict[str, Any] | None = None  # --shots: the per-class draw
     # plan (_plan)
     plan: dict[str, Any] | None = None
     # model (_build_model)
@@ -214,6 +218,8 @@ class Run:
     trainable: int = 0
     total: int = 0
     head_params: int = 0
+    # the contrastive stage (_contrastive)
+    contrastive: dict[str, Any] | None = None
 
 
 def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelArguments,
@@ -228,6 +234,7 @@ def _train(task_name: str, strategy_name: str, strategy: Any, model_args: ModelA
     _load_data(run)
     _plan(run)
     _build_model(run)
+    _contrastive(run)
     fit, evaluations, loaded = _fit(run)
     return _write_results(run, fit, evaluations, loaded)
 
@@ -247,9 +254,16 @@ def _set_up(run: Run) -> None:
     set_seed(train_args.seed)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    # A task may know better rates for some strategies than the strategy's own (image_cls: CNNs, full at 3e-4)
-    run.lr = (train_args.learning_rate or task.defaults.learning_rates.get(run.strategy_name)
-              or run.strategy.default_learning_rate)
+    check(not train_args.contrastive or task.pairs_stage, f"--contrastive: task {run.task_name!r} has no contrastive "
+          "stage (text_cls has).")
+    check(not run.data_args.shots or task.draws_per_class, f"--shots draws K examples of each class, and task "
+          f"{run.task_name!r} has no single label per example (text_cls and image_cls have).")
+    # A task may know better rates for some strategies than the strategy's own (image_cls: CNNs, full at 3e-4).
+    # After a contrastive stage, the head alone trains (unless --end_to_end): at head's rate.
+    rated = "head" if head_stage(train_args) else run.strategy_name
+    rated_default = (get_strategy("head").build().default_learning_rate if head_stage(train_args)
+                     else run.strategy.default_learning_rate)
+    run.lr = train_args.learning_rate or task.defaults.learning_rates.get(rated) or rated_default
     run.config = resolved_config(task, run.strategy_name, run.strategy, run.model_args, run.data_args, train_args,
                                  run.lr)
     # Every process then reads the checkpoint itself (on several machines: from a shared disk).
@@ -262,6 +276,9 @@ def _load_data(run: Run) -> None:
     with acc.main_process_first():
         run.raw, run.dataset_desc = load_raw_datasets(run.data_args, train_args.seed, builtin=task.builtin_dataset,
                                                       own=task.load_raw)
+        if run.data_args.shots:
+            run.raw["train"], run.shots = fewshot.draw_per_class(run.raw["train"], run.data_args.label_column,
+                                                                 run.data_args.shots, train_args.seed)
         run.task_state = task.discover(run.raw)
         run.processor = task.load_processor(run.model_args)
         run.data = data = task.preprocess(run.raw, run.processor)
@@ -459,6 +476,8 @@ def _build_model(run: Run) -> None:
     check_trainable_dtype(model, acc.mixed_precision, run.model_args.torch_dtype)
     _probe(run, model)
     train_args = run.train_args
+    if train_args.contrastive:
+        task.train_embeddings()
     run.task_state |= task.prepare_model(model, resolve_model_path(run.model_args.model_name_or_path))
     if train_args.disable_dropout:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
@@ -481,20 +500,39 @@ def _build_model(run: Run) -> None:
                       config={k: v for k, v in tracked.items() if isinstance(v, int | float | str | bool)})
 
 
+def head_stage(train_args: TrainingArguments) -> bool:
+    """After a contrastive stage, the head alone trains (on cached features), unless --end_to_end."""
+    return train_args.contrastive and not train_args.end_to_end
+
+
+def _contrastive(run: Run) -> None:
+    """--contrastive: train the model's embedding on pairs of training examples (peftkit/fewshot.py), then freeze
+    everything below the head unless --end_to_end."""
+    if not run.train_args.contrastive:
+        return
+    run.contrastive = fewshot.contrastive_stage(run)
+    if head_stage(run.train_args):
+        frozen = fewshot.freeze_below_head(run.model, run.head_names)
+        logger.info("Contrastive stage done; the head trains alone on its features (%s weights frozen; "
+                    "--end_to_end trains them with it).", f"{frozen:,}")
+
+
 def _fit(run: Run) -> tuple[Any, dict[str, Any], int | None]:
     """Evaluate the base where the task has a final evaluation, train, evaluate the tuned model, save it."""
     task, strategy, acc, output_dir = run.task, run.strategy, run.acc, run.output_dir
     HOST.enable(run.train_args.release_host_memory and acc.device.type == "cpu")
     baseline = final_evaluation(acc, task, run.model, run.processor, run.raw, output_dir, "base",
                                 run.resume is not None)
-    cache = strategy.cache_features
+    head_only = head_stage(run.train_args)
+    cache = strategy.cache_features or head_only
     if cache and not task.features_fixed():
         cache = False
         logger.info("No feature cache: augmentation changes the training images every epoch, so the frozen "
                     "backbone runs on each batch (exact, slower); --augment none allows the cache.")
     engine = Engine(acc, task, run.model, run.data, task.collator(run.processor), run.train_args, run.lr, output_dir,
                     use_feature_cache=cache,
-                    lr_scales=strategy.lr_scales(run.model), unfreeze=strategy.unfreeze_schedule(run.model),
+                    lr_scales=None if head_only else strategy.lr_scales(run.model),
+                    unfreeze=None if head_only else strategy.unfreeze_schedule(run.model),
                     should_stop=run.should_stop)
     # The baseline that a CPU run's memory comes on top of (a GPU's peak needs none): with the model loaded, it
     # holds the interpreter, libraries and weights, where the strategies do not differ.
@@ -537,7 +575,7 @@ def _write_results(run: Run, fit, evaluations: dict[str, Any], loaded: int | Non
         "num_train_epochs": train_args.num_train_epochs, "derived": config.get("derived", {}),
         "metric_for_best_model": run.metric,
         "synthetic_weights": run.model_args.random_init,
-        "plan": run.plan,
+        "plan": run.plan, "shots": run.shots, "contrastive": run.contrastive,
         "versions": versions(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if evaluations:
@@ -555,6 +593,7 @@ def _write_results(run: Run, fit, evaluations: dict[str, Any], loaded: int | Non
         if not train_args.keep_checkpoints:  # they only serve to resume, and a finished run is not resumed
             remove_checkpoints(output_dir)
         shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)  # the run this one replaced
+        fewshot.finish(output_dir)
     return results
 
 

@@ -27,6 +27,9 @@ class Strategy(ABC):
     """The global batch ``default_learning_rate`` was chosen at: a run of a task whose data wants it
     (``TaskDefaults.lr_follows_batch``), with a smaller derived batch and no --learning_rate, gets the rate x
     sqrt(batch / reference). None: the rate does not follow the batch."""
+    contrastive_learning_rate: ClassVar[float | None] = None
+    """The rate of the contrastive stage (--contrastive) without --contrastive_learning_rate; None:
+    ``default_learning_rate``."""
     cache_features: bool = False
     """True: nothing below the head trains, so the frozen backbone's features are computed once and cached
     (head's --cache_features)."""

@@ -78,6 +78,11 @@ class Task(TaskFlags, ABC):
     """The data when none is named (a function returning a DatasetDict); None: the user must name data."""
     labels: Sequence[str] = ()
     """The run's label names, in id order (empty for tasks without labels)."""
+    draws_per_class: ClassVar[bool] = False
+    """One label per example in ``--label_column``: --shots can draw K examples of each class."""
+    pairs_stage: ClassVar[bool] = False
+    """The contrastive stage (--contrastive) applies: the model's backbone gives one pooled vector per example that
+    the head reads, and :meth:`train_embeddings` makes it the vector the stage trains."""
     data: DataArguments
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -204,6 +209,11 @@ class Task(TaskFlags, ABC):
         """False when the training inputs change each epoch (augmentation): a frozen backbone's features then
         cannot be cached."""
         return True
+
+    def train_embeddings(self) -> None:
+        """Called before :meth:`prepare_model` when the contrastive stage will train the pooled embedding (tasks
+        with ``pairs_stage``): the head must read that embedding. Default: nothing."""
+        return None
 
     def start_epoch(self, collator, epoch: int, seed: int) -> None:
         """Called before each training epoch (image_cls: each example's augmentation follows run seed, epoch and

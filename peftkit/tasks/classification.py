@@ -53,6 +53,7 @@ class SingleLabelClassification(LabelledHead):
     metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
                                          "loss": "min"}
     default_metric: ClassVar[str] = "accuracy"
+    draws_per_class: ClassVar[bool] = True
     example_noun: ClassVar[str] = "example"
     """What one example is called in messages ("image")."""
     single_class_hint: ClassVar[str] = ""

@@ -30,12 +30,17 @@ class TextClassification(TextClsFlags, SingleLabelClassification):
     kind: ClassVar[str] = "sequence-classification head"
     pipeline_tag: ClassVar[str] = "text-classification"  # transformers' pipeline for the saved model
     builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
+    pairs_stage: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check(self.pooling in pooling.POOLINGS,
               f"--pooling must be one of {', '.join(pooling.POOLINGS)}, got {self.pooling!r}.")
         super().__post_init__()
         self.data = DataArguments()
+        self.trains_embeddings = False
+
+    def train_embeddings(self) -> None:
+        self.trains_embeddings = True
 
     def input_columns(self, raw: DatasetDict) -> dict[str, str | None]:
         return {"text_column": self.data.text_column, "text_pair_column": self.data.text_pair_column}
@@ -50,7 +55,8 @@ class TextClassification(TextClsFlags, SingleLabelClassification):
         from peftkit.feature_cache import backbone_weights_frozen
 
         if model_dir is not None:
-            mode, why = pooling.resolve(self.pooling, model_dir, backbone_weights_frozen(model))
+            mode, why = pooling.resolve(self.pooling, model_dir, backbone_weights_frozen(model),
+                                        self.trains_embeddings)
             logger.info("Pooling: %s (%s).", mode, why)
             self.pooling = mode
         pooling.apply(model, self.pooling)

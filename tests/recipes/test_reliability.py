@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_recipe
+from helpers import run_recipe, wait_for
 from safetensors.torch import load_file
 
 from peftkit.cli import main
@@ -46,14 +46,6 @@ def as_in_a_terminal() -> None:
     background jobs ignore SIGINT) or under nohup (SIGHUP ignored): peftkit rightly keeps an ignored signal ignored."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_recipe
+from helpers import run_recipe, wait_for
 from safetensors.torch import load_file
 
 from peftkit.cli import main
@@ -176,11 +175,7 @@ def test_a_sigkilled_sft_run_resumes_exactly(tmp_path, tiny_lm_dir):
     proc = subprocess.Popen([sys.executable, "recipes/lora_sft.py", *args, "--output_dir", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-6").exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(out / "checkpoint-6", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (out / "results.json").exists()

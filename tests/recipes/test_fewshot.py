@@ -1,0 +1,86 @@
+"""Few-shot classification end to end on the built-in model and reviews: --shots draws K per class, --contrastive
+trains the embedding on pairs and then the head, and an interrupted run (in either stage) resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_recipe, wait_for
+from safetensors.torch import load_file
+
+from peftkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+# 8 reviews of each class, 96 pairs (6 steps of 16; the default would be 640); a small validation and test split.
+ARGS = ["--shots", "8", "--contrastive", "--contrastive_pairs", "96", "--max_eval_samples", "48", "--save_steps", "3",
+        "--logging_steps", "1", "--report_to", "none"]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fewshot")
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(out)]) == 0
+    return out
+
+
+def test_shots_and_the_contrastive_stage_are_recorded(reference):
+    results = json.loads((reference / "results.json").read_text())
+    shots = results["shots"]
+    assert shots["per_class"] == 8 and shots["counts"] == {"fresh": 8, "rotten": 8} and len(shots["rows"]) == 16
+    assert results["num_examples"]["train"] == 16
+    stage = results["contrastive"]
+    assert stage["pairs"] == 96 and stage["steps"] == 6 and stage["loss"] == "cosine"
+    assert 0.0 <= stage["validation"]["pair_accuracy"] <= 1.0
+    assert results["learning_rate"] == pytest.approx(2e-2)  # the head's rate: the head trains alone after the stage
+    assert results["feature_cache"] is True
+    assert not (reference / "peftkit_contrastive").exists()  # the stage's folder goes once the run is saved
+    config = json.loads((reference / "peftkit_config.json").read_text())
+    assert config["task_state"]["pooling"] == "mean"  # the embedding the stage trained is what the head reads
+
+
+def test_the_stage_trains_the_adapter_and_the_head_reads_it(reference, tmp_path):
+    """The adapter is not LoRA's initial state (B = 0) after the stage, and predict answers from the saved run."""
+    weights = load_file(str(reference / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().max()) > 0 for v in lora_b)
+    texts = tmp_path / "in.txt"
+    texts.write_text("A wonderful, moving film.\nDull and far too long.\n")
+    assert main(["predict", str(reference), "--input", str(texts), "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] in ("fresh", "rotten") for r in rows] == [True, True]
+
+
+@pytest.mark.parametrize("when", ["contrastive", "head"])
+def test_a_killed_run_resumes_exactly_in_either_stage(reference, tmp_path, when):
+    out = tmp_path / "run"
+    marker = out / "peftkit_contrastive" / ("checkpoint-3" if when == "contrastive" else "stage.json")
+    proc = subprocess.Popen([sys.executable, "recipes/lora_text_cls.py", *ARGS, "--output_dir", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(marker, proc, timeout=600)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (out / "results.json").exists()
+    assert run_recipe("lora_text_cls.py", [*ARGS, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (reference, out))
+    assert b["contrastive"]["validation"] == a["contrastive"]["validation"]
+    assert b["eval"] == a["eval"] and b["test"] == a["test"] and b["history"] == a["history"]
+    wa, wb = (load_file(str(d / "adapter_model.safetensors")) for d in (reference, out))
+    assert wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_bad_few_shot_flags_are_refused(tmp_path, capsys):
+    assert main(["train", "--task", "causal_lm", "--contrastive", "--output_dir", str(tmp_path / "a")]) == 2
+    assert "no contrastive stage" in capsys.readouterr().err
+    assert main(["train", "--task", "text_cls", "--strategy", "head", "--shots", "4", "--contrastive",
+                 "--max_eval_samples", "16", "--output_dir", str(tmp_path / "b")]) == 2
+    assert "trains only the head" in capsys.readouterr().err
+    assert main(["train", "--shots", "0", "--output_dir", str(tmp_path / "c")]) == 2
+    assert "--shots must be positive" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""The contrastive stage's parts: SetFit's pairs, the losses, the per-class draw of --shots."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from datasets import Dataset
+
+from peftkit.contrastive import PairCollator, draw_pairs, pair_counts, supervised_contrastive
+from peftkit.fewshot import default_pairs, draw_per_class
+
+
+def test_pairs_are_setfits_oversampling():
+    """Every unordered pair (an example with itself included) once, the smaller kind repeated up to the larger's
+    size, positive and negative in turn; a function of the seed."""
+    classes = [0, 0, 0, 1, 1, 2]
+    positive, negative = pair_counts(classes)
+    assert (positive, negative) == (6 + 3 + 1, 21 - 10)
+    pairs = draw_pairs(classes, seed=3)
+    assert len(pairs) == 2 * max(positive, negative)
+    kinds = [classes[a] == classes[b] for a, b in pairs]
+    assert kinds[0::2] == [True] * negative and kinds[1::2] == [False] * negative  # alternating
+    every = {(a, b) for a, b in itertools.combinations_with_replacement(range(len(classes)), 2)}
+    assert set(pairs) == every and all(a <= b for a, b in pairs)
+    assert pairs == draw_pairs(classes, seed=3) and pairs != draw_pairs(classes, seed=4)
+    assert draw_pairs(classes, seed=3, count=5) == pairs[:5]
+    more = draw_pairs(classes, seed=3, count=3 * len(pairs))  # each kind repeated in its shuffled order
+    assert len(more) == 3 * len(pairs) and more[:len(pairs)] == pairs and set(more) == every
+
+
+def test_default_pairs_are_40_per_example():
+    few = [c for c in range(2) for _ in range(8)]
+    n, why = default_pairs(few)
+    assert n == 640 and "72 positive and 64 negative" in why
+
+
+def test_supervised_contrastive_prefers_classes_together():
+    classes = torch.tensor([0, 0, 1, 1])
+    together = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    assert supervised_contrastive(together, classes) < supervised_contrastive(mixed, classes)
+    alone = supervised_contrastive(torch.randn(3, 4, requires_grad=True), torch.tensor([0, 1, 2]))
+    assert alone.item() == 0.0 and alone.requires_grad  # no positives: zero, still a graph
+
+
+def test_pair_collator_keeps_both_sides_and_the_pair_label():
+    examples = Dataset.from_dict({"input_ids": [[1, 2], [3], [4, 5, 6]], "labels": [0, 0, 1]})
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        return {"input_ids": torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows])}
+
+    batch = PairCollator(examples, collate)([{"first": 0, "second": 1}, {"first": 0, "second": 2}])
+    assert batch["labels"].tolist() == [1.0, 0.0]
+    assert batch["input_ids"].tolist() == [[1, 2], [1, 2]]
+    assert batch["pair_input_ids"].tolist() == [[3, 0, 0], [4, 5, 6]] and batch["classes"].tolist() == [0, 0]
+    assert batch["pair_classes"].tolist() == [0, 1]
+
+
+def test_shots_draw_k_per_class_with_the_seed():
+    ds = Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": ["a"] * 20 + ["b"] * 7 + ["c"] * 3})
+    drawn, record = draw_per_class(ds, "label", 5, seed=1)
+    assert record["counts"] == {"a": 5, "b": 5, "c": 3} and len(drawn) == 13
+    assert sorted(record["rows"]) == record["rows"] and [ds[i]["text"] for i in record["rows"]] == drawn["text"]
+    assert draw_per_class(ds, "label", 5, seed=1)[1]["rows"] == record["rows"]
+    assert draw_per_class(ds, "label", 5, seed=2)[1]["rows"] != record["rows"]
+
+
+def test_shots_refuse_a_missing_label():
+    from peftkit.errors import PeftkitError
+
+    ds = Dataset.from_dict({"text": ["x", "y"], "label": ["a", None]})
+    with pytest.raises(PeftkitError, match="no label"):
+        draw_per_class(ds, "label", 1, seed=0)
