@@ -96,8 +96,13 @@ def contrastive_stage(run) -> dict[str, Any]:
     names = {n for n, p in model.named_parameters() if p.requires_grad and not is_head(n, run.head_names)}
     check(bool(names), f"--contrastive trains the model below its head, and strategy {run.strategy_name!r} trains "
           "only the head: use full, lora or another strategy that adapts the backbone.")
+    # The head takes no part in the stage: frozen meanwhile (under DDP, a trainable parameter that gets no gradient
+    # is an error).
+    head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n, run.head_names)]
     generators = checkpoint.rng_states(None)
     try:
+        for param in head:
+            param.requires_grad_(False)
         if (stage_dir / STAGE_RECORD).is_file():
             record = json.loads((stage_dir / STAGE_RECORD).read_text())
             tensors = load_file(stage_dir / STAGE_WEIGHTS) if acc.is_main_process else {}
@@ -107,6 +112,8 @@ def contrastive_stage(run) -> dict[str, Any]:
         record = _train_stage(run, stage_dir, names)
     finally:
         checkpoint.restore_rng(generators["tensors"], generators["json"])
+        for param in head:
+            param.requires_grad_(True)
     return record
 
 

@@ -100,6 +100,24 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_proc, one_p
         assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3
 
 
+def test_the_contrastive_stage_on_two_processes_trains_like_one(tmp_path):
+    """--contrastive's pair batches (16 pairs: 8 per process) and the head stage after it (the same global batch of
+    8 examples), as one process."""
+    args = ["--shots", "8", "--contrastive", "--contrastive_pairs", "64", "--max_eval_samples", "51",
+            "--disable_dropout", "--logging_steps", "1", "--report_to", "none"]
+    finish(launch([], [*args, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")]))
+    assert run_recipe("lora_text_cls.py", [*args, "--per_device_train_batch_size", "8", "--output_dir",
+                                           str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+    assert two["num_processes"] == 2 and two["contrastive"]["steps"] == one["contrastive"]["steps"] == 4
+    assert two["contrastive"]["validation"]["loss"] == pytest.approx(one["contrastive"]["validation"]["loss"],
+                                                                     abs=1e-5)
+    assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=1e-4)
+    w1, w2 = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
+    assert max(float(w1[k].abs().max()) for k in w1 if "lora_B" in k) > 2e-3  # the stage moved the adapter
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
