@@ -6,6 +6,7 @@
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
     python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
     python -m benchmarks --train_sizes 100 300 1000 all --repeats 3   # learning curves: what to use for how much data
+    python -m benchmarks --shots 8 16 32 64 --repeats 5   # few-shot: peftkit's few-shot default, SetFit, TF-IDF
     python -m benchmarks --strategies lora --repeats 3 --set group_by_length=false   # a variant of every run
 
 Writes results.json, results.md and results.png in --output_dir (per-run directories under runs/).
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a learning curve: train every strategy on the first N training examples (each seed draws "
                     "its own), for each N, with peftkit's defaults (batch size and epochs derived from the data); "
                     "no reference row")
+    ap.add_argument("--shots", nargs="+", type=int, default=None, metavar="K",
+                    help="a few-shot curve (text_cls): K examples per class drawn by peftkit's --shots with each "
+                    "seed, for each K; rows: peftkit's few-shot default (full --contrastive), head, lora, full, and "
+                    "the setfit library and TF-IDF + logistic regression on the same examples (pip install setfit)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs a stopped suite finished in --output_dir (run the same command again) and "
                     "run only the rest; each row records the peftkit commit that made it")
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> BenchConfig:
-    from benchmarks.suite import STRATEGIES, parse_set
+    from benchmarks.suite import FEWSHOT_ROWS, FEWSHOT_STRATEGIES, STRATEGIES, parse_set
     from peftkit.strategies import available
 
     ap = build_parser()
@@ -74,10 +79,16 @@ def parse(argv: list[str]) -> BenchConfig:
             ap.error("--train_sizes must be positive")
         if args.max_train_samples is not None:
             ap.error("--train_sizes sets the number of training examples: leave out --max_train_samples")
+    if args.shots:
+        if args.train_sizes or args.max_train_samples is not None or args.task != "text_cls":
+            ap.error("--shots is a curve of its own, for text_cls: leave out --train_sizes and --max_train_samples")
+        if min(args.shots) < 1:
+            ap.error("--shots must be positive")
+        args.strategies = args.strategies or FEWSHOT_STRATEGIES
     args.strategies = args.strategies or STRATEGIES[args.task]
     if args.strategies == ["all"]:
         args.strategies = available()  # built-ins and installed plug-ins alike
-    unknown = sorted(set(args.strategies) - set(available()))
+    unknown = sorted(set(args.strategies) - set(available()) - (set(FEWSHOT_ROWS) if args.shots else set()))
     if unknown:
         ap.error(f"unknown strategies {unknown}; registered: {', '.join(available())}")
     if args.repeats < 1 or min(args.num_processes) < 1:
@@ -89,6 +100,7 @@ def parse(argv: list[str]) -> BenchConfig:
                        repeats=args.repeats, seed=args.seed, num_processes=sorted(set(args.num_processes)),
                        reference=not args.no_reference, model_name_or_path=args.model_name_or_path,
                        settings=settings, task=args.task, train_sizes=sizes,
+                       shots=sorted(set(args.shots or [])) or None,
                        resume=args.resume, report_only=args.report_only)
 
 

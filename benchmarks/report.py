@@ -86,8 +86,9 @@ def learning_curve(results: dict[str, Any]) -> list[str]:
                              if r.get("train_size") == size and r.get("train_examples")}) for size in sizes}
     header = [f"{size} ({', '.join(f'{n:,}' for n in n_train[size]) or '?'})" if size == "all" else size
               for size in sizes]
+    unit = "examples per class (--shots)" if results["config"].get("shots") else "training examples"
     lines = ["", "## Learning curve", "",
-             f"{NAMES[task][2].split(' (')[0].capitalize()} by number of training examples: mean +- sample standard "
+             f"{NAMES[task][2].split(' (')[0].capitalize()} by number of {unit}: mean +- sample standard "
              f"deviation over seeds (each seed also draws its own training subset), the seed count where some "
              "failed. Every run uses peftkit's defaults, which derive the batch size and the number of epochs from "
              "the data (below the table); validation and test sets are the same at every size.", "",
@@ -116,7 +117,7 @@ def learning_curve(results: dict[str, Any]) -> list[str]:
                 row.append("-")
                 continue
             settings = sorted({(r.get("batch_size"), r.get("epochs"), r.get("global_step"), r.get("learning_rate"))
-                               for r in runs}, key=str)
+                               for r in runs if r.get("batch_size")}, key=str)
             row.append(f"{statistics.fmean(r['train_runtime_s'] for r in runs):.1f} s; "
                        + ", ".join(f"batch {b} x {_fmt(e, 'g')} ep = {st} steps" + (f", lr {lr:g}" if lr else "")
                                    for b, e, st, lr in settings))
@@ -293,10 +294,11 @@ def _strategy_row(strategy: str, entry: dict[str, Any], full: dict[str, float], 
         + f"{_spread(entry, 'peak_memory_bytes', 2**20, '.0f')} | "
         f"{_spread(entry, 'memory_over_loaded_bytes', 2**20, '.0f')} | {_fmt(mem_x, '.2f')} | "
         f"{_spread(entry, 'train_runtime_s', 1, '.1f')} | "
-        f"{_fmt(speed_x, '.2f')} | {m['samples_per_s']:.1f} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
+        f"{_fmt(speed_x, '.2f')} | {_fmt(m.get('samples_per_s'), '.1f')} | {_fmt(m.get('tokens_per_s'), '.0f')} | "
         f"{_fmt(m.get('step_time_median_s'), '.4f')} | "
-        f"{m['trainable_params']:,.0f} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
-        f"{m['artifact_bytes'] / 2**20:.1f} | {_fmt(m.get('merge_time_s'), '.1f')} |"
+        f"{_fmt(m.get('trainable_params'), ',.0f')} | {_fmt(m.get('trainable_params_without_head'), ',.0f')} | "
+        f"{_fmt(m.get('artifact_bytes') and m['artifact_bytes'] / 2**20, '.1f')} | "
+        f"{_fmt(m.get('merge_time_s'), '.1f')} |"
         + (f" ({entry['failed']} failed)" if entry["failed"] else ""))
 
 

@@ -66,8 +66,13 @@ class BenchConfig:
     derived_defaults: bool = False
     resume: bool = False  # reuse the runs a stopped suite finished (same command, same output_dir)
     report_only: bool = False  # train nothing: report the finished runs, and list the missing ones
+    # Given (--shots): a few-shot curve, each size K examples per class drawn by peftkit's --shots with the run's
+    # seed, with the few-shot rows (FEWSHOT_ROWS) and, as references, SetFit and TF-IDF on the same examples.
+    shots: list[int] | None = None
 
     def __post_init__(self):
+        if self.shots:
+            self.train_sizes = list(self.shots)
         self.curve = self.train_sizes is not None
         self.train_sizes = self.train_sizes or [None]
         fixed = {} if self.curve or self.derived_defaults else (QUICK if self.quick else FULL)[self.task]
@@ -76,6 +81,10 @@ class BenchConfig:
         self.settings = {**fixed, **self.settings}
 
 
+# Few-shot rows that are a peftkit strategy with settings of their own: the few-shot default.
+FEWSHOT_ROWS = {"fewshot": ("full", {"contrastive": "true"})}
+FEWSHOT_STRATEGIES = ["fewshot", "head", "lora", "full"]
+FEWSHOT_REFERENCES = ["setfit", "tfidf"]
 SET_HELP = ("training flags beyond the defaults for every peftkit run, e.g. --set group_by_length=false "
             "num_train_epochs=6 (use a separate --output_dir for each variant)")
 
@@ -156,8 +165,10 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     model = ["--model_name_or_path", cfg.model_name_or_path] if cfg.model_name_or_path else []
-    settings = cfg.settings | ({"max_train_samples": train_size} if train_size else {})
-    cmd = [*launcher(cfg, num_processes), "train", "--task", cfg.task, "--strategy", strategy, "--output_dir",
+    size = {("shots" if cfg.shots else "max_train_samples"): train_size} if train_size else {}
+    trained, own = FEWSHOT_ROWS.get(strategy, (strategy, {}))
+    settings = cfg.settings | size | own
+    cmd = [*launcher(cfg, num_processes), "train", "--task", cfg.task, "--strategy", trained, "--output_dir",
            str(run_dir), "--seed", str(seed), "--report_to", "none", *model, *flags(settings)]
     code, wall = run_command(cmd, run_dir / "train.log", thread_env(num_processes))
     row: dict[str, Any] = {"strategy": strategy, "seed": seed, "num_processes": num_processes, "command": cmd,
@@ -165,8 +176,9 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
     if code != 0 or not (run_dir / "results.json").is_file():
         return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
     res = json.loads((run_dir / "results.json").read_text())
-    row |= {"status": "ok", **scores(cfg.task, res),
-            "peak_memory_bytes": res["peak_memory_bytes"], "train_runtime_s": res["train_runtime_s"],
+    stage = res.get("contrastive") or {}  # --contrastive's pair stage trains before the loop's own time
+    row |= {"status": "ok", **scores(cfg.task, res), "peak_memory_bytes": res["peak_memory_bytes"],
+            "train_runtime_s": round(res["train_runtime_s"] + stage.get("train_runtime_s", 0.0), 3),
             "peak_memory_reserved_bytes": res.get("peak_memory_reserved_bytes"),
             "loaded_memory_bytes": res.get("loaded_memory_bytes"),
             "real_token_share": res.get("train_real_token_share"),
@@ -327,6 +339,42 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
                   "artifact_bytes": artifact_bytes(run_dir), "num_processes": 1}
 
 
+def train_fewshot_reference(cfg: BenchConfig, method: str, seed: int, shots: int) -> dict[str, Any]:
+    """SetFit or TF-IDF + logistic regression (benchmarks/reference_fewshot.py) on the examples peftkit's --shots
+    draws with ``seed``, scored on the same test split."""
+    from peftkit.config import DataArguments
+    from peftkit.data import load_raw_datasets
+    from peftkit.fewshot import draw_per_class
+    from peftkit.modeling import resolve_model_path
+
+    run_dir = run_dir_for(cfg, method, seed, 1, shots)
+    if cfg.resume and (done := finished_row(run_dir)):
+        return done
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    row: dict[str, Any] = {"strategy": method, "seed": seed, "num_processes": 1, "train_size": size_name(shots)}
+    keys = {k: int(cfg.settings[k]) for k in ("max_eval_samples",) if k in cfg.settings}
+    raw, _ = load_raw_datasets(DataArguments(**keys), seed)
+    train, _ = draw_per_class(raw["train"], "label", shots, seed)
+    data_dir = cfg.output_dir / "data" / f"shots{shots}-seed{seed}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train.select_columns(["text", "label"]).to_csv(str(data_dir / "train.csv"), index=False)
+    raw["test"].select_columns(["text", "label"]).to_csv(str(data_dir / "test.csv"), index=False)
+    model_path = resolve_model_path(cfg.model_name_or_path or default_model(cfg.task))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "reference_fewshot.py"), "--method", method, "--data_dir",
+           str(data_dir), "--output_dir", str(run_dir), "--model_name_or_path", model_path, "--seed", str(seed)]
+    code, wall = run_command(cmd, run_dir / "train.log")
+    row |= {"command": cmd, "wall_s": round(wall, 2)}
+    if code != 0:
+        return row | {"status": "failed", "error": last_error(run_dir / "train.log")}
+    res = json.loads((run_dir / "results.json").read_text())
+    row |= {"status": "ok", **scores(cfg.task, res), "peak_memory_bytes": res["peak_memory_bytes"],
+            "train_runtime_s": res["train_runtime_s"], "train_examples": res["num_examples"]["train"],
+            "samples_per_s": None, "trainable_params": None, "git_commit": git_commit()}
+    (run_dir / ROW_FILE).write_text(json.dumps(row, indent=2))
+    return row
+
+
 def image_lora_targets(model_path: str) -> list[str]:
     """The layers peftkit's lora adapts on this vision model, found on an empty (meta-device) copy of it."""
     import torch
@@ -364,6 +412,9 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     if cfg.reference and not cfg.curve:  # the scripts without peftkit run in one process
         jobs += [(name, cfg.seed + i, 1, None) for i in range(cfg.repeats) for name, task in SCRIPTS
                  if task == cfg.task]
+    if cfg.shots:  # one process; each size's references beside its peftkit rows, on the same draws
+        rows_of = [*cfg.strategies, *(FEWSHOT_REFERENCES if cfg.reference else [])]
+        jobs = [(s, cfg.seed + i, 1, n) for n in cfg.train_sizes for i in range(cfg.repeats) for s in rows_of]
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     if cfg.report_only:
@@ -379,8 +430,12 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     for n, (strategy, seed, procs, size) in enumerate(jobs, 1):
         at = f", {size_name(size)} training examples" if cfg.curve else ""
         print(f"[{n}/{len(jobs)}] {strategy} (seed {seed}, {procs} process(es){at}) ...", flush=True)
-        row = (train_reference(cfg, seed, strategy) if (strategy, cfg.task) in SCRIPTS
-               else train_strategy(cfg, strategy, seed, procs, size))
+        if cfg.shots and strategy in FEWSHOT_REFERENCES:
+            row = train_fewshot_reference(cfg, strategy, seed, size)
+        elif (strategy, cfg.task) in SCRIPTS:
+            row = train_reference(cfg, seed, strategy)
+        else:
+            row = train_strategy(cfg, strategy, seed, procs, size)
         rows.append(row)
         if row["status"] == "ok":
             print(f"[{n}/{len(jobs)}] {strategy}: accuracy {row['accuracy']:.4f}, {row['train_runtime_s']:.1f} s, "
@@ -394,6 +449,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
             "command": command,
             "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
                        "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
+                       "shots": bool(cfg.shots),
                        "resumed": cfg.resume,
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
                        "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),

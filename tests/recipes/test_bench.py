@@ -194,6 +194,27 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
             in (tmp_path / "results.md").read_text())
 
 
+def test_shots_give_a_few_shot_curve_on_peftkits_draws(tmp_path):
+    """--shots: K examples per class drawn by peftkit's --shots with each seed; the few-shot default (full with the
+    contrastive stage, whose time counts in the row) beside head. The SetFit and TF-IDF rows need setfit (the
+    bench extra): left out here with --no_reference."""
+    proc = run_bench("--shots", "4", "--strategies", "fewshot", "head", "--no_reference", "--set",
+                     "max_eval_samples=32", "contrastive_pairs=32", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["shots"] is True and results["config"]["train_sizes"] == ["4"]
+    rows = {r["strategy"]: r for r in results["runs"]}
+    assert set(rows) == {"fewshot", "head"} and all(r["train_examples"] == 8 for r in rows.values())
+    few = json.loads((tmp_path / "runs" / "fewshot-n4-seed42" / "results.json").read_text())
+    assert few["strategy"] == "full" and few["contrastive"]["pairs"] == 32
+    assert few["shots"]["rows"] == json.loads((tmp_path / "runs" / "head-n4-seed42" / "results.json").read_text()
+                                              )["shots"]["rows"]  # the same examples for every row of a seed
+    assert rows["fewshot"]["train_runtime_s"] > few["train_runtime_s"]  # the stage's time included
+    assert "examples per class (--shots)" in (tmp_path / "results.md").read_text()
+    proc = run_bench("--shots", "8", "--train_sizes", "100")
+    assert proc.returncode == 2 and "--shots is a curve of its own" in proc.stderr
+
+
 def test_train_sizes_are_checked():
     proc = run_bench("--train_sizes", "100", "lots")
     assert proc.returncode == 2 and "--train_sizes takes positive whole numbers or `all`" in proc.stderr
