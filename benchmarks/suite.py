@@ -251,10 +251,10 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
     from peftkit.data import load_raw_datasets
     from peftkit.tasks import get_task
 
-    keys = ("max_train_samples", "max_eval_samples")
-    builtin = get_task(cfg.task).cls.builtin_dataset
+    keys = ("max_train_samples", "max_eval_samples", "dataset_name")
+    task = get_task(cfg.task).cls
     raw, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed,
-                               builtin=builtin)
+                               builtin=task.builtin_dataset, others=task.builtin_datasets)
     out = cfg.output_dir / "data" / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     for split, ds in raw.items():
@@ -353,8 +353,12 @@ def train_fewshot_reference(cfg: BenchConfig, method: str, seed: int, shots: int
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     row: dict[str, Any] = {"strategy": method, "seed": seed, "num_processes": 1, "train_size": size_name(shots)}
+    from peftkit.tasks import get_task
+
+    task = get_task(cfg.task).cls
     keys = {k: int(cfg.settings[k]) for k in ("max_eval_samples",) if k in cfg.settings}
-    raw, _ = load_raw_datasets(DataArguments(**keys), seed)
+    keys |= {k: cfg.settings[k] for k in ("dataset_name",) if k in cfg.settings}
+    raw, _ = load_raw_datasets(DataArguments(**keys), seed, builtin=task.builtin_dataset, others=task.builtin_datasets)
     train, _ = draw_per_class(raw["train"], "label", shots, seed)
     data_dir = cfg.output_dir / "data" / f"shots{shots}-seed{seed}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +457,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
                        "resumed": cfg.resume,
                        "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
                        "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
-                       "dataset": dataset_name(cfg.task),
+                       "dataset": cfg.settings.get("dataset_name") or dataset_name(cfg.task),
                        "score": SCORES[cfg.task]}}
 
 

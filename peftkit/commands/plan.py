@@ -186,7 +186,8 @@ def read_data(task, model_args, data_args, train_args, processes: int) -> dict:
     from peftkit.data import load_raw_datasets
     from peftkit.defaults import derive_defaults
 
-    raw, desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw)
+    raw, desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw,
+                                  others=task.builtin_datasets)
     task.discover(raw)
     lengths, length = None, data_args.max_seq_length
     try:

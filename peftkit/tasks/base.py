@@ -76,6 +76,8 @@ class Task(TaskFlags, ABC):
     """What the Auto class builds, for messages ("sequence-classification head")."""
     builtin_dataset: ClassVar[Callable[[], Any] | None] = None
     """The data when none is named (a function returning a DatasetDict); None: the user must name data."""
+    builtin_datasets: ClassVar[tuple[Callable[[], Any], ...]] = ()
+    """More built-in data, read when --dataset_name names one (each function's ``dataset_name``)."""
     labels: Sequence[str] = ()
     """The run's label names, in id order (empty for tasks without labels)."""
     draws_per_class: ClassVar[bool] = False

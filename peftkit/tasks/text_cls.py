@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from peftkit import pooling
 from peftkit.config import DataArguments
-from peftkit.data import builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
+from peftkit.data import builtin_debates, builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
 from peftkit.errors import check
 from peftkit.modeling import load_tokenizer
 from peftkit.tasks.classification import SingleLabelClassification
@@ -30,6 +30,7 @@ class TextClassification(TextClsFlags, SingleLabelClassification):
     kind: ClassVar[str] = "sequence-classification head"
     pipeline_tag: ClassVar[str] = "text-classification"  # transformers' pipeline for the saved model
     builtin_dataset = staticmethod(builtin_rotten_tomatoes)  # the data when none is named
+    builtin_datasets = (builtin_debates,)  # three classes: who said it in the 2016 US debates
     pairs_stage: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

@@ -83,6 +83,31 @@ def test_builtin_rotten_tomatoes_is_split_deterministically():
     assert get_task("text_cls").build(DataArguments()).discover(raw)["labels"] == ["fresh", "rotten"]
 
 
+def test_builtin_debates_is_a_three_class_task_split_by_hash():
+    task = get_task("text_cls").cls
+    raw, desc = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=0, builtin=task.builtin_dataset,
+                                  others=task.builtin_datasets)
+    assert desc == "builtin:debates"
+    sizes = {s: len(d) for s, d in raw.items()}
+    assert sum(sizes.values()) == 875  # statements of five words or more, each once
+    assert sizes["test"] > 2 * sizes["validation"]  # 60/10/30: a test split large enough to compare tools on
+    texts = {s: set(d["text"]) for s, d in raw.items()}
+    assert not texts["train"] & texts["test"] and not texts["validation"] & texts["test"]
+    assert all(len(t.split()) >= 5 for d in raw.values() for t in d["text"])
+    assert get_task("text_cls").build(DataArguments()).discover(raw)["labels"] == ["Democratic", "Moderator",
+                                                                                  "Republican"]
+    again, _ = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=1,
+                                 builtin=task.builtin_dataset, others=task.builtin_datasets)
+    assert again["test"]["text"] == raw["test"]["text"]  # the split does not depend on the seed
+
+
+def test_an_unknown_builtin_names_the_ones_there_are():
+    task = get_task("text_cls").cls
+    with pytest.raises(PeftkitError, match="builtin:rotten_tomatoes, builtin:debates"):
+        load_raw_datasets(DataArguments(dataset_name="builtin:debate"), seed=0, builtin=task.builtin_dataset,
+                          others=task.builtin_datasets)
+
+
 @pytest.mark.parametrize("rows,message", [
     (["t1,1.5", "t2,0.5", "t3,2.5"], "holds floats"),
     (["t1,a", "t2,a", "t3,a"], "single class"),
