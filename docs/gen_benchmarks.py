@@ -9,7 +9,8 @@ the code that writes the folder's results.md (benchmarks/report.py, benchmarks/l
 report), so the page and results.md cannot disagree; every png is copied to docs/benchmarks/img/. The prose is the
 folder's about.md: YAML front matter (title, group, compares; optional order, parts: {subfolder: heading}) and
 Markdown whose {{ ... }} placeholders are filled from the JSON (Jinja, sandboxed; an unknown name is an error).
-CONTEXT below says what a placeholder can read. docs/benchmarks/ is wholly generated.
+CONTEXT below says what a placeholder can read. docs/benchmarks/ is wholly generated, and so is
+peftkit/fewshot_guide.json, what a run with few examples per class logs (from benchmarks/results/fewshot).
 
 Each page's header gives the date, commit, machine, versions and command of each results file. A results.json
 written since 2026-12 records "date" and "commit" (benchmarks/suite.py). For older ones they are the date and
@@ -38,6 +39,7 @@ from benchmarks import long_documents, report  # noqa: E402
 from benchmarks import planner as planner_bench  # noqa: E402
 
 RESULTS, OUT = Path("benchmarks/results"), Path("docs/benchmarks")
+FEWSHOT, GUIDE = RESULTS / "fewshot", Path("peftkit/fewshot_guide.json")  # and the guide a few-shot run logs
 GROUPS = ("Main comparison", "Learning curves", "Adapter methods", "Long documents", "NER", "Images", "SFT",
           "Speed and CPU options", "Memory and time planning", "Search", "GPU")
 CONTEXT = """Placeholders read: results (the JSON); s, the strategy table's summary (report.summarize):
@@ -279,6 +281,37 @@ def result_sets(root: Path) -> list[str]:
     return names
 
 
+def fewshot_guide(root: Path) -> str:
+    """peftkit/fewshot_guide.json: per result of benchmarks/results/fewshot and number of examples per class, every
+    row's test accuracy (best first), which a run with few examples per class logs (peftkit/fewshot.py)."""
+    from benchmarks.suite import FEWSHOT_ROWS
+
+    how = {"setfit": "the setfit library", "tfidf": "TF-IDF + logistic regression"}
+    sets = []
+    for part in sources(root, FEWSHOT).values():
+        data = json.loads((root / part).read_text())
+        by_shots: dict[str, list[dict[str, Any]]] = {}
+        for row, per_size in report.curve_cells(data).items():
+            strategy, flags = FEWSHOT_ROWS.get(row, (row, {}))
+            for size, entry in per_size.items():
+                scores = entry["values"].get("accuracy")
+                if scores:
+                    by_shots.setdefault(size, []).append({
+                        "row": row, "how": how.get(row) or " ".join([f"--strategy {strategy}",
+                                                                    *(f"--{k}" for k in flags)]),
+                        "mean": round(100 * statistics.fmean(scores), 1),
+                        "sd": round(100 * statistics.stdev(scores), 1) if len(scores) > 1 else 0.0,
+                        "worst": round(100 * min(scores), 1), "seeds": len(scores)})
+        examples = [r["train_examples"] / int(r["train_size"]) for r in data["runs"]
+                    if r.get("status") == "ok" and r.get("train_examples")]
+        sets.append({"dataset": data["config"]["dataset"], "classes": round(max(examples)) if examples else None,
+                     "shots": {k: sorted(v, key=lambda r: -r["mean"])
+                               for k, v in sorted(by_shots.items(), key=lambda kv: int(kv[0]))}})
+    return json.dumps({"about": "written by docs/gen_benchmarks.py from benchmarks/results/fewshot; read by "
+                       "peftkit/fewshot.py (guidance)", "page": "docs/benchmarks/fewshot.md", "sets": sets},
+                      indent=1) + "\n"
+
+
 def generate(root: Path = ROOT) -> dict[Path, str]:
     """Relative output path -> page text, for every result set and the index."""
     names = result_sets(root)
@@ -305,6 +338,8 @@ def generate(root: Path = ROOT) -> dict[Path, str]:
                       *(f"| [{title}]({name}.md) | {compares} | {day} | {hw} |"
                         for _, _, name, title, compares, day, hw in mine), ""]
     pages[OUT / "index.md"] = "\n".join(index).rstrip() + "\n"
+    if (root / FEWSHOT).is_dir():
+        pages[GUIDE] = fewshot_guide(root)
     return pages
 
 
@@ -315,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     want = {path: text.encode() for path, text in generate(ROOT).items()}
     want |= {dst: (ROOT / src).read_bytes() for dst, src in images(ROOT, result_sets(ROOT)).items()}
     have = {p.relative_to(ROOT) for p in (ROOT / OUT).rglob("*") if p.is_file()}
+    have |= {GUIDE} if (ROOT / GUIDE).is_file() else set()
     changed = {p for p, data in want.items() if p not in have or (ROOT / p).read_bytes() != data}
     stale = sorted(changed | (have - set(want)))
     if args.check:

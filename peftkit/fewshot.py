@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from peftkit.distributed import on_main, restore_trainable, sharded
 from peftkit.engine import Engine
 from peftkit.errors import check
 from peftkit.layout import atomic_write_text, remove_checkpoints
+from peftkit.modeling import is_head_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,40 @@ def draw_per_class(ds: Dataset, label_column: str, k: int, seed: int) -> tuple[D
     return ds.select(rows), {"per_class": k, "seed": seed, "counts": counts, "rows": rows}
 
 
+GUIDE = Path(__file__).with_name("fewshot_guide.json")  # docs/gen_benchmarks.py writes it from the committed results
+
+
+def class_counts(ds: Dataset, label_column: str) -> dict[str, int]:
+    """Examples per class (by label name) in ``ds``."""
+    feature = ds.features[label_column]
+    counts = Counter(ds[label_column])
+    return {feature.int2str(v) if isinstance(feature, ClassLabel) else str(v): n for v, n in counts.items()}
+
+
+def guidance(counts: dict[str, int], strategy: str, contrastive: bool) -> str | None:
+    """What peftkit's few-shot benchmark found best for about this many examples per class (the largest size it
+    measured at or below the run's smallest class; on the result with the nearest number of classes), for the log;
+    None when every class has more examples than the benchmark's largest size, or without the guide."""
+    if not counts or not GUIDE.is_file():
+        return None
+    guide = json.loads(GUIDE.read_text())
+    sets = [s for s in guide["sets"] if s["shots"]]
+    if not sets:
+        return None
+    chosen = min(sets, key=lambda s: abs((s["classes"] or 2) - len(counts)))
+    sizes = sorted(int(k) for k in chosen["shots"])
+    label, fewest = min(counts.items(), key=lambda kv: kv[1])
+    if fewest > sizes[-1]:
+        return None
+    size = max([k for k in sizes if k <= fewest], default=sizes[0])
+    rows = chosen["shots"][str(size)]
+    ranked = "; ".join(f"{r['how']} {r['mean']:.1f} +- {r['sd']:.1f} (worst seed {r['worst']:.1f})" for r in rows)
+    this = f"--strategy {strategy}" + (" --contrastive" if contrastive else "")
+    return (f"Few examples per class: {fewest} of {label!r}, the fewest. On peftkit's few-shot benchmark at {size} per "
+            f"class ({chosen['dataset']}, {chosen['classes']} classes, {rows[0]['seeds']} seeds; {guide['page']}), "
+            f"test accuracy, best first: {ranked}. This run: {this}.")
+
+
 def stage_arguments(args: TrainingArguments, stage_dir: Path, num_processes: int) -> TrainingArguments:
     """The stage's own run of the engine: SetFit's schedule (--contrastive_batch_size pairs a step, 10% warmup,
     linear decay) over --contrastive_epochs; the classification-only settings off."""
@@ -93,12 +128,12 @@ def contrastive_stage(run) -> dict[str, Any]:
     acc, model = run.acc, run.model
     check(not sharded(acc), "--contrastive is not supported under FSDP or DeepSpeed yet: train with DDP.")
     stage_dir = run.output_dir / STAGE_DIR
-    names = {n for n, p in model.named_parameters() if p.requires_grad and not is_head(n, run.head_names)}
+    names = {n for n, p in model.named_parameters() if p.requires_grad and not is_head_parameter(n, run.head_names)}
     check(bool(names), f"--contrastive trains the model below its head, and strategy {run.strategy_name!r} trains "
           "only the head: use full, lora or another strategy that adapts the backbone.")
     # The head takes no part in the stage: frozen meanwhile (under DDP, a trainable parameter that gets no gradient
     # is an error).
-    head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n, run.head_names)]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and is_head_parameter(n, run.head_names)]
     generators = checkpoint.rng_states(None)
     try:
         for param in head:
@@ -157,17 +192,11 @@ def _train_stage(run, stage_dir: Path, names: set[str]) -> dict[str, Any]:
     return record
 
 
-def is_head(name: str, head_names: list[str]) -> bool:
-    """Whether parameter ``name`` belongs to the task's head (``classifier``; peft's ``modules_to_save`` copy)."""
-    leaves = {h.rsplit(".", 1)[-1] for h in head_names}
-    return bool(set(name.split(".")) & leaves)
-
-
 def freeze_below_head(model, head_names: list[str]) -> int:
     """After the stage: only the head trains (on cached features); returns the parameters frozen."""
     frozen = 0
     for name, param in model.named_parameters():
-        if param.requires_grad and not is_head(name, head_names):
+        if param.requires_grad and not is_head_parameter(name, head_names):
             param.requires_grad_(False)
             frozen += param.numel()
     return frozen

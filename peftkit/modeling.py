@@ -79,6 +79,13 @@ def head_module_names(model: nn.Module) -> list[str]:
     return names
 
 
+def is_head_parameter(name: str, head_names: list[str]) -> bool:
+    """Whether parameter ``name`` belongs to the task's head: ``classifier.weight``, a vision model's
+    ``timm_model.classifier.bias``, or peft's ``modules_to_save`` copy of either."""
+    leaves = {h.rsplit(".", 1)[-1] for h in head_names}
+    return bool(set(name.split(".")) & leaves)
+
+
 def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The stack of transformer blocks: the backbone's ModuleList holding the most parameters."""
     best, best_size = None, 0

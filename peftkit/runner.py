@@ -49,6 +49,7 @@ from peftkit.modeling import (
     count_parameters,
     disable_dropout,
     enable_activation_checkpointing,
+    is_head_parameter,
     load_config,
     load_model,
     resolve_model_path,
@@ -261,7 +262,7 @@ def _set_up(run: Run) -> None:
     # A task may know better rates for some strategies than the strategy's own (image_cls: CNNs, full at 3e-4).
     # After a contrastive stage, the head alone trains (unless --end_to_end): at head's rate.
     rated = "head" if head_stage(train_args) else run.strategy_name
-    rated_default = (get_strategy("head").build().default_learning_rate if head_stage(train_args)
+    rated_default = (get_strategy("head").cls.default_learning_rate if head_stage(train_args)
                      else run.strategy.default_learning_rate)
     run.lr = train_args.learning_rate or task.defaults.learning_rates.get(rated) or rated_default
     run.config = resolved_config(task, run.strategy_name, run.strategy, run.model_args, run.data_args, train_args,
@@ -275,11 +276,15 @@ def _load_data(run: Run) -> None:
     task, train_args, acc, policy = run.task, run.train_args, run.acc, run.task.defaults
     with acc.main_process_first():
         run.raw, run.dataset_desc = load_raw_datasets(run.data_args, train_args.seed, builtin=task.builtin_dataset,
-                                                      own=task.load_raw)
+                                                      own=task.load_raw, others=task.builtin_datasets)
         if run.data_args.shots:
             run.raw["train"], run.shots = fewshot.draw_per_class(run.raw["train"], run.data_args.label_column,
                                                                  run.data_args.shots, train_args.seed)
         run.task_state = task.discover(run.raw)
+        if task.pairs_stage and acc.is_main_process:
+            counts = fewshot.class_counts(run.raw["train"], run.data_args.label_column)
+            if advice := fewshot.guidance(counts, run.strategy_name, train_args.contrastive):
+                logger.info(advice)
         run.processor = task.load_processor(run.model_args)
         run.data = data = task.preprocess(run.raw, run.processor)
     run.train_args, derived = derive_defaults(
@@ -309,19 +314,20 @@ def _plan(run: Run) -> None:
     if not (train_args.plan or train_args.auto_batch_size):
         return
 
-    def setup(micro_batch: int, accumulation: int) -> planner.Setup:
+    def setup(micro_batch: int, accumulation: int, pairs: bool = False) -> planner.Setup:
         processes, sharding = preflight.sharding_of_environment()
         per_process = -(-len(run.data["train"]) // acc.num_processes)  # a batch larger than the data is the data
         return planner.Setup(
-            micro_batch=min(micro_batch, per_process), length=longest(run.data["train"]), accumulation=accumulation,
+            micro_batch=micro_batch if pairs else min(micro_batch, per_process), length=longest(run.data["train"]),
+            accumulation=accumulation,
             gradient_checkpointing=train_args.gradient_checkpointing, processes=acc.num_processes,
             sharding=sharding if processes == acc.num_processes else "ddp" if acc.num_processes > 1 else "none",
             device=acc.device.type, mixed_precision=None if acc.mixed_precision == "no" else acc.mixed_precision,
             optimizer=train_args.optimizer)
 
-    def plan_of(micro_batch: int, accumulation: int) -> planner.Plan:
+    def plan_of(micro_batch: int, accumulation: int, pairs: bool = False) -> planner.Plan:
         return preflight.plan_candidate(run.task, run.strategy_name, run.strategy, run.model_args,
-                                        setup(micro_batch, accumulation))
+                                        setup(micro_batch, accumulation, pairs))
 
     def work() -> dict[str, Any] | None:
         limit, where = preflight.memory_limit(train_args, acc.device.type,
@@ -334,6 +340,12 @@ def _plan(run: Run) -> None:
                 chosen = saved_micro_batch(run) or largest_micro_batch(plan_of, batch, accumulation, limit)
                 if chosen[0] != batch:
                     plan = plan_of(*chosen)
+            if train_args.contrastive:  # the pair stage: both texts of --contrastive_batch_size pairs a step
+                stage = plan_of(2 * train_args.contrastive_batch_size // acc.num_processes, 1, pairs=True)
+                if stage.peak > plan.peak:
+                    logger.info("The contrastive stage (%d texts a step) is the run's peak.",
+                                2 * train_args.contrastive_batch_size)
+                    plan = stage
         except Exception as exc:  # noqa: BLE001 - planning is advice: a model it cannot run still trains
             if train_args.auto_batch_size:
                 logger.warning("--auto_batch_size: the model could not be planned (%s); training micro-batch %d.",
@@ -483,9 +495,8 @@ def _build_model(run: Run) -> None:
         logger.info("Dropout disabled in %d places.", disable_dropout(model))
     run.model = model
     run.trainable, run.total = trainable, total = count_parameters(model)
-    head_leaves = {h.rsplit(".", 1)[-1] for h in run.head_names}  # timm_model.classifier -> classifier
     run.head_params = sum(p.numel() for n, p in model.named_parameters()
-                          if p.requires_grad and set(n.split(".")) & head_leaves)
+                          if p.requires_grad and is_head_parameter(n, run.head_names))
     logger.info("%s on %s: trainable params %s / %s (%.4f%%); %s", run.strategy_name, run.task_name,
                 f"{trainable:,}", f"{total:,}", 100 * trainable / total, {s: len(d) for s, d in run.data.items()})
     config = run.config

@@ -84,3 +84,24 @@ def test_bad_few_shot_flags_are_refused(tmp_path, capsys):
     assert "trains only the head" in capsys.readouterr().err
     assert main(["train", "--shots", "0", "--output_dir", str(tmp_path / "c")]) == 2
     assert "--shots must be positive" in capsys.readouterr().err
+
+
+def test_a_run_with_few_examples_per_class_logs_what_the_benchmark_found(tmp_path, capsys):
+    assert main(["train", "--strategy", "head", "--shots", "4", "--max_eval_samples", "16", "--num_train_epochs", "1",
+                 "--report_to", "none", "--output_dir", str(tmp_path / "run")]) == 0
+    said = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines() if "Few examples per class" in line]
+    assert len(said) == 1 and said[0].startswith("Few examples per class: 4 of '")  # both classes hold 4
+    assert "the fewest. On peftkit's few-shot benchmark at 8 per class (builtin:rotten_tomatoes" in said[0]
+    assert said[0].endswith("This run: --strategy head.")
+
+
+def test_the_plan_counts_the_contrastive_stage(tmp_path, capsys):
+    """The pair stage encodes both texts of 16 pairs a step: a larger batch than the classifier's 2, so its plan
+    is the run's peak."""
+    out = tmp_path / "run"
+    assert main(["train", "--strategy", "full", "--shots", "4", "--contrastive", "--contrastive_pairs", "16",
+                 "--per_device_train_batch_size", "2", "--max_eval_samples", "8", "--num_train_epochs", "1",
+                 "--plan", "--memory", "1MiB", "--force", "--report_to", "none", "--output_dir", str(out)]) == 0
+    plan = json.loads((out / "results.json").read_text())["plan"]
+    assert plan["setup"]["micro_batch"] == 32
+    assert "The contrastive stage (32 texts a step) is the run's peak." in capsys.readouterr().err

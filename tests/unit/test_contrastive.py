@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
 from datasets import Dataset
 
+from peftkit import fewshot
 from peftkit.contrastive import PairCollator, draw_pairs, pair_counts, supervised_contrastive
 from peftkit.fewshot import default_pairs, draw_per_class
 
@@ -75,3 +77,27 @@ def test_shots_refuse_a_missing_label():
     ds = Dataset.from_dict({"text": ["x", "y"], "label": ["a", None]})
     with pytest.raises(PeftkitError, match="no label"):
         draw_per_class(ds, "label", 1, seed=0)
+
+
+def test_guidance_names_the_best_row_at_the_nearest_measured_size(tmp_path, monkeypatch):
+    """The log line of a run with few examples per class: the largest benchmarked size at or below its smallest
+    class, on the result whose number of classes is nearest; nothing above the largest size."""
+    def rows(best):
+        return [{"row": best, "how": f"--strategy {best}", "mean": 70.0, "sd": 1.0, "worst": 68.0, "seeds": 5},
+                {"row": "head", "how": "--strategy head", "mean": 60.0, "sd": 2.0, "worst": 57.0, "seeds": 5}]
+
+    guide = {"page": "docs/benchmarks/fewshot.md", "sets": [
+        {"dataset": "builtin:two", "classes": 2, "shots": {"8": rows("full"), "32": rows("lora")}},
+        {"dataset": "builtin:three", "classes": 3, "shots": {"8": rows("partial")}}]}
+    monkeypatch.setattr(fewshot, "GUIDE", tmp_path / "guide.json")
+    assert fewshot.guidance({"a": 8, "b": 8}, "head", False) is None  # no guide: nothing said
+    fewshot.GUIDE.write_text(json.dumps(guide))
+    said = fewshot.guidance({"a": 20, "b": 31}, "head", False)
+    assert said.startswith("Few examples per class: 20 of 'a', the fewest. On peftkit's few-shot benchmark at 8 per")
+    assert "(builtin:two, 2 classes, 5 seeds; docs/benchmarks/fewshot.md)" in said
+    assert "best first: --strategy full 70.0 +- 1.0 (worst seed 68.0); --strategy head 60.0" in said
+    assert said.endswith("This run: --strategy head.")
+    assert "--strategy lora 70.0" in fewshot.guidance({"a": 40, "b": 32}, "full", True)
+    assert fewshot.guidance({"a": 4, "b": 5}, "full", True).endswith("This run: --strategy full --contrastive.")
+    assert "builtin:three" in fewshot.guidance({"a": 8, "b": 8, "c": 9, "d": 8}, "head", False)
+    assert fewshot.guidance({"a": 33, "b": 40}, "head", False) is None  # more than the benchmark measured
