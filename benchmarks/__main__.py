@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the setfit library and TF-IDF + logistic regression on the same examples (pip install setfit)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs a stopped suite finished in --output_dir (run the same command again) and "
-                    "run only the rest; each row records the peftkit commit that made it")
+                    "run only the rest; each row records the peftkit commit that made it. A run whose directory is "
+                    "gone (a fresh clone: runs/ is not committed) is reused from the committed results.json or "
+                    "results.partial.json in --output_dir")
     ap.add_argument("--report_only", action="store_true",
                     help="train nothing: write the report from the runs already finished in --output_dir (as "
                     "--resume would reuse them) and list the ones still missing")

@@ -3,6 +3,7 @@ process, and collect what each run measured from its results.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -160,7 +161,7 @@ def run_dir_for(cfg: BenchConfig, strategy: str, seed: int, num_processes: int =
 def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
                    train_size: int | None = None) -> dict[str, Any]:
     run_dir = run_dir_for(cfg, strategy, seed, num_processes, train_size)
-    if cfg.resume and (done := finished_row(run_dir)):
+    if cfg.resume and (done := finished_row(cfg, strategy, seed, num_processes, train_size)):
         return done
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -199,14 +200,35 @@ def train_strategy(cfg: BenchConfig, strategy: str, seed: int, num_processes: in
 ROW_FILE = "bench_row.json"
 
 
-def finished_row(run_dir: Path) -> dict[str, Any] | None:
-    """A successful run's row, as a stopped suite wrote it; it says which peftkit commit made it."""
+def finished_row(cfg: BenchConfig, strategy: str, seed: int, num_processes: int = 1,
+                 train_size: int | None = None) -> dict[str, Any] | None:
+    """A successful run's row, as a stopped suite wrote it; it says which peftkit commit made it. Where the run
+    directory is gone (runs/ is not committed: a fresh clone), the row for that run in the output folder's
+    committed results (results.json, or the results.partial.json of a stopped suite)."""
+    run_dir = run_dir_for(cfg, strategy, seed, num_processes, train_size)
     path = run_dir / ROW_FILE
-    if not path.is_file():
+    key = (strategy, seed, num_processes, size_name(train_size) if cfg.curve else None)
+    if path.is_file():
+        row = json.loads(path.read_text())
+    elif not (row := committed_rows(cfg.output_dir).get(key)):
         return None
-    row = json.loads(path.read_text())
     print(f"  reusing {run_dir.name} (finished earlier, {row.get('git_commit', '?')[:10]})", flush=True)
     return row | {"reused": True}
+
+
+@functools.cache
+def committed_rows(output_dir: Path) -> dict[tuple, dict[str, Any]]:
+    """The successful rows of the results files in ``output_dir``, by (strategy, seed, processes, size), as they
+    were when the suite started (it rewrites results.partial.json as it goes)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for name in ("results.json", "results.partial.json"):  # a stopped suite's rows are the newer
+        path = output_dir / name
+        if path.is_file():
+            for row in json.loads(path.read_text()).get("runs", []):
+                if row.get("status") == "ok":
+                    key = (row["strategy"], row["seed"], row.get("num_processes", 1), row.get("train_size"))
+                    rows[key] = {k: v for k, v in row.items() if k != "reused"}
+    return rows
 
 
 def git_commit(short: bool = False) -> str | None:
@@ -348,7 +370,7 @@ def train_fewshot_reference(cfg: BenchConfig, method: str, seed: int, shots: int
     from peftkit.modeling import resolve_model_path
 
     run_dir = run_dir_for(cfg, method, seed, 1, shots)
-    if cfg.resume and (done := finished_row(run_dir)):
+    if cfg.resume and (done := finished_row(cfg, method, seed, 1, shots)):
         return done
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -423,8 +445,7 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
     missing: list[str] = []
     if cfg.report_only:
         for strategy, seed, procs, size in jobs:
-            row = None if (strategy, cfg.task) in SCRIPTS else finished_row(run_dir_for(cfg, strategy, seed, procs,
-                                                                                         size))
+            row = None if (strategy, cfg.task) in SCRIPTS else finished_row(cfg, strategy, seed, procs, size)
             if row:
                 rows.append(row)
             else:

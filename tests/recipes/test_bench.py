@@ -177,6 +177,7 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     # rest only, and the table is the same
     for row in rows[2:]:
         shutil.rmtree(tmp_path / "runs" / f"head-n40-seed{row['seed']}")
+    (tmp_path / "results.json").unlink()  # a stopped suite writes none
     proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "2",
                      "--output_dir", str(tmp_path), "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -184,6 +185,13 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     again = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r.get("reused", False) for r in again] == [True, True, False, False]
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]  # the same seeds train the same
+    # On a fresh clone (no runs/, the results committed), --resume reuses the committed rows: nothing trains
+    shutil.rmtree(tmp_path / "runs")
+    proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "2",
+                     "--output_dir", str(tmp_path), "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("reusing head-n") == 4 and not (tmp_path / "runs").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == [r | {"reused": True} for r in again]
     # A third seed asked for, report only: nothing trains, the missing runs are named
     proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "3",
                      "--output_dir", str(tmp_path), "--report_only")
