@@ -77,11 +77,19 @@ def class_counts(ds: Dataset, label_column: str) -> dict[str, int]:
 
 def guidance(counts: dict[str, int], strategy: str, contrastive: bool) -> str | None:
     """What peftkit's few-shot benchmark found best for about this many examples per class (the largest size it
-    measured at or below the run's smallest class; on the result with the nearest number of classes), for the log;
-    None when every class has more examples than the benchmark's largest size, or without the guide."""
+    measured at or below the run's smallest class, else its smallest; on the result with the nearest number of
+    classes), for the log; None when every class has more examples than the benchmark's largest size, or without
+    a readable guide."""
     if not counts or not GUIDE.is_file():
         return None
-    guide = json.loads(GUIDE.read_text())
+    try:
+        return advice(json.loads(GUIDE.read_text()), counts, strategy, contrastive)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # a log line: never the reason a run fails
+        logger.debug("No few-shot guidance: %s is not as peftkit writes it (%s).", GUIDE, exc)
+        return None
+
+
+def advice(guide: dict[str, Any], counts: dict[str, int], strategy: str, contrastive: bool) -> str | None:
     sets = [s for s in guide["sets"] if s["shots"]]
     if not sets:
         return None
@@ -94,9 +102,11 @@ def guidance(counts: dict[str, int], strategy: str, contrastive: bool) -> str | 
     rows = chosen["shots"][str(size)]
     ranked = "; ".join(f"{r['how']} {r['mean']:.1f} +- {r['sd']:.1f} (worst seed {r['worst']:.1f})" for r in rows)
     this = f"--strategy {strategy}" + (" --contrastive" if contrastive else "")
-    return (f"Few examples per class: {fewest} of {label!r}, the fewest. On peftkit's few-shot benchmark at {size} per "
-            f"class ({chosen['dataset']}, {chosen['classes']} classes, {rows[0]['seeds']} seeds; {guide['page']}), "
-            f"test accuracy, best first: {ranked}. This run: {this}.")
+    classes = f", {chosen['classes']} classes" if chosen["classes"] else ""
+    at = f"at {size} per class" + (", the smallest size it measured," if size > fewest else "")
+    return (f"Few examples per class: {fewest} of {label!r}, the fewest. On peftkit's few-shot benchmark {at} "
+            f"({chosen['dataset']}{classes}, {rows[0]['seeds']} seeds; {guide['page']}), test accuracy, best "
+            f"first: {ranked}. This run: {this}.")
 
 
 def stage_arguments(args: TrainingArguments, stage_dir: Path, num_processes: int) -> TrainingArguments:

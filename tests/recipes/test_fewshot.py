@@ -91,7 +91,8 @@ def test_a_run_with_few_examples_per_class_logs_what_the_benchmark_found(tmp_pat
                  "--report_to", "none", "--output_dir", str(tmp_path / "run")]) == 0
     said = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines() if "Few examples per class" in line]
     assert len(said) == 1 and said[0].startswith("Few examples per class: 4 of '")  # both classes hold 4
-    assert "the fewest. On peftkit's few-shot benchmark at 8 per class (builtin:rotten_tomatoes" in said[0]
+    assert ("the fewest. On peftkit's few-shot benchmark at 8 per class, the smallest size it measured, "
+            "(builtin:rotten_tomatoes, 2 classes" in said[0])
     assert said[0].endswith("This run: --strategy head.")
 
 
@@ -105,3 +106,13 @@ def test_the_plan_counts_the_contrastive_stage(tmp_path, capsys):
     plan = json.loads((out / "results.json").read_text())["plan"]
     assert plan["setup"]["micro_batch"] == 32
     assert "The contrastive stage (32 texts a step) is the run's peak." in capsys.readouterr().err
+    # A limit just under the stage's peak (the classifier's micro-batch of 2 fits): the run stops before loading
+    # the model, and names the stage and the --contrastive_batch_size that would fit
+    again = tmp_path / "again"
+    assert main(["train", "--strategy", "full", "--shots", "4", "--contrastive", "--contrastive_pairs", "16",
+                 "--per_device_train_batch_size", "2", "--max_eval_samples", "8", "--num_train_epochs", "1",
+                 "--memory", str(plan["peak"] - 1), "--report_to", "none", "--output_dir", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "its contrastive stage (32 texts a step" in err and "Nothing was loaded" in err
+    assert "--contrastive_batch_size 8 would need" in err and "which fits." in err
+    assert not (again / "results.json").exists()

@@ -101,3 +101,7 @@ def test_guidance_names_the_best_row_at_the_nearest_measured_size(tmp_path, monk
     assert fewshot.guidance({"a": 4, "b": 5}, "full", True).endswith("This run: --strategy full --contrastive.")
     assert "builtin:three" in fewshot.guidance({"a": 8, "b": 8, "c": 9, "d": 8}, "head", False)
     assert fewshot.guidance({"a": 33, "b": 40}, "head", False) is None  # more than the benchmark measured
+    assert "at 8 per class, the smallest size it measured, (builtin:two" in fewshot.guidance({"a": 4, "b": 5}, "full",
+                                                                                           False)
+    fewshot.GUIDE.write_text('{"sets": [{"shots": {"8": []}}]}')  # not as peftkit writes it: nothing said, no error
+    assert fewshot.guidance({"a": 8, "b": 8}, "head", False) is None
