@@ -3,7 +3,6 @@ process, and collect what each run measured from its results.json."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -70,6 +69,8 @@ class BenchConfig:
     # Given (--shots): a few-shot curve, each size K examples per class drawn by peftkit's --shots with the run's
     # seed, with the few-shot rows (FEWSHOT_ROWS) and, as references, SetFit and TF-IDF on the same examples.
     shots: list[int] | None = None
+    # --resume / --report_only: the rows of the output folder's committed results, read as the suite starts
+    committed: dict[tuple, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.shots:
@@ -204,30 +205,42 @@ def finished_row(cfg: BenchConfig, strategy: str, seed: int, num_processes: int 
                  train_size: int | None = None) -> dict[str, Any] | None:
     """A successful run's row, as a stopped suite wrote it; it says which peftkit commit made it. Where the run
     directory is gone (runs/ is not committed: a fresh clone), the row for that run in the output folder's
-    committed results (results.json, or the results.partial.json of a stopped suite)."""
+    committed results (cfg.committed)."""
     run_dir = run_dir_for(cfg, strategy, seed, num_processes, train_size)
     path = run_dir / ROW_FILE
-    key = (strategy, seed, num_processes, size_name(train_size) if cfg.curve else None)
     if path.is_file():
         row = json.loads(path.read_text())
-    elif not (row := committed_rows(cfg.output_dir).get(key)):
+    elif not (row := cfg.committed.get((strategy, seed, num_processes, size_name(train_size) if cfg.curve
+                                        else None))):
         return None
-    print(f"  reusing {run_dir.name} (finished earlier, {row.get('git_commit', '?')[:10]})", flush=True)
+    print(f"  reusing {run_dir.name} (finished earlier, {(row.get('git_commit') or '?')[:10]})", flush=True)
     return row | {"reused": True}
 
 
-@functools.cache
-def committed_rows(output_dir: Path) -> dict[tuple, dict[str, Any]]:
-    """The successful rows of the results files in ``output_dir``, by (strategy, seed, processes, size), as they
-    were when the suite started (it rewrites results.partial.json as it goes)."""
+# What a reused row must share with the suite that reuses it (the rest, seeds and sizes, are the row's own key).
+SAME_CONFIG = ("task", "quick", "shots", "settings", "model_name_or_path", "dataset")
+
+
+def committed_rows(cfg: BenchConfig) -> dict[tuple, dict[str, Any]]:
+    """The successful rows of the results files in the output folder (results.json, then the results.partial.json
+    of a stopped suite, the newer), by (strategy, seed, processes, size); a file made with another configuration
+    (SAME_CONFIG) is left out, and said so."""
     rows: dict[tuple, dict[str, Any]] = {}
-    for name in ("results.json", "results.partial.json"):  # a stopped suite's rows are the newer
-        path = output_dir / name
-        if path.is_file():
-            for row in json.loads(path.read_text()).get("runs", []):
-                if row.get("status") == "ok":
-                    key = (row["strategy"], row["seed"], row.get("num_processes", 1), row.get("train_size"))
-                    rows[key] = {k: v for k, v in row.items() if k != "reused"}
+    want = {k: v for k, v in suite_config(cfg).items() if k in SAME_CONFIG}
+    for name in ("results.json", "results.partial.json"):
+        path = cfg.output_dir / name
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        made = {k: v for k, v in results.get("config", want).items() if k in SAME_CONFIG}
+        if made != want:
+            differ = ", ".join(f"{k} {made.get(k)!r} (now {want[k]!r})" for k in want if made.get(k) != want[k])
+            print(f"  not reusing the rows of {path}: made with another configuration: {differ}", flush=True)
+            continue
+        for row in results.get("runs", []):
+            if row.get("status") == "ok":
+                key = (row["strategy"], row["seed"], row.get("num_processes", 1), row.get("train_size"))
+                rows[key] = {k: v for k, v in row.items() if k != "reused"}
     return rows
 
 
@@ -443,6 +456,8 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
         jobs = [(s, cfg.seed + i, 1, n) for n in cfg.train_sizes for i in range(cfg.repeats) for s in rows_of]
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
+    if cfg.resume or cfg.report_only:  # before the first run rewrites results.partial.json
+        cfg.committed = committed_rows(cfg)
     if cfg.report_only:
         for strategy, seed, procs, size in jobs:
             row = None if (strategy, cfg.task) in SCRIPTS else finished_row(cfg, strategy, seed, procs, size)
@@ -467,19 +482,23 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
                   f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)
         else:
             print(f"[{n}/{len(jobs)}] {strategy}: FAILED: {row['error']}", flush=True)
-        partial.write_text(json.dumps({"runs": rows, "jobs_left": len(jobs) - n}, indent=2))
+        partial.write_text(json.dumps({"runs": rows, "jobs_left": len(jobs) - n, "config": suite_config(cfg)},
+                                      indent=2))
     if jobs:
         partial.unlink(missing_ok=True)
     return {"runs": rows, "missing": missing, **stamp(), "hardware": hardware(), "versions": versions(),
-            "command": command,
-            "config": {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
-                       "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
-                       "shots": bool(cfg.shots),
-                       "resumed": cfg.resume,
-                       "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
-                       "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
-                       "dataset": cfg.settings.get("dataset_name") or dataset_name(cfg.task),
-                       "score": SCORES[cfg.task]}}
+            "command": command, "config": suite_config(cfg)}
+
+
+def suite_config(cfg: BenchConfig) -> dict[str, Any]:
+    return {"task": cfg.task, "strategies": cfg.strategies, "quick": cfg.quick, "repeats": cfg.repeats,
+            "train_sizes": [size_name(n) for n in cfg.train_sizes] if cfg.curve else None,
+            "shots": bool(cfg.shots),
+            "resumed": cfg.resume,
+            "seed": cfg.seed, "num_processes": cfg.num_processes, "settings": cfg.settings,
+            "model_name_or_path": cfg.model_name_or_path or default_model(cfg.task),
+            "dataset": cfg.settings.get("dataset_name") or dataset_name(cfg.task),
+            "score": SCORES[cfg.task]}
 
 
 def dataset_name(task: str) -> str:

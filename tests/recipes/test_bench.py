@@ -200,6 +200,12 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     assert len(partial["runs"]) == 4 and partial["missing"] == ["head seed 44 at 16", "head seed 44 at 40"]
     assert ("**Incomplete:** 2 of 6 runs have not been made yet: head seed 44 at 16, head seed 44 at 40"
             in (tmp_path / "results.md").read_text())
+    # Rows made with other settings are not reused, and the suite says why
+    proc = run_bench("--quick", "--strategies", "head", "--train_sizes", "40", "16", "--repeats", "2", "--set",
+                     "learning_rate=0.01", "--output_dir", str(tmp_path), "--report_only")
+    said = next(line for line in proc.stdout.splitlines() if "not reusing the rows of" in line)
+    assert "made with another configuration: settings" in said and "learning_rate" in said
+    assert "reusing head-n" not in proc.stdout.replace("not reusing", "")
 
 
 def test_shots_give_a_few_shot_curve_on_peftkits_draws(tmp_path):
