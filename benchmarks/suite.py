@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peftkit.config import FEWSHOT_DEFAULT
+
 REPO = Path(__file__).resolve().parent.parent
 QUICK = {"text_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1,
                       "per_device_train_batch_size": 16},
@@ -83,8 +85,9 @@ class BenchConfig:
         self.settings = {**fixed, **self.settings}
 
 
-# Few-shot rows that are a peftkit strategy with settings of their own: the few-shot default.
-FEWSHOT_ROWS = {"fewshot": ("full", {"contrastive": "true"})}
+# Few-shot rows that are a peftkit strategy with settings of their own: the few-shot default (what `peftkit train
+# --shots K` trains when no --strategy is given).
+FEWSHOT_ROWS = {"fewshot": (FEWSHOT_DEFAULT[0], {flag: str(on).lower() for flag, on in FEWSHOT_DEFAULT[1].items()})}
 FEWSHOT_STRATEGIES = ["fewshot", "head", "lora", "full"]
 FEWSHOT_REFERENCES = ["setfit", "tfidf"]
 SET_HELP = ("training flags beyond the defaults for every peftkit run, e.g. --set group_by_length=false "

@@ -93,7 +93,9 @@ class DataArguments:
         default=None,
         metadata={"help": "Few-shot: train on K examples of each class, drawn from the training split with --seed "
                   "(a class with fewer gives all it has); the draw is logged and saved in results.json (rows and "
-                  "counts). Single-label classification (text_cls, image_cls). See --contrastive."},
+                  "counts). Single-label classification (text_cls, image_cls). See --contrastive. `peftkit train "
+                  "--shots K` with no --strategy trains the few-shot default (text_cls: --strategy full "
+                  "--contrastive)."},
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N validation and N test examples."}
@@ -345,6 +347,11 @@ def parse_class_weights(spec: str) -> str | list[float] | None:
     check(bool(weights) and all(w > 0 and w == w and w != float("inf") for w in weights),
           f"--class_weights must be none, balanced, or one positive number per class (e.g. 1,4), got {spec!r}.")
     return weights
+
+
+# What `peftkit train --shots K` trains when no --strategy is given (for a task with a pair stage): the path that
+# peftkit's few-shot benchmark measures as "peftkit's few-shot default" (docs/benchmarks/fewshot.md).
+FEWSHOT_DEFAULT = ("full", {"contrastive": True})
 
 
 def check_model_arguments(m: ModelArguments) -> None:

@@ -19,6 +19,14 @@ BUILTIN_HUB_NAMES = {BUILTIN_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
                      BUILTIN_VISION_MODEL: "timm/tf_efficientnet_lite0.in1k"}
 
 
+def training_time(results: dict) -> str:
+    """A run's training time, with --contrastive's pair stage (which trains before the loop's own time)."""
+    stage = (results.get("contrastive") or {}).get("train_runtime_s")
+    if stage is None:
+        return f"{results['train_runtime_s']:.0f} s"
+    return f"{results['train_runtime_s'] + stage:.0f} s (contrastive stage {stage:.0f} s)"
+
+
 def hub_name(model_name_or_path: str) -> str | None:
     """The base's Hub name for the card's metadata, or None for a local directory (no name to link)."""
     if model_name_or_path in BUILTIN_HUB_NAMES:
@@ -80,7 +88,7 @@ def render(config: dict[str, Any], results: dict[str, Any], task: Any, adapter: 
         f"- **Trainable parameters:** {results['trainable_params']:,} of {results['total_params']:,} "
         f"({results['trainable_percent']:.2f}%)",
         f"- **Training:** {results['global_step']} optimizer steps, effective batch {results['effective_batch_size']}, "
-        f"learning rate {results['learning_rate']}, seed {results['seed']}, {results['train_runtime_s']:.0f} s "
+        f"learning rate {results['learning_rate']}, seed {results['seed']}, {training_time(results)} "
         f"on {results['num_processes']} process(es) ({results['device']})",
         f"- **Command:** `{results['command']}`", "",
         "## Results", "", _metrics_table(results), "", *_final_table(results),

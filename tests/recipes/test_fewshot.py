@@ -96,6 +96,21 @@ def test_a_run_with_few_examples_per_class_logs_what_the_benchmark_found(tmp_pat
     assert said[0].endswith("This run: --strategy head.")
 
 
+def test_shots_without_a_strategy_train_the_few_shot_default(tmp_path, capsys):
+    """`peftkit train --shots K` and nothing else chooses full + --contrastive, says so, and records it."""
+    out = tmp_path / "run"
+    assert main(["train", "--shots", "4", "--contrastive_pairs", "16", "--max_eval_samples", "8",
+                 "--num_train_epochs", "1", "--report_to", "none", "--output_dir", str(out)]) == 0
+    said = capsys.readouterr()
+    err = said.err
+    assert " s (contrastive stage " in said.out  # the time printed counts the pair stage
+    assert ("--shots 4 and no --strategy: the few-shot default, --strategy full --contrastive" in err
+            and "This run: --strategy full --contrastive." in err)
+    results = json.loads((out / "results.json").read_text())
+    assert results["strategy"] == "full" and results["contrastive"]["pairs"] == 16
+    assert json.loads((out / "peftkit_config.json").read_text())["training"]["contrastive"] is True
+
+
 def test_the_plan_counts_the_contrastive_stage(tmp_path, capsys):
     """The pair stage encodes both texts of 16 pairs a step: a larger batch than the classifier's 2, so its plan
     is the run's peak."""

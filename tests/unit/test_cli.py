@@ -303,3 +303,24 @@ def test_a_config_files_values_are_typed_and_the_command_line_wins(tmp_path):
     assert train_args.learning_rate == 5e-4 and strategy.lora_target_modules == ["query", "key"]
     assert train_args.keep_checkpoints is True and train_args.gradient_checkpointing is True
     assert data_args.max_eval_samples is None
+
+
+@pytest.mark.parametrize("argv, strategy, defaults", [
+    (["--shots", "8"], "full", {"contrastive": True}),
+    (["--shots=8", "--config", "{cfg}"], "full", {"contrastive": True}),
+    (["--config", "{cfg_shots}"], "full", {"contrastive": True}),
+    (["--shots", "8", "--strategy", "lora"], "lora", None),
+    (["--shots", "8", "--task", "image_cls"], "lora", None),  # no pair stage there: lora, as without --shots
+    (["--max_train_samples", "16"], "lora", None),
+])
+def test_shots_without_a_strategy_choose_the_few_shot_default(argv, strategy, defaults, tmp_path, monkeypatch):
+    from peftkit.commands import train
+
+    (tmp_path / "a.yaml").write_text("learning_rate: 0.01\n")
+    (tmp_path / "b.yaml").write_text("shots: 16\n")
+    argv = [a.format(cfg=tmp_path / "a.yaml", cfg_shots=tmp_path / "b.yaml") for a in argv]
+    seen = {}
+    monkeypatch.setattr(train, "train_main", lambda rest, **kw: seen.update(kw) or 0)
+    assert main(["train", *argv]) == 0
+    assert seen["strategy"] == strategy and seen["defaults"] == defaults
+    assert (seen["note"] is None) == (defaults is None)
