@@ -54,6 +54,13 @@ def train_sizes(results: dict[str, Any]) -> list[str]:
     return results["config"].get("train_sizes") or ["all"]
 
 
+def size_unit(results: dict[str, Any], flag: bool = False) -> str:
+    """What a learning curve's sizes count: training examples, or examples per class (--shots)."""
+    if results["config"].get("shots"):
+        return "examples per class" + (" (--shots)" if flag else "")
+    return "training examples"
+
+
 def is_curve(results: dict[str, Any]) -> bool:
     return bool(results["config"].get("train_sizes"))
 
@@ -86,7 +93,7 @@ def learning_curve(results: dict[str, Any]) -> list[str]:
                              if r.get("train_size") == size and r.get("train_examples")}) for size in sizes}
     header = [f"{size} ({', '.join(f'{n:,}' for n in n_train[size]) or '?'})" if size == "all" else size
               for size in sizes]
-    unit = "examples per class (--shots)" if results["config"].get("shots") else "training examples"
+    unit = size_unit(results, flag=True)
     lines = ["", "## Learning curve", "",
              f"{NAMES[task][2].split(' (')[0].capitalize()} by number of {unit}: mean +- sample standard "
              f"deviation over seeds (each seed also draws its own training subset), the seed count where some "
@@ -251,7 +258,7 @@ def tables(results: dict[str, Any]) -> list[str]:
     score, f1, _ = NAMES[task]
     lm = task == "causal_lm"
     lines = [
-        *([f"A learning curve over {', '.join(train_sizes(results))} training examples (section below); the "
+        *([f"A learning curve over {', '.join(train_sizes(results))} {size_unit(results)} (section below); the "
            f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
         "Ratios are against full fine-tuning on the same data, epochs and seeds: memory x = peak memory / full's "
         f"(lower is lighter), speed x = full's training time / this one's (higher is faster), delta in points of "

@@ -224,7 +224,8 @@ def test_shots_give_a_few_shot_curve_on_peftkits_draws(tmp_path):
     assert few["shots"]["rows"] == json.loads((tmp_path / "runs" / "head-n4-seed42" / "results.json").read_text()
                                               )["shots"]["rows"]  # the same examples for every row of a seed
     assert rows["fewshot"]["train_runtime_s"] > few["train_runtime_s"]  # the stage's time included
-    assert "examples per class (--shots)" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "examples per class (--shots)" in table and "A learning curve over 4 examples per class" in table
     proc = run_bench("--shots", "8", "--train_sizes", "100")
     assert proc.returncode == 2 and "--shots is a curve of its own" in proc.stderr
 
