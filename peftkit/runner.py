@@ -357,9 +357,9 @@ def _plan(run: Run) -> None:
         logger.info(preflight.summary(plan, limit, where))
         if limit is not None and plan.peak > limit:
             if not train_args.force and plan is stage:
-                raise PeftkitError(stage_would_not_fit(train_args, classifier.peak, stage.peak, limit, where,
-                                                       lambda pairs: plan_of(2 * pairs // acc.num_processes, 1,
-                                                                             pairs=True).peak))
+                raise PeftkitError(preflight.stage_would_not_fit(
+                    train_args, classifier.peak, stage.peak, limit, where,
+                    lambda pairs: plan_of(2 * pairs // acc.num_processes, 1, pairs=True).peak))
             if not train_args.force:
                 advice = preflight.advise(run.task, run.strategy_name, run.strategy, run.model_args,
                                           plan.setup, limit, lambda name: preflight.strategy_like(run.strategy, name))
@@ -382,27 +382,6 @@ def _plan(run: Run) -> None:
     if chosen and tuple(chosen) != (train_args.per_device_train_batch_size, train_args.gradient_accumulation_steps):
         _choose_batch(run, *chosen, f"the largest micro-batch under {human_size(run.plan['limit'])} by the plan "
                                     f"({human_size(classifier_peak)})")
-
-
-def stage_would_not_fit(train_args, classifier_peak: int, stage_peak: int, limit: int, where: str,
-                        peak_of: Callable[[int], int]) -> str:
-    """The error of a run whose contrastive stage would not fit: the largest --contrastive_batch_size that would
-    (``peak_of(pairs)``: the stage's planned peak per process), and whether the classifier's own training fits."""
-    pairs, smaller = train_args.contrastive_batch_size // 2, None
-    while pairs >= 1 and smaller is None:
-        if (peak := peak_of(pairs)) <= limit:
-            smaller = (pairs, peak)
-        pairs //= 2
-    return (f"This run would not fit: its contrastive stage ({2 * train_args.contrastive_batch_size} texts a step, "
-            f"both sides of --contrastive_batch_size {train_args.contrastive_batch_size} pairs) has a planned peak "
-            f"of {human_size(stage_peak)} per process, and {human_size(limit)} is available ({where}). Nothing was "
-            "loaded. "
-            + (f"--contrastive_batch_size {smaller[0]} would need {human_size(smaller[1])}" if smaller else
-               "No smaller --contrastive_batch_size fits")
-            + f"; the classifier's own training needs {human_size(classifier_peak)}"
-            + (", which fits." if classifier_peak <= limit else ", which does not fit either (`peftkit plan` "
-               "with the same flags, without --contrastive, says what would).")
-            + " --force trains anyway, and --memory sets the limit if the available figure is wrong.")
 
 
 def _choose_batch(run: Run, micro: int, accumulation: int, reason: str) -> None:
