@@ -468,6 +468,10 @@ def run_suite(cfg: BenchConfig, command: list[str]) -> dict[str, Any]:
                 rows.append(row)
             else:
                 missing.append(f"{strategy} seed {seed}" + (f" at {size_name(size)}" if cfg.curve else ""))
+        if not rows:  # nothing to report: the results already there are kept, not overwritten by an empty table
+            raise SystemExit(f"--report_only: none of the {len(jobs)} runs asked for is finished in {cfg.output_dir} "
+                             "(run directories, or committed rows made with the same configuration); nothing "
+                             "written. Pass the flags the suite ran with.")
         jobs = []
     partial = cfg.output_dir / "results.partial.json"  # every finished run, should the suite be stopped
     for n, (strategy, seed, procs, size) in enumerate(jobs, 1):

@@ -34,9 +34,16 @@ class Candidate:
     plan: planner.Plan
     fits: bool | None
     advice: list[dict[str, Any]] = field(default_factory=list)
+    stage: planner.Plan | None = None  # --contrastive's pair stage, planned apart (its own batch of texts)
+
+    @property
+    def peak(self) -> int:
+        """The run's peak: the classifier's training or, when larger, the contrastive stage's."""
+        return max(self.plan.peak, self.stage.peak if self.stage else 0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"strategy": self.name, "fits": self.fits, **self.plan.as_dict(), "advice": self.advice}
+        return {"strategy": self.name, "fits": self.fits, **self.plan.as_dict(), "advice": self.advice,
+                **({"contrastive_stage": self.stage.as_dict(), "run_peak": self.peak} if self.stage else {})}
 
 
 def model_config(task: Any, model_args: ModelArguments):
@@ -210,6 +217,7 @@ def table(candidates: list[Candidate], limit: int | None, where: str) -> str:
         p = c.plan
         gib = [f"{v / 2**30:.2f}" for v in (p.weights, p.gradients, p.optimizer, p.activations + p.temporaries,
                                              p.overhead, p.peak)]
+        gib[-1] = f"{c.peak / 2**30:.2f}"  # with the contrastive stage's, where larger (said below)
         rows.append((c.name, f"{p.trainable:,}", *gib, "?" if c.fits is None else "yes" if c.fits else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
@@ -221,12 +229,17 @@ def table(candidates: list[Candidate], limit: int | None, where: str) -> str:
                  f"{', activation checkpointing' if s.gradient_checkpointing else ''}; memory: "
                  + (f"{human_size(limit)} ({where})" if limit else where))
     for c in candidates:
+        if c.stage is not None:
+            lines.append(f"{c.name}: the contrastive stage ({c.stage.setup.micro_batch} texts a step per process) "
+                         f"peaks at {c.stage.peak / 2**30:.2f} GiB, the classifier's training at "
+                         f"{c.plan.peak / 2**30:.2f} (the columns before peak); peak and fits count the larger")
         if c.plan.step_seconds is not None:
             lines.append(f"{c.name}: {c.plan.step_seconds:.2f} s per optimizer step "
                          f"({c.plan.flops_per_step / 1e12:.2f} TFLOP)"
                          + (f", about {c.plan.calibration['run_seconds'] / 60:.1f} min for the run's "
                             f"{c.plan.calibration['run_steps']} steps (evaluation not included)"
-                            if c.plan.calibration and c.plan.calibration.get("run_seconds") else ""))
+                            if c.plan.calibration and c.plan.calibration.get("run_seconds") else "")
+                         + ("; the contrastive stage's steps not included" if c.stage is not None else ""))
         for note in c.plan.approximate:
             lines.append(f"{c.name}: approximate: {note}")
         if c.fits is False:
@@ -340,15 +353,22 @@ def real_batch(batch: dict[str, torch.Tensor], config, device: torch.device,
     return out
 
 
+def smaller_stage_batch(pairs: int, limit: int, peak_of: Callable[[int], int]) -> tuple[int, int] | None:
+    """The largest --contrastive_batch_size under ``pairs`` (halving) whose stage fits ``limit``, and its peak
+    (``peak_of(pairs)``: the stage's planned peak per process); None if none does."""
+    pairs //= 2
+    while pairs >= 1:
+        if (peak := peak_of(pairs)) <= limit:
+            return pairs, peak
+        pairs //= 2
+    return None
+
+
 def stage_would_not_fit(train_args, classifier_peak: int, stage_peak: int, limit: int, where: str,
                         peak_of: Callable[[int], int]) -> str:
     """The error of a run whose contrastive stage would not fit: the largest --contrastive_batch_size that would
     (``peak_of(pairs)``: the stage's planned peak per process), and whether the classifier's own training fits."""
-    pairs, smaller = train_args.contrastive_batch_size // 2, None
-    while pairs >= 1 and smaller is None:
-        if (peak := peak_of(pairs)) <= limit:
-            smaller = (pairs, peak)
-        pairs //= 2
+    smaller = smaller_stage_batch(train_args.contrastive_batch_size, limit, peak_of)
     return (f"This run would not fit: its contrastive stage ({2 * train_args.contrastive_batch_size} texts a step, "
             f"both sides of --contrastive_batch_size {train_args.contrastive_batch_size} pairs) has a planned peak "
             f"of {human_size(stage_peak)} per process, and {human_size(limit)} is available ({where}). Nothing was "

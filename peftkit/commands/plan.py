@@ -11,6 +11,8 @@ from pathlib import Path
 
 from peftkit.arguments import one_line_errors
 from peftkit.commands.common import guard, setup_logging
+from peftkit.commands.train import asked_shots, has_pair_stage
+from peftkit.config import FEWSHOT_DEFAULT
 from peftkit.errors import PeftkitError, check
 
 ALL = ("full", "partial", "head", "lora", "qlora")  # --strategy all: the strategies the benchmarks compare
@@ -27,7 +29,8 @@ def own_parser() -> argparse.ArgumentParser:
         "cheapest first. With --calibrate, times a few real steps to predict step and run time. Every flag of "
         "`peftkit train` is read too (`peftkit train --task T --strategy S --help` lists them).")
     p.add_argument("--strategy", default=None, help="the strategy to plan, several separated by commas, or 'all' "
-                   f"({', '.join(ALL)}). Default: lora")
+                   f"({', '.join(ALL)}). Default: lora; with --shots (text_cls), the few-shot default, full "
+                   "--contrastive")
     p.add_argument("--task", default="text_cls", help="the task (default text_cls)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="plan for this device type (default: a GPU where there is one, else the CPU); planning for "
@@ -86,16 +89,20 @@ def run(ns, rest: list[str]) -> int:
 def plan_command(own: argparse.Namespace, argv: list[str]) -> int:
     from peftkit.arguments import parse_train_args
 
-    names = strategies_of(own.strategy)
+    names, defaults = strategies_of(own.strategy), None
+    if own.strategy is None and (shots := asked_shots(argv, {})) and has_pair_stage(own.task):
+        (name, defaults), names = FEWSHOT_DEFAULT, [FEWSHOT_DEFAULT[0]]
+        print(f"peftkit: note: --shots {shots} and no --strategy: planning the few-shot default, --strategy {name} "
+              + " ".join(f"--{flag}" for flag in defaults) + ", as `peftkit train` would train.", file=sys.stderr)
     parsed = {}
     for name in names:
         try:
-            parsed[name] = parse_train_args(argv, name, "peftkit plan", own.task)
+            parsed[name] = parse_train_args(argv, name, "peftkit plan", own.task, defaults)
         except PeftkitError as exc:
             if len(names) == 1:
                 raise
             # a flag of one strategy (--lora_r) is not one of another's (full): that one is planned without it
-            parsed[name] = parse_train_args(_known(argv, name, own.task), name, "peftkit plan", own.task)
+            parsed[name] = parse_train_args(_known(argv, name, own.task), name, "peftkit plan", own.task, defaults)
             print(f"peftkit: note: {name}: {exc}", file=sys.stderr)
     model_args, data_args, train_args, _, task = parsed[names[0]]
     setup_logging(train_args.debug)
@@ -132,12 +139,26 @@ def plan_command(own: argparse.Namespace, argv: list[str]) -> int:
                 raise
             print(f"peftkit: note: {name} is left out: {exc}", file=sys.stderr)
             continue
-        fits = None if limit is None else plan.peak <= limit
-        advice = []
-        if fits is False:
-            advice = preflight.advise(task, name, strategy, m_args, setup, limit,
-                                      lambda other, s=strategy: preflight.strategy_like(s, other), config)
-        candidate = preflight.Candidate(name, strategy, plan, fits, advice)
+        stage = None
+        if t_args.contrastive:  # the pair stage: both texts of --contrastive_batch_size pairs a step
+
+            def stage_plan(pairs: int, name=name, strategy=strategy, m_args=m_args, setup=setup) -> planner.Plan:
+                return preflight.plan_candidate(task, name, strategy, m_args, dataclasses.replace(
+                    setup, micro_batch=max(1, 2 * pairs // processes), accumulation=1), config)
+
+            stage = stage_plan(t_args.contrastive_batch_size)
+        candidate = preflight.Candidate(name, strategy, plan, None, [], stage)
+        candidate.fits = None if limit is None else candidate.peak <= limit
+        if limit is not None and plan.peak > limit:
+            candidate.advice = preflight.advise(task, name, strategy, m_args, setup, limit,
+                                                lambda other, s=strategy: preflight.strategy_like(s, other), config)
+        elif candidate.fits is False:  # the classifier fits; the stage does not
+            smaller = preflight.smaller_stage_batch(t_args.contrastive_batch_size, limit,
+                                                    lambda pairs: stage_plan(pairs).peak)
+            candidate.advice = [{"change": "a smaller contrastive batch", "fits": smaller is not None,
+                                 "flags": f"--contrastive_batch_size {smaller[0] if smaller else 1}",
+                                 "peak": smaller[1] if smaller else stage_plan(1).peak}]
+        fits = candidate.fits
         if own.calibrate:
             check(device == "cpu" or torch.cuda.is_available(), "--calibrate times real steps on this machine's "
                   "device, and there is no GPU here.")
@@ -188,6 +209,10 @@ def read_data(task, model_args, data_args, train_args, processes: int) -> dict:
 
     raw, desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw,
                                   others=task.builtin_datasets)
+    if data_args.shots and task.draws_per_class:  # the K per class the run would train on
+        from peftkit.fewshot import draw_per_class
+
+        raw["train"], _ = draw_per_class(raw["train"], data_args.label_column, data_args.shots, train_args.seed)
     task.discover(raw)
     lengths, length = None, data_args.max_seq_length
     try:

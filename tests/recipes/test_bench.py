@@ -206,6 +206,9 @@ def test_train_sizes_give_a_learning_curve_with_derived_settings(tmp_path):
     said = next(line for line in proc.stdout.splitlines() if "not reusing the rows of" in line)
     assert "made with another configuration: settings" in said and "learning_rate" in said
     assert "reusing head-n" not in proc.stdout.replace("not reusing", "")
+    # ... and with no row to report, the committed results are left as they were
+    assert proc.returncode == 1 and "--report_only: none of the 4 runs asked for is finished" in proc.stderr
+    assert json.loads((tmp_path / "results.json").read_text()) == partial
 
 
 def test_shots_give_a_few_shot_curve_on_peftkits_draws(tmp_path):

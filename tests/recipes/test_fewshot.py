@@ -131,3 +131,15 @@ def test_the_plan_counts_the_contrastive_stage(tmp_path, capsys):
     assert "its contrastive stage (32 texts a step" in err and "Nothing was loaded" in err
     assert "--contrastive_batch_size 8 would need" in err and "which fits." in err
     assert not (again / "results.json").exists()
+    # `peftkit plan` with the same flags and no --strategy: the few-shot default, its stage planned as the run
+    # planned it, and at that limit the same smaller --contrastive_batch_size
+    flags = ["--shots", "4", "--contrastive_pairs", "16", "--per_device_train_batch_size", "2", "--max_eval_samples",
+             "8", "--format", "json", "--output_file", str(tmp_path / "plan.json")]
+    assert main(["plan", *flags, "--memory", str(plan["peak"] - 1)]) == 0
+    assert "planning the few-shot default, --strategy full --contrastive" in capsys.readouterr().err
+    planned = json.loads((tmp_path / "plan.json").read_text())
+    assert planned["data"]["num_train"] == 8  # the 4 per class drawn, not the whole split
+    (full,) = planned["plans"]
+    assert full["strategy"] == "full" and full["contrastive_stage"]["peak"] == full["run_peak"] == plan["peak"]
+    assert full["fits"] is False and full["peak"] < plan["peak"]  # the classifier's own training fits
+    assert [a["flags"] for a in full["advice"]] == ["--contrastive_batch_size 8"] and full["advice"][0]["fits"]
