@@ -291,7 +291,7 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
 
     keys = ("max_train_samples", "max_eval_samples", "dataset_name")
     task = get_task(cfg.task).cls
-    raw, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed,
+    raw, _, _ = load_raw_datasets(DataArguments(**{k: cfg.settings[k] for k in keys if k in cfg.settings}), seed,
                                builtin=task.builtin_dataset, others=task.builtin_datasets)
     out = cfg.output_dir / "data" / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +382,6 @@ def train_fewshot_reference(cfg: BenchConfig, method: str, seed: int, shots: int
     draws with ``seed``, scored on the same test split."""
     from peftkit.config import DataArguments
     from peftkit.data import load_raw_datasets
-    from peftkit.fewshot import draw_per_class
     from peftkit.modeling import resolve_model_path
 
     run_dir = run_dir_for(cfg, method, seed, 1, shots)
@@ -396,8 +395,9 @@ def train_fewshot_reference(cfg: BenchConfig, method: str, seed: int, shots: int
     task = get_task(cfg.task).cls
     keys = {k: int(cfg.settings[k]) for k in ("max_eval_samples",) if k in cfg.settings}
     keys |= {k: cfg.settings[k] for k in ("dataset_name",) if k in cfg.settings}
-    raw, _ = load_raw_datasets(DataArguments(**keys), seed, builtin=task.builtin_dataset, others=task.builtin_datasets)
-    train, _ = draw_per_class(raw["train"], "label", shots, seed)
+    raw, _, _ = load_raw_datasets(DataArguments(**keys, shots=shots), seed, builtin=task.builtin_dataset,
+                                  others=task.builtin_datasets, per_class=True)
+    train = raw["train"]
     data_dir = cfg.output_dir / "data" / f"shots{shots}-seed{seed}"
     data_dir.mkdir(parents=True, exist_ok=True)
     train.select_columns(["text", "label"]).to_csv(str(data_dir / "train.csv"), index=False)

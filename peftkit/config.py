@@ -366,6 +366,8 @@ def check_data_arguments(d: DataArguments) -> None:
     for name in ("max_train_samples", "max_eval_samples", "shots"):
         value = getattr(d, name)
         check(value is None or value > 0, f"--{name} must be positive, got {value}.")
+    check(not (d.shots and d.max_train_samples), f"--shots {d.shots} sets the training examples ({d.shots} of each "
+          "class): leave out --max_train_samples.")
     check(math.isfinite(d.validation_split_percentage),
           f"--validation_split_percentage must be a finite number, got {d.validation_split_percentage}.")
     check(0 < d.validation_split_percentage < 100,

@@ -8,11 +8,13 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import Dataset, DatasetDict
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict
 
 from peftkit import assets
 from peftkit.config import BUILTIN_DATASET, DataArguments
@@ -44,13 +46,15 @@ def where(ds: Dataset, indices: list[int], limit: int = 5) -> str:
     return ", ".join(names) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
-def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None,
-                      others=()) -> tuple[DatasetDict, str]:
-    """Return raw ``train``/``validation`` (and ``test`` when available) splits and a short description.
-    ``builtin``: the task's built-in data (a function returning a DatasetDict); default the reviews. ``others``:
-    more built-in data the task reads when --dataset_name names it (text_cls: ``builtin:debates``). ``own``: the
-    task's own loader (image_cls: class folders), returning ``(raw, description)`` or None when it does not apply (a
-    task without one: always None)."""
+def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=None, others=(),
+                      per_class: bool = False) -> tuple[DatasetDict, str, dict[str, Any] | None]:
+    """Return raw ``train``/``validation`` (and ``test`` when available) splits, a short description and the record
+    of the --shots draw (None without one). ``builtin``: the task's built-in data (a function returning a
+    DatasetDict); default the reviews. ``others``: more built-in data the task reads when --dataset_name names it
+    (text_cls: ``builtin:debates``). ``own``: the task's own loader (image_cls: class folders), returning ``(raw,
+    description)`` or None when it does not apply (a task without one: always None). ``per_class``: the task draws
+    --shots K examples of each class from the training split; a validation split carved from the training file
+    then comes from the examples the draw left (so the draw keeps its K where the file has them)."""
     if not data_args.use_test_split:  # not even opened: a search's trials must not see it
         data_args = dataclasses.replace(data_args, test_file=None, test_dir=None)
     mine = own(data_args) if own is not None else None
@@ -78,19 +82,94 @@ def load_raw_datasets(data_args: DataArguments, seed: int, builtin=None, own=Non
     check("train" in raw, f"The dataset has no 'train' split (splits: {sorted(raw)}).")
     if not data_args.use_test_split:
         raw.pop("test", None)
+    shots = None
     if "validation" not in raw:
         fraction, n = data_args.validation_split_percentage / 100, len(raw["train"])
         check(n >= 2, f"Only {n} training example(s): too few to split.")
         check(math.ceil(fraction * n) < n, f"--validation_split_percentage {data_args.validation_split_percentage} "
               f"of {n} examples leaves no training data. Lower it, or pass --validation_file.")
-        carved = raw["train"].train_test_split(test_size=fraction, seed=seed)
-        raw["train"], raw["validation"] = carved["train"], carved["test"]
-        logger.info("No validation split given: carved %d%% of train (seed %d).",
-                    data_args.validation_split_percentage, seed)
+        if per_class and data_args.shots:
+            raw["train"], raw["validation"], shots = draw_then_carve(raw["train"], data_args, seed)
+        else:
+            carved = raw["train"].train_test_split(test_size=fraction, seed=seed)
+            raw["train"], raw["validation"] = carved["train"], carved["test"]
+            logger.info("No validation split given: carved %d%% of train (seed %d).",
+                        data_args.validation_split_percentage, seed)
+    elif per_class and data_args.shots:
+        raw["train"], shots = draw_per_class(raw["train"], data_args.label_column, data_args.shots, seed)
     raw = limit_samples(raw, data_args, seed)
     for split, ds in raw.items():
         check(len(ds) > 0, f"The {split} split is empty. Check the file or the --max_*_samples flags.")
-    return raw, description
+    return raw, description, shots
+
+
+def draw_per_class(ds: Dataset, label_column: str, k: int, seed: int) -> tuple[Dataset, dict[str, Any]]:
+    """``k`` examples of each class of ``ds`` (all of a class that has fewer), drawn with ``seed``, in their data
+    order, and a record of the draw: per-class counts and the rows drawn (indices into ``ds``)."""
+    check(label_column in ds.column_names, f"--shots: the training data has no label column {label_column!r} "
+          f"(its columns: {', '.join(c for c in ds.column_names if c != ORIGIN)}). Pass --label_column.")
+    feature = ds.features[label_column]
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, value in enumerate(ds[label_column]):
+        check(value is not None, f"--shots: training row {i} has no label in column {label_column!r}.")
+        by_class[feature.int2str(value) if isinstance(feature, ClassLabel) else str(value)].append(i)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        rows += [members[j] for j in order[:k]]
+    short = {label: len(m) for label, m in by_class.items() if len(m) < k}
+    if short:
+        logger.warning("--shots %d: %s had fewer training examples; all of them are used.", k,
+                       ", ".join(f"class {label!r} {n}" for label, n in sorted(short.items())))
+    rows.sort()
+    drawn = ds.select(rows)
+    record = draw_record(drawn, label_column, k, seed, rows)
+    logger.info("--shots %d: %d training examples drawn (seed %d) from %d: %s.", k, len(rows), seed, len(ds),
+                ", ".join(f"{label} {n}" for label, n in record["counts"].items()))
+    return drawn, record
+
+
+def draw_then_carve(train: Dataset, data_args: DataArguments, seed: int) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """--shots from a training file without a validation split: the draw first, from every example, then
+    --validation_split_percentage of the file as validation, from the examples the draw left (shuffled with
+    ``seed``); only when it left none (every class has K or fewer) is validation carved from the drawn examples,
+    which then keeps fewer than K of some class (the record says how many)."""
+    k, percentage = data_args.shots, data_args.validation_split_percentage
+    wanted = math.ceil(percentage / 100 * len(train))
+    drawn, record = draw_per_class(train, data_args.label_column, k, seed)
+    generator = torch.Generator().manual_seed(seed)
+    taken = set(record["rows"])
+    left = [i for i in range(len(train)) if i not in taken]
+    if left:
+        order = torch.randperm(len(left), generator=generator).tolist()
+        validation = sorted(left[j] for j in order[:wanted])
+        logger.info("No validation split given: %d of the %d training examples that --shots %d left undrawn are the "
+                    "validation split (%g%% of %d, seed %d).", len(validation), len(left), k, percentage, len(train),
+                    seed)
+        return drawn, train.select(validation), record
+    order = torch.randperm(len(drawn), generator=generator).tolist()
+    held = set(order[:wanted])
+    kept = [i for i in range(len(drawn)) if i not in held]
+    record = draw_record(drawn.select(kept), data_args.label_column, k, seed, [record["rows"][i] for i in kept])
+    logger.warning("--shots %d: the training file has no more than %d examples of any class, so the draw took every "
+                   "one; %d of them are carved off as the validation split (--validation_split_percentage %g), "
+                   "leaving %s. Pass --validation_file to train on all of them.", k, k, len(held), percentage,
+                   ", ".join(f"{label} {n}" for label, n in record["counts"].items()))
+    return drawn.select(kept), drawn.select(sorted(held)), record
+
+
+def draw_record(ds: Dataset, label_column: str, k: int, seed: int, rows: list[int]) -> dict[str, Any]:
+    """The record of a --shots draw whose examples are ``ds``, rows ``rows`` of the training file."""
+    return {"per_class": k, "seed": seed, "counts": dict(sorted(class_counts(ds, label_column).items())), "rows": rows}
+
+
+def class_counts(ds: Dataset, label_column: str) -> dict[str, int]:
+    """Examples per class (by label name) in ``ds``."""
+    feature = ds.features[label_column]
+    counts = Counter(ds[label_column])
+    return {feature.int2str(v) if isinstance(feature, ClassLabel) else str(v): n for v, n in counts.items()}
 
 
 def load_file(path: str) -> Dataset:

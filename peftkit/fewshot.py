@@ -7,13 +7,11 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate.utils import set_seed
-from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
+from datasets import DatasetDict, concatenate_datasets
 from safetensors.torch import load_file, save_file
 
 from peftkit import checkpoint
@@ -38,41 +36,7 @@ VALIDATION_PAIRS = 512  # pairs of validation examples the stage is evaluated (a
 PAIRS_PER_EXAMPLE = 40
 
 
-def draw_per_class(ds: Dataset, label_column: str, k: int, seed: int) -> tuple[Dataset, dict[str, Any]]:
-    """``k`` examples of each class of ``ds`` (all of a class that has fewer), drawn with ``seed``, in their data
-    order, and a record of the draw: per-class counts and the rows drawn (indices into ``ds``)."""
-    check(label_column in ds.column_names, f"--shots: the training data has no label column {label_column!r} "
-          f"(its columns: {', '.join(ds.column_names)}). Pass --label_column.")
-    feature = ds.features[label_column]
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for i, value in enumerate(ds[label_column]):
-        check(value is not None, f"--shots: training row {i} has no label in column {label_column!r}.")
-        by_class[feature.int2str(value) if isinstance(feature, ClassLabel) else str(value)].append(i)
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for label in sorted(by_class):
-        members = by_class[label]
-        order = torch.randperm(len(members), generator=generator).tolist()
-        rows += [members[j] for j in order[:k]]
-    short = {label: len(m) for label, m in by_class.items() if len(m) < k}
-    if short:
-        logger.warning("--shots %d: %s had fewer training examples; all of them are used.", k,
-                       ", ".join(f"class {label!r} {n}" for label, n in sorted(short.items())))
-    rows.sort()
-    counts = {label: min(k, len(m)) for label, m in sorted(by_class.items())}
-    logger.info("--shots %d: %d training examples drawn (seed %d) from %d: %s.", k, len(rows), seed, len(ds),
-                ", ".join(f"{label} {n}" for label, n in counts.items()))
-    return ds.select(rows), {"per_class": k, "seed": seed, "counts": counts, "rows": rows}
-
-
 GUIDE = Path(__file__).with_name("fewshot_guide.json")  # docs/gen_benchmarks.py writes it from the committed results
-
-
-def class_counts(ds: Dataset, label_column: str) -> dict[str, int]:
-    """Examples per class (by label name) in ``ds``."""
-    feature = ds.features[label_column]
-    counts = Counter(ds[label_column])
-    return {feature.int2str(v) if isinstance(feature, ClassLabel) else str(v): n for v, n in counts.items()}
 
 
 def guidance(counts: dict[str, int], strategy: str, contrastive: bool) -> str | None:

@@ -353,6 +353,12 @@ def real_batch(batch: dict[str, torch.Tensor], config, device: torch.device,
     return out
 
 
+def stage_micro_batch(pairs: int, processes: int) -> int:
+    """Texts each process encodes in a step of the contrastive stage: both sides of ``pairs`` pairs (one
+    --contrastive_batch_size), split over ``processes``."""
+    return max(1, 2 * pairs // processes)
+
+
 def smaller_stage_batch(pairs: int, limit: int, peak_of: Callable[[int], int]) -> tuple[int, int] | None:
     """The largest --contrastive_batch_size under ``pairs`` (halving) whose stage fits ``limit``, and its peak
     (``peak_of(pairs)``: the stage's planned peak per process); None if none does."""

@@ -181,9 +181,10 @@ def eval_data(task, cfg: dict[str, Any], processor, split: str, eval_file: str |
         raw = DatasetDict({split: load_file(eval_file)})
     else:
         # A search's trials trained without the test split; evaluating the chosen one on it is the point.
-        raw, _ = load_raw_datasets(dataclasses.replace(task.data, use_test_split=True), cfg["training"]["seed"],
-                                   builtin=task.builtin_dataset,
-                                   own=task.load_raw, others=task.builtin_datasets)
+        # A --shots run's validation split, where carved from its training file, came from the examples not drawn.
+        raw, _, _ = load_raw_datasets(dataclasses.replace(task.data, use_test_split=True), cfg["training"]["seed"],
+                                      builtin=task.builtin_dataset, own=task.load_raw, others=task.builtin_datasets,
+                                      per_class=task.draws_per_class)
         check(split in raw, f"The run's data has no {split!r} split (splits: {', '.join(sorted(raw))})"
               + (": it was trained without --test_file (peftkit carves a validation split out of a training file, "
                  "never a test split)" if split == "test" and (task.data.train_file or task.data.train_dir)

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from peftkit import checkpoint, fewshot, locks, model_card, planner, preflight
 from peftkit._version import __version__
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments, validate
-from peftkit.data import load_raw_datasets
+from peftkit.data import class_counts, load_raw_datasets
 from peftkit.defaults import derive_defaults, too_few_steps
 from peftkit.devices import logging_dir, make_accelerator, use_idle_cores
 from peftkit.distributed import on_main, save_model
@@ -275,14 +275,12 @@ def _load_data(run: Run) -> None:
     """Load and check the data, find the label space, preprocess; then derive the defaults the data decides."""
     task, train_args, acc, policy = run.task, run.train_args, run.acc, run.task.defaults
     with acc.main_process_first():
-        run.raw, run.dataset_desc = load_raw_datasets(run.data_args, train_args.seed, builtin=task.builtin_dataset,
-                                                      own=task.load_raw, others=task.builtin_datasets)
-        if run.data_args.shots:
-            run.raw["train"], run.shots = fewshot.draw_per_class(run.raw["train"], run.data_args.label_column,
-                                                                 run.data_args.shots, train_args.seed)
+        run.raw, run.dataset_desc, run.shots = load_raw_datasets(
+            run.data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw,
+            others=task.builtin_datasets, per_class=task.draws_per_class)
         run.task_state = task.discover(run.raw)
         if task.pairs_stage and acc.is_main_process:
-            counts = fewshot.class_counts(run.raw["train"], run.data_args.label_column)
+            counts = class_counts(run.raw["train"], run.data_args.label_column)
             if advice := fewshot.guidance(counts, run.strategy_name, train_args.contrastive):
                 logger.info(advice)
         run.processor = task.load_processor(run.model_args)
@@ -342,7 +340,8 @@ def _plan(run: Run) -> None:
                     plan = plan_of(*chosen)
             classifier, stage = plan, None
             if train_args.contrastive:  # the pair stage: both texts of --contrastive_batch_size pairs a step
-                stage = plan_of(2 * train_args.contrastive_batch_size // acc.num_processes, 1, pairs=True)
+                stage = plan_of(preflight.stage_micro_batch(train_args.contrastive_batch_size, acc.num_processes), 1,
+                                pairs=True)
                 if stage.peak > plan.peak:
                     logger.info("The contrastive stage (%d texts a step) is the run's peak.",
                                 2 * train_args.contrastive_batch_size)
@@ -359,7 +358,7 @@ def _plan(run: Run) -> None:
             if not train_args.force and plan is stage:
                 raise PeftkitError(preflight.stage_would_not_fit(
                     train_args, classifier.peak, stage.peak, limit, where,
-                    lambda pairs: plan_of(2 * pairs // acc.num_processes, 1, pairs=True).peak))
+                    lambda pairs: plan_of(preflight.stage_micro_batch(pairs, acc.num_processes), 1, pairs=True).peak))
             if not train_args.force:
                 advice = preflight.advise(run.task, run.strategy_name, run.strategy, run.model_args,
                                           plan.setup, limit, lambda name: preflight.strategy_like(run.strategy, name))

@@ -144,7 +144,7 @@ def plan_command(own: argparse.Namespace, argv: list[str]) -> int:
 
             def stage_plan(pairs: int, name=name, strategy=strategy, m_args=m_args, setup=setup) -> planner.Plan:
                 return preflight.plan_candidate(task, name, strategy, m_args, dataclasses.replace(
-                    setup, micro_batch=max(1, 2 * pairs // processes), accumulation=1), config)
+                    setup, micro_batch=preflight.stage_micro_batch(pairs, processes), accumulation=1), config)
 
             stage = stage_plan(t_args.contrastive_batch_size)
         candidate = preflight.Candidate(name, strategy, plan, None, [], stage)
@@ -207,12 +207,9 @@ def read_data(task, model_args, data_args, train_args, processes: int) -> dict:
     from peftkit.data import load_raw_datasets
     from peftkit.defaults import derive_defaults
 
-    raw, desc = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw,
-                                  others=task.builtin_datasets)
-    if data_args.shots and task.draws_per_class:  # the K per class the run would train on
-        from peftkit.fewshot import draw_per_class
-
-        raw["train"], _ = draw_per_class(raw["train"], data_args.label_column, data_args.shots, train_args.seed)
+    # with --shots, the K per class the run would train on
+    raw, desc, _ = load_raw_datasets(data_args, train_args.seed, builtin=task.builtin_dataset, own=task.load_raw,
+                                     others=task.builtin_datasets, per_class=task.draws_per_class)
     task.discover(raw)
     lengths, length = None, data_args.max_seq_length
     try:

@@ -84,6 +84,8 @@ def test_bad_few_shot_flags_are_refused(tmp_path, capsys):
     assert "trains only the head" in capsys.readouterr().err
     assert main(["train", "--shots", "0", "--output_dir", str(tmp_path / "c")]) == 2
     assert "--shots must be positive" in capsys.readouterr().err
+    assert main(["train", "--shots", "8", "--max_train_samples", "100", "--output_dir", str(tmp_path / "d")]) == 2
+    assert "leave out --max_train_samples" in capsys.readouterr().err
 
 
 def test_a_run_with_few_examples_per_class_logs_what_the_benchmark_found(tmp_path, capsys):
@@ -143,3 +145,23 @@ def test_the_plan_counts_the_contrastive_stage(tmp_path, capsys):
     assert full["strategy"] == "full" and full["contrastive_stage"]["peak"] == full["run_peak"] == plan["peak"]
     assert full["fits"] is False and full["peak"] < plan["peak"]  # the classifier's own training fits
     assert [a["flags"] for a in full["advice"]] == ["--contrastive_batch_size 8"] and full["advice"][0]["fits"]
+
+
+def test_a_shots_run_on_a_file_keeps_k_per_class_and_evaluates_on_its_own_validation(tmp_path):
+    """A CSV without a validation file: --shots draws from all of it, validation comes from the rows not drawn, and
+    `peftkit eval` on the run reads the same two splits again."""
+    from peftkit.run_dir import eval_data, load_run
+
+    texts = [f"{word} film number {i}" for word, n in (("great", 12), ("awful", 10)) for i in range(n)]
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{t.split()[0]}\n" for t in texts))
+    out = tmp_path / "run"
+    assert main(["train", "--strategy", "head", "--train_file", str(path), "--shots", "8", "--num_train_epochs", "1",
+                 "--report_to", "none", "--output_dir", str(out)]) == 0
+    shots = json.loads((out / "results.json").read_text())["shots"]
+    assert shots["counts"] == {"awful": 8, "great": 8}
+    _, processor, cfg, task = load_run(out)
+    train = eval_data(task, cfg, processor, "train")[0]["train"]["text"]
+    validation = eval_data(task, cfg, processor, "validation")[0]["validation"]["text"]
+    assert train == [texts[i] for i in shots["rows"]]
+    assert len(validation) == 3 and not set(validation) & set(train)

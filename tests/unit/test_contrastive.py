@@ -10,8 +10,10 @@ import torch
 from datasets import Dataset
 
 from peftkit import fewshot
+from peftkit.config import DataArguments
 from peftkit.contrastive import PairCollator, draw_pairs, pair_counts, supervised_contrastive
-from peftkit.fewshot import default_pairs, draw_per_class
+from peftkit.data import draw_per_class, load_raw_datasets
+from peftkit.fewshot import default_pairs
 
 
 def test_pairs_are_setfits_oversampling():
@@ -105,3 +107,46 @@ def test_guidance_names_the_best_row_at_the_nearest_measured_size(tmp_path, monk
                                                                                            False)
     fewshot.GUIDE.write_text('{"sets": [{"shots": {"8": []}}]}')  # not as peftkit writes it: nothing said, no error
     assert fewshot.guidance({"a": 8, "b": 8}, "head", False) is None
+
+
+def shots_file(tmp_path, per_class: dict[str, int]):
+    rows = [(f"{label} example {i}", label) for label, n in per_class.items() for i in range(n)]
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    return path
+
+
+def test_shots_draw_from_the_whole_file_before_validation_is_carved(tmp_path):
+    """A training file without a validation split: the draw keeps K per class, and validation comes from the
+    examples it left; the record's rows are rows of the file."""
+    path = shots_file(tmp_path, {"good": 12, "bad": 10})
+    args = DataArguments(train_file=str(path), shots=8, validation_split_percentage=10)
+    raw, _, record = load_raw_datasets(args, seed=0, per_class=True)
+    assert record["counts"] == {"bad": 8, "good": 8} and len(raw["train"]) == 16
+    assert len(raw["validation"]) == 3  # 10% of the 22 examples, rounded up
+    assert not set(raw["train"]["text"]) & set(raw["validation"]["text"])
+    lines = path.read_text().splitlines()[1:]
+    assert [lines[i].split(",")[0] for i in record["rows"]] == raw["train"]["text"]
+    again = load_raw_datasets(args, seed=0, per_class=True)
+    assert again[0]["validation"]["text"] == raw["validation"]["text"] and again[2] == record
+    assert load_raw_datasets(args, seed=1, per_class=True)[2]["rows"] != record["rows"]
+
+
+def test_a_file_with_at_most_k_per_class_gives_validation_from_the_draw(tmp_path, caplog):
+    path = shots_file(tmp_path, {"good": 8, "bad": 8})
+    with caplog.at_level("WARNING"):
+        raw, _, record = load_raw_datasets(DataArguments(train_file=str(path), shots=8), seed=0, per_class=True)
+    assert len(raw["validation"]) == 2 and len(raw["train"]) == 14
+    assert sum(record["counts"].values()) == 14 and len(record["rows"]) == 14
+    assert not set(raw["train"]["text"]) & set(raw["validation"]["text"])
+    assert "Pass --validation_file" in caplog.text
+
+
+def test_shots_with_a_validation_file_draw_from_the_training_file_only(tmp_path):
+    train = shots_file(tmp_path, {"good": 12, "bad": 10})
+    valid = tmp_path / "valid.csv"
+    valid.write_text("text,label\nfine,good\nawful,bad\n")
+    raw, _, record = load_raw_datasets(DataArguments(train_file=str(train), validation_file=str(valid), shots=4),
+                                       seed=0, per_class=True)
+    assert record["counts"] == {"bad": 4, "good": 4} and raw["validation"]["text"] == ["fine", "awful"]
+    assert load_raw_datasets(DataArguments(train_file=str(train), shots=4), seed=0)[2] is None  # the task draws

@@ -21,7 +21,7 @@ def write_csv(path, header, rows):
 def load(tmp_path, rows, header="review,sentiment", **kwargs):
     args = DataArguments(train_file=write_csv(tmp_path / "train.csv", header, rows), text_column="review",
                          label_column="sentiment", **kwargs)
-    raw, _ = load_raw_datasets(args, seed=0)
+    raw, _, _ = load_raw_datasets(args, seed=0)
     return raw, get_task("text_cls").build(args)
 
 
@@ -52,7 +52,7 @@ def test_pairs_and_json_lines(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps({"q": f"q{i}", "a": f"a{i}", "label": i % 2 == 0}) for i in range(10)))
     args = DataArguments(train_file=str(path), text_column="q", text_pair_column="a")
-    raw, _ = load_raw_datasets(args, seed=0)
+    raw, _, _ = load_raw_datasets(args, seed=0)
     task = get_task("text_cls").build(args)
     task.discover(raw)["labels"]
     from transformers import AutoTokenizer
@@ -74,7 +74,7 @@ def test_max_samples_after_seeded_shuffle(tmp_path):
 
 
 def test_builtin_rotten_tomatoes_is_split_deterministically():
-    raw, desc = load_raw_datasets(DataArguments(), seed=0)
+    raw, desc, _ = load_raw_datasets(DataArguments(), seed=0)
     assert desc == "builtin:rotten_tomatoes"
     sizes = {s: len(d) for s, d in raw.items()}
     assert sum(sizes.values()) == 12752  # 12,808 fresh/rotten rows less 56 duplicate texts
@@ -85,8 +85,8 @@ def test_builtin_rotten_tomatoes_is_split_deterministically():
 
 def test_builtin_debates_is_a_three_class_task_split_by_hash():
     task = get_task("text_cls").cls
-    raw, desc = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=0, builtin=task.builtin_dataset,
-                                  others=task.builtin_datasets)
+    raw, desc, _ = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=0,
+                                     builtin=task.builtin_dataset, others=task.builtin_datasets)
     assert desc == "builtin:debates"
     sizes = {s: len(d) for s, d in raw.items()}
     assert sum(sizes.values()) == 875  # statements of five words or more, each once
@@ -96,8 +96,8 @@ def test_builtin_debates_is_a_three_class_task_split_by_hash():
     assert all(len(t.split()) >= 5 for d in raw.values() for t in d["text"])
     assert get_task("text_cls").build(DataArguments()).discover(raw)["labels"] == ["Democratic", "Moderator",
                                                                                   "Republican"]
-    again, _ = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=1,
-                                 builtin=task.builtin_dataset, others=task.builtin_datasets)
+    again, _, _ = load_raw_datasets(DataArguments(dataset_name="builtin:debates"), seed=1,
+                                    builtin=task.builtin_dataset, others=task.builtin_datasets)
     assert again["test"]["text"] == raw["test"]["text"]  # the split does not depend on the seed
 
 
@@ -130,7 +130,7 @@ def test_mixed_label_types(monkeypatch):
 def test_unseen_evaluation_labels_are_named(tmp_path):
     args = DataArguments(train_file=write_csv(tmp_path / "tr.csv", "text,label", ["a,x", "b,y"] * 3),
                          validation_file=write_csv(tmp_path / "va.csv", "text,label", ["c,x", "d,z"]))
-    raw, _ = load_raw_datasets(args, seed=0)
+    raw, _, _ = load_raw_datasets(args, seed=0)
     with pytest.raises(PeftkitError, match=r"validation data has label\(s\) \['z'\] that training never saw"):
         get_task("text_cls").build(args).discover(raw)
 

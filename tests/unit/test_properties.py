@@ -106,7 +106,7 @@ def test_loading_splits_every_row_exactly_once_or_says_why_not(tmp_path, data, p
     path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in data))
     args = DataArguments(train_file=str(path), validation_split_percentage=pct, max_train_samples=max_train)
     try:
-        raw, _ = load_raw_datasets(args, seed)
+        raw, _, _ = load_raw_datasets(args, seed)
         labels = get_task("text_cls").build(args).discover(raw)["labels"]
     except PeftkitError:
         return
@@ -118,5 +118,5 @@ def test_loading_splits_every_row_exactly_once_or_says_why_not(tmp_path, data, p
     else:
         assert len(train) <= max_train and not Counter(train) + Counter(valid) - Counter(data)
     assert labels == sorted(set(labels)) and set(labels) == {y for _, y in train}
-    again, _ = load_raw_datasets(args, seed)
+    again, _, _ = load_raw_datasets(args, seed)
     assert again["validation"]["text"] == raw["validation"]["text"]  # the same seed, the same split
