@@ -293,8 +293,9 @@ class TrainingArguments:
     contrastive_pairs: int | None = field(
         default=None,
         metadata={"help": "--contrastive: pairs per epoch, half of examples of one class, half of different classes "
-                  "(drawn from every such pair, shuffled with --seed, repeated as needed). Default: 40 per training "
-                  "example."},
+                  "(drawn from every such pair, shuffled with --seed, repeated as needed). Default: SetFit 1.2's count "
+                  "(every pair of the larger kind, and as many of the other) up to 25,000, and at least 40 per "
+                  "training example."},
     )
     contrastive_epochs: float = field(default=1.0, metadata={"help": "--contrastive: epochs over the pairs."})
     contrastive_batch_size: int = field(default=16, metadata={"help": "--contrastive: pairs per optimizer step."})

@@ -34,10 +34,19 @@ def test_pairs_are_setfits_oversampling():
     assert len(more) == 3 * len(pairs) and more[:len(pairs)] == pairs and set(more) == every
 
 
-def test_default_pairs_are_40_per_example():
-    few = [c for c in range(2) for _ in range(8)]
-    n, why = default_pairs(few)
-    assert n == 640 and "72 positive and 64 negative" in why
+def test_default_pairs_are_40_per_example_or_setfits_count_where_more():
+    def per_class(*sizes):
+        return [c for c, k in enumerate(sizes) for _ in range(k)]
+
+    n, why = default_pairs(per_class(8, 8))
+    assert n == 640 and why.startswith("40 per training example") and "72 positive and 64 negative" in why
+    assert default_pairs(per_class(32, 32))[0] == 2560  # SetFit's 2 * 1,056 is fewer
+    n, why = default_pairs(per_class(64, 64))
+    assert n == 2 * 4160 and why.startswith("SetFit's count")  # 2 * (64 * 65 / 2) positive pairs
+    assert default_pairs(per_class(64, 64, 64))[0] == 2 * 12288  # 3 * 64 * 64 negative pairs
+    n, why = default_pairs(per_class(100, 100, 100))  # SetFit's 60,000, capped
+    assert n == fewshot.SETFIT_PAIRS_CAP and why.startswith("SetFit's count of 60000, capped")
+    assert default_pairs(per_class(1000, 1000))[0] == 80_000  # 40 per example: more than the cap
 
 
 def test_supervised_contrastive_prefers_classes_together():
