@@ -45,8 +45,15 @@ def pair_counts(classes: list[int]) -> tuple[int, int]:
     return positive, n * (n + 1) // 2 - positive
 
 
+def setfit_count(classes: list[int]) -> int:
+    """SetFit 1.2's number of pairs of ``classes``: every pair of the larger kind, and as many of the other (where
+    there is another)."""
+    positive, negative = pair_counts(classes)
+    return (2 if positive and negative else 1) * max(positive, negative)
+
+
 def draw_pairs(classes: list[int], seed: int, count: int | None = None) -> list[tuple[int, int]]:
-    """``count`` index pairs of the examples of ``classes`` (default: twice the larger kind's number), positive and
+    """``count`` index pairs of the examples of ``classes`` (default: ``setfit_count``), positive and
     negative in turn, each kind shuffled and repeated as often as it takes (see the module's docstring)."""
     generator = torch.Generator().manual_seed(seed)
     n = len(classes)
@@ -57,7 +64,7 @@ def draw_pairs(classes: list[int], seed: int, count: int | None = None) -> list[
         chosen = torch.nonzero(mask).flatten()
         if len(chosen):
             kinds.append(chosen[torch.randperm(len(chosen), generator=generator)].tolist())
-    count = count or len(kinds) * max(len(k) for k in kinds)
+    count = count or setfit_count(classes)
     picks = [kinds[i % len(kinds)][(i // len(kinds)) % len(kinds[i % len(kinds)])] for i in range(count)]
     return [(int(first[j]), int(second[j])) for j in picks]
 

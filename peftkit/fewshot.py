@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from peftkit import checkpoint
 from peftkit.config import TrainingArguments
-from peftkit.contrastive import PairCollator, PairEncoder, PairObjective, pair_counts, pair_dataset
+from peftkit.contrastive import PairCollator, PairEncoder, PairObjective, pair_counts, pair_dataset, setfit_count
 from peftkit.distributed import on_main, restore_trainable, sharded
 from peftkit.engine import Engine
 from peftkit.errors import check
@@ -95,7 +95,7 @@ def default_pairs(classes: list[int]) -> tuple[int, str]:
     """How many pairs the stage trains on by default, and why: SetFit 1.2's count (every pair of the larger kind, and
     as many of the other), up to SETFIT_PAIRS_CAP, but never fewer than PAIRS_PER_EXAMPLE per training example."""
     positive, negative = pair_counts(classes)
-    setfit = (2 if positive and negative else 1) * max(positive, negative)
+    setfit = setfit_count(classes)
     floor = PAIRS_PER_EXAMPLE * len(classes)
     count = max(floor, min(setfit, SETFIT_PAIRS_CAP))
     rule = (f"{PAIRS_PER_EXAMPLE} per training example" if count == floor else
