@@ -319,6 +319,13 @@ def load_model(task: Any, strategy: Any, model_args: ModelArguments, processor=N
         )
     if "quantization_config" in kwargs and next(model.parameters()).device.type == "cpu":
         release_checkpoint_mapping(model)
+        for module in model.modules():
+            if type(module).__name__ == "Linear4bit":
+                # On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight for an inference kernel at
+                # the first forward pass in eval mode without gradients (an evaluation), and that kernel has no
+                # backward: every later training step would pass no gradient through the layer. Every load keeps
+                # the format that trains, so that evaluation during training and after it compute alike.
+                module.support_avx512bf16_for_cpu = False
     pad = getattr(processor, "pad_token_id", None)
     if getattr(model.config, "pad_token_id", None) is None and pad is not None:
         model.config.pad_token_id = pad

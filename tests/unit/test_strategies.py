@@ -159,6 +159,21 @@ def test_qlora_quantizes_base_but_not_head(tiny_model_dir):
     assert type(head.modules_to_save["default"]).__name__ == "Linear"
 
 
+def test_qlora_still_trains_every_adapter_after_an_evaluation(tiny_model_dir):
+    """bitsandbytes repacks 4-bit weights for a CPU inference kernel without a backward pass at the first eval-mode
+    forward without gradients; a training run must keep passing gradients through the quantized layers."""
+    model, _, _ = build("llama", "qlora", tiny_model_dir)
+    inputs = batch(model=model)
+    model.eval()
+    with torch.no_grad():
+        model(**inputs)
+    model.train()
+    model(**inputs).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values()), [
+        n for n, g in grads.items() if g is None or not g.abs().sum()]
+
+
 def test_partial_rejects_more_layers_than_the_model_has(tiny_model_dir):
     from peftkit.errors import PeftkitError
 
