@@ -146,6 +146,11 @@ class PairObjective:
     def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
         return len(batch["labels"])
 
+    def forward(self, model, batch: dict[str, torch.Tensor]):
+        from peftkit.evaluation import model_inputs
+
+        return model(**model_inputs(batch))
+
     def start_epoch(self, collator, epoch: int, seed: int) -> None:
         return None
 

@@ -25,7 +25,7 @@ from peftkit import checkpoint
 from peftkit.config import DEFAULT_EPOCHS, TrainingArguments
 from peftkit.distributed import any_process, gather_trainable, on_main, restore_trainable, sharded, sum_processes
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
-from peftkit.evaluation import eval_loader, evaluate, model_inputs, own_generator
+from peftkit.evaluation import eval_loader, evaluate, own_generator
 from peftkit.feature_cache import INDEX_KEY, FeatureCache, backbone_is_frozen
 from peftkit.interrupt import StopRequest, TrainingInterrupted
 from peftkit.losses import build_loss
@@ -236,7 +236,7 @@ class Engine:
     def _forward(self, model, batch: dict, split: str):
         if self.cache is not None:
             self.cache.select(split, batch.pop(INDEX_KEY))
-        return model(**model_inputs(batch))
+        return self.task.forward(model, batch)
 
     def evaluate(self, model, loader: DataLoader, split: str) -> dict[str, float]:
         return evaluate(self.acc, self.task, model, loader, lambda m, b: self._forward(m, b, split))
@@ -565,7 +565,11 @@ class Engine:
         state = self.state
         best = self.best_weights.load() if self.acc.is_main_process else {}
         restore_trainable(self.acc, self.prepared, self.trainable, best)
-        results = {split: self.evaluate(self.prepared, loader, split)
+        last = state.history[-1] if state.history else {}
+        # Kept the weights that the last evaluation, at the last step, scored: its validation metrics are theirs.
+        kept = {k: v for k, v in last.items() if k not in ("step", "epoch")} if last.get("step") == state.step == \
+            state.best_step else None
+        results = {split: kept if split == "validation" and kept else self.evaluate(self.prepared, loader, split)
                    for split, loader in self.loop.eval_loaders.items()}
         if self.cache is not None:
             self.cache.detach()

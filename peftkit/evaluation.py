@@ -56,14 +56,14 @@ def evaluate(acc: Accelerator, task, model, loader: DataLoader, forward: Callabl
              collect: Callable | None = None) -> dict[str, float]:
     """Task metrics over every example of ``loader`` exactly once, however many processes share the work.
 
-    ``forward(model, batch)`` replaces ``model(**batch)`` (the feature cache uses it); ``collect(outputs,
+    ``forward(model, batch)`` replaces the task's forward (the feature cache uses it); ``collect(outputs,
     batch)`` sees every batch's outputs (merge parity keeps the logits it compares)."""
     was_training = model.training
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
         labels = {k: v for k, v in batch.items() if k == "labels"}  # the forward may consume the batch
-        out = forward(model, batch) if forward else model(**model_inputs(batch))
+        out = forward(model, batch) if forward else task.forward(model, batch)
         part = acc.gather_for_metrics(task.eval_rows(out, batch | labels))
         for key, value in part.items():
             rows.setdefault(key, []).append(value.detach().cpu())

@@ -232,7 +232,7 @@ def merge(run_dirs: list[str], output_dir: str, dtype: str = "float32", parity_s
     processor = build_from_config(sources[0].config, DataArguments(**sources[0].config["data"])).load_processor(
         sources[0].run_dir)
     loader, task = parity_data(sources[0], processor, parity_samples)
-    metric = task.default_metric  # the score each model's line of the report shows
+    metric = task.parity_metric or task.default_metric  # the score each model's line of the report shows
     reason = task.not_plain_reason()
     check(reason is None, f"Cannot merge {sources[0].run_dir} into a plain transformers model: {reason}.")
     reference = load_reference(sources, base, weights, combination, density, trust)

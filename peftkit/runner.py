@@ -28,7 +28,6 @@ from peftkit.devices import logging_dir, make_accelerator, use_idle_cores
 from peftkit.distributed import on_main, save_model
 from peftkit.engine import Engine
 from peftkit.errors import PeftkitError, check, is_write_failure, write_failure
-from peftkit.evaluation import model_inputs
 from peftkit.identity import fingerprint
 from peftkit.layout import (
     BASELINE_FILE,
@@ -422,7 +421,7 @@ def _probe(run: Run, model) -> None:
         model.train()
         try:
             with acc.autocast():
-                loss = model(**model_inputs(batch)).loss
+                loss = run.task.forward(model, batch).loss
             loss.backward()
             if acc.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -153,3 +153,24 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+def kill_and_resume(recipe: str, args: list[str], tmp_path: Path, checkpoint: str) -> tuple[dict, dict, Path, Path]:
+    """Run ``recipes/<recipe>`` to the end, then again in a subprocess SIGKILLed once ``checkpoint`` exists, resumed
+    with --resume_from_checkpoint latest; returns both results.json and both run directories."""
+    import json
+    import os
+    import signal
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert run_recipe(recipe, [*args, "--output_dir", str(reference)]) == 0
+    proc = subprocess.Popen([sys.executable, f"recipes/{recipe}", *args, "--output_dir", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(out / checkpoint, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (out / "results.json").exists()
+    assert run_recipe(recipe, [*args, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (reference, out))
+    return a, b, reference, out

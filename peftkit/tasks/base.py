@@ -68,6 +68,8 @@ class Task(TaskFlags, ABC):
     """Every metric ``compute_metrics`` returns -> ``"max"`` or ``"min"`` (which is better)."""
     default_metric: ClassVar[str]
     """What selects the best checkpoint unless --metric_for_best_model says."""
+    parity_metric: ClassVar[str | None] = None
+    """The metric `peftkit merge` reports for the adapter and the merged model (default: ``default_metric``)."""
     peft_task_type: ClassVar[str | None] = None
     """peft's TaskType name (``SEQ_CLS``, ``CAUSAL_LM``, ...); None: a plain PeftModel."""
     pipeline_tag: ClassVar[str | None] = None
@@ -170,6 +172,15 @@ class Task(TaskFlags, ABC):
         """The task's own data source (image_cls: folders) and its description; None: data files, the Hub or
         the built-in data, as for every task."""
         return None
+
+    def forward(self, model, batch: dict[str, torch.Tensor]):
+        """The outputs that training (their ``loss``; ``logits`` for a batch without loss units), :meth:`eval_rows`
+        and :meth:`parity_logits` read. Default: the model's own forward on the batch's model inputs. A task whose
+        loss takes more than one pass (preference: both answers of a pair, and the reference model) runs them here.
+        """
+        from peftkit.evaluation import model_inputs
+
+        return model(**model_inputs(batch))
 
     def loss_inputs(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels, one row per predicted label, for --loss, --label_smoothing and --class_weights."""

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict, Value
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from peftkit.data import ORIGIN, builtin_rotten_tomatoes, check_columns, load_file, read_lines, where
+from peftkit.data import ORIGIN, builtin_rotten_tomatoes, check_columns, where
 from peftkit.errors import check
 from peftkit.modeling import load_tokenizer
 from peftkit.tasks import generation
@@ -291,30 +291,8 @@ class CausalLM(CausalLMFlags, Task):
     def read_inputs(self, path: str | None, columns: dict[str, str | None]) -> list[dict[str, Any]]:
         """Prompts: lines of stdin or a .txt file (each a user message), or a data file's messages (the
         conversation so far) or prompt column."""
-        lines = read_lines(path)
-        if lines is not None:
-            return [{"prompt": line} for _, line in lines]
-        ds = load_file(path)
-        column = columns.get("text_column")
-        if column is None:
-            column = next((c for c in (self.columns.get("messages"), "messages", self.columns.get("prompt"), "prompt")
-                           if c and c in ds.column_names), None)
-        check(column is not None and column in ds.column_names, f"{path} has no prompt column (columns: "
-              f"{', '.join(c for c in ds.column_names if c != ORIGIN)}); pass --text_column with the one to use.")
-        return [{"prompt": value} for value in ds[column]]
-
-    def _render_prompt(self, tokenizer, prompt: Any) -> str:
-        templated = self.format == "messages" or isinstance(prompt, list) or (
-            self.format != "text" and getattr(tokenizer, "chat_template", None) is not None
-            and self.columns.get("messages"))
-        if isinstance(prompt, str) and templated:
-            prompt = [{"role": "user", "content": prompt}]
-        if isinstance(prompt, list):
-            require_template(tokenizer)
-            if prompt and prompt[-1].get("role") == "assistant":
-                prompt = prompt[:-1]  # a conversation with its answer: generate the answer again
-            return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return prompt
+        return generation.read_prompts(path, columns.get("text_column"), [self.columns.get("messages"), "messages",
+                                                                          self.columns.get("prompt"), "prompt"])
 
     def check_inputs(self, inputs: list[dict[str, Any]]) -> None:
         check(bool(inputs), "No prompts: the input was empty.")
@@ -322,7 +300,7 @@ class CausalLM(CausalLMFlags, Task):
     def predict(self, model, tokenizer, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Greedy continuations, the chat template applied as in training."""
         self.check_inputs(inputs)
-        prompts = [self._render_prompt(tokenizer, row["prompt"]) for row in inputs]
+        prompts = [generation.render_prompt(tokenizer, row["prompt"], self.format == "messages") for row in inputs]
         outputs = generation.generate(model, tokenizer, prompts, self.generation_max_new_tokens, show_progress=False)
         return [{"prompt": row["prompt"], "output": out} for row, out in zip(inputs, outputs, strict=True)]
 

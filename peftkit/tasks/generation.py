@@ -65,3 +65,36 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         tokenizer.padding_side = side
         model.train(was_training)
     return outputs
+
+
+def render_prompt(tokenizer, prompt: Any, chat: bool) -> str:
+    """A prompt as the model reads it: a conversation so far (its last turn dropped when it is the assistant's
+    answer), or with ``chat`` a string as the user's turn, through the chat template with the generation prompt;
+    other strings as they are."""
+    from peftkit.tasks.sft_data import require_template
+
+    if isinstance(prompt, str) and chat:
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list):
+        require_template(tokenizer)
+        if prompt and prompt[-1].get("role") == "assistant":
+            prompt = prompt[:-1]  # a conversation with its answer: generate the answer again
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def read_prompts(path: str | None, column: str | None, candidates: list[str | None]) -> list[dict[str, Any]]:
+    """What `peftkit predict` generates for: lines of stdin or a .txt file (each a user message), or a data file's
+    ``column`` (default: the first of ``candidates`` it has)."""
+    from peftkit.data import ORIGIN, load_file, read_lines
+    from peftkit.errors import check
+
+    lines = read_lines(path)
+    if lines is not None:
+        return [{"prompt": line} for _, line in lines]
+    ds = load_file(path)
+    if column is None:
+        column = next((c for c in candidates if c and c in ds.column_names), None)
+    check(column is not None and column in ds.column_names, f"{path} has no prompt column (columns: "
+          f"{', '.join(c for c in ds.column_names if c != ORIGIN)}); pass --text_column with the one to use.")
+    return [{"prompt": value} for value in ds[column]]

@@ -6,19 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_recipe, wait_for
+from helpers import kill_and_resume, run_recipe
 from safetensors.torch import load_file
 
 from peftkit.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--max_train_samples", "24", "--max_eval_samples", "8", "--max_generation_samples", "4",
          "--generation_max_new_tokens", "4", "--report_to", "none", "--logging_steps", "1"]
 pytestmark = pytest.mark.e2e
@@ -168,19 +165,8 @@ ARGS = [*SMALL, "--max_train_samples", "48", "--per_device_train_batch_size", "4
 
 
 def test_a_sigkilled_sft_run_resumes_exactly(tmp_path, tiny_lm_dir):
-    args = ["--model_name_or_path", tiny_lm_dir, *ARGS]
-    reference = tmp_path / "reference"
-    assert run_recipe("lora_sft.py", [*args, "--output_dir", str(reference)]) == 0
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "recipes/lora_sft.py", *args, "--output_dir", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    wait_for(out / "checkpoint-6", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert not (out / "results.json").exists()
-    assert run_recipe("lora_sft.py", [*args, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
-    a, b = (json.loads((d / "results.json").read_text()) for d in (reference, out))
+    a, b, reference, out = kill_and_resume("lora_sft.py", ["--model_name_or_path", tiny_lm_dir, *ARGS], tmp_path,
+                                           "checkpoint-6")
     assert b["resumed_from_step"] >= 6
     assert a["train_history"] == b["train_history"] and a["history"] == b["history"] and a["eval"] == b["eval"]
     assert a["final_evaluation"] == b["final_evaluation"]
