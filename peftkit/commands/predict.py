@@ -10,7 +10,8 @@ from peftkit.errors import check
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="use a trained run on new inputs (labels; generated answers for causal_lm)")
+    p = sub.add_parser("predict", help="use a trained run on new inputs (labels; generated answers for causal_lm "
+                       "and preference)")
     p.add_argument("run_dir", help="the --output_dir of a finished run")
     p.add_argument("--text_column", default=None, help="text column of a CSV/JSON input (default: the run's)")
     p.add_argument("--text_pair_column", default=None,

@@ -65,15 +65,22 @@ def build_from_config(cfg: dict[str, Any], data_args):
     return task
 
 
-from peftkit.tasks.flags import CausalLMFlags, ImageClsFlags, TextClsFlags, TokenClsFlags  # noqa: E402
+from peftkit.tasks.flags import (  # noqa: E402
+    CausalLMFlags,
+    ImageClsFlags,
+    PreferenceFlags,
+    TextClsFlags,
+    TokenClsFlags,
+)
 
 register("text_cls", "peftkit.tasks.text_cls:TextClassification", TextClsFlags)
 register("causal_lm", "peftkit.tasks.causal_lm:CausalLM", CausalLMFlags)
 register("token_cls", "peftkit.tasks.token_cls:TokenClassification", TokenClsFlags)
 register("image_cls", "peftkit.tasks.image_cls:ImageClassification", ImageClsFlags)
+register("preference", "peftkit.tasks.preference:Preference", PreferenceFlags)
 
 _CLASSES = {"TextClassification": "text_cls", "CausalLM": "causal_lm", "TokenClassification": "token_cls",
-            "ImageClassification": "image_cls"}
+            "ImageClassification": "image_cls", "Preference": "preference"}
 
 
 def __getattr__(name: str) -> Any:

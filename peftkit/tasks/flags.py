@@ -51,6 +51,44 @@ class CausalLMFlags(TaskFlags):
         "max_seq_length": 512, "num_train_epochs": 1.0})
 
 
+
+@dataclass
+class PreferenceFlags(TaskFlags):
+    """preference: tune a causal LM to prefer each pair's chosen answer to its rejected one (DPO, IPO, SimPO)."""
+
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "preference: prompt column (text or turns). Default: `prompt` when the data "
+                                "has it; without one, the prompt is what chosen and rejected share at the start."})
+    chosen_column: str = field(
+        default="chosen", metadata={"help": "preference: column of the preferred answers (text, or the assistant's "
+                                    "turns)."})
+    rejected_column: str = field(
+        default="rejected", metadata={"help": "preference: column of the answers to move away from."})
+    loss_type: str = field(
+        default="dpo", metadata={"help": "preference: dpo (sigmoid loss on the log-ratio margin against the "
+                                 "reference), ipo (squared loss on the per-token margin, for data where DPO "
+                                 "overfits) or simpo (reference-free: length-normalised log-probabilities with a "
+                                 "target margin --simpo_gamma; needs no reference pass)."})
+    beta: float | None = field(
+        default=None, metadata={"help": "preference: how far the tuned model may move from the reference (the "
+                                "strength of the implicit KL penalty; rewards are beta x log-ratios). Default: 0.1 "
+                                "for dpo and ipo, 2.0 for simpo."})
+    simpo_gamma: float = field(
+        default=1.0, metadata={"help": "preference: simpo's target margin between the chosen and rejected rewards."})
+    share_prompt: bool = field(
+        default=True, metadata={"help": "preference: run each prompt once and let both answers read its keys and "
+                                "values (exact, and about half the work where prompts are longer than answers); "
+                                "--no_share_prompt runs each answer as a whole prompt + answer row. Off by itself "
+                                "under --gradient_checkpointing, which keeps no keys and values."})
+    generation_max_new_tokens: int = field(
+        default=32, metadata={"help": "preference: tokens generated per held-out prompt at the final evaluation."})
+    max_generation_samples: int = field(
+        default=100, metadata={"help": "preference: held-out prompts generated for and scored against the chosen "
+                               "answer, before and after training (0 = no generation)."})
+    defaults: ClassVar[TaskDefaults] = TaskDefaults(training={
+        "model_name_or_path": BUILTIN_LM, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+        "max_seq_length": 512, "num_train_epochs": 1.0})
+
 @dataclass
 class TokenClsFlags(TaskFlags):
     """token_cls: a tag for every word (NER, POS, chunking)."""

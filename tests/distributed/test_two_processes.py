@@ -167,6 +167,35 @@ def test_sft_on_two_processes_trains_like_one(tmp_path, tiny_lm_dir, packing):
     assert max(w1[k].abs().max() for k in w1 if "lora_B" in k) > 2e-3
 
 
+def test_dpo_on_two_processes_trains_like_one(tmp_path, tiny_lm_dir):
+    """60 pairs at a global batch of 16: the last step's second process holds repeats, which must not count; the
+    reference pass (adapters off, no gradients) runs on each process between its forward and backward."""
+    common = ["--model_name_or_path", tiny_lm_dir, "--max_train_samples", "60", "--max_eval_samples", "15",
+              "--max_generation_samples", "4", "--generation_max_new_tokens", "4", "--num_train_epochs", "1",
+              "--disable_dropout", "--logging_steps", "1", "--report_to", "none", "--learning_rate", "1e-2"]
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    proc = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG,
+                             "recipes/lora_dpo.py", *common, "--per_device_train_batch_size", "8",
+                             "--output_dir", str(two_dir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    finish(proc)
+    assert run_recipe("lora_dpo.py", [*common, "--per_device_train_batch_size", "16", "--output_dir",
+                                      str(one_dir)]) == 0
+    two, one = (json.loads((d / "results.json").read_text()) for d in (two_dir, one_dir))
+    assert two["num_processes"] == 2 and len(two["train_history"]) == len(one["train_history"]) == 4
+    for a, b in zip(one["train_history"], two["train_history"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), a["step"]
+    for name in ("loss", "reward_accuracy", "reward_margin", "preference_accuracy"):
+        assert two["eval"][name] == pytest.approx(one["eval"][name], abs=1e-5), name
+    for stage in ("base", "fine_tuned"):
+        assert one["final_evaluation"][stage]["exact_match"] == two["final_evaluation"][stage]["exact_match"]
+    a, b = one["final_evaluation"]["base"], two["final_evaluation"]["base"]
+    assert a["pairs"] == b["pairs"] == 15 and b["preference_accuracy"] == pytest.approx(a["preference_accuracy"])
+    w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (one_dir, two_dir))
+    for key in w1:
+        assert (w1[key] - w2[key]).abs().max() < 1e-4, key
+
+
 def test_token_cls_on_two_processes_evaluates_every_word_once_and_trains_like_one(tmp_path):
     """NER on the built-in WNUT-16: 51 evaluation sentences split unevenly over 2 processes, each sentence's
     words gathered once (equal word accuracy, entity scores and token loss to 1 process with the same global
