@@ -5,6 +5,7 @@
     python -m benchmarks --strategies lora qlora full --num_processes 2
     python -m benchmarks --strategies lora --num_processes 1 2 4 --no_reference   # throughput scaling
     python -m benchmarks --task causal_lm             # SFT of SmolLM2-135M: full, lora, qlora, dora + TRL
+    python -m benchmarks --task preference            # DPO of SmolLM2-135M: full, lora, qlora + TRL's DPOTrainer
     python -m benchmarks --train_sizes 100 300 1000 all --repeats 3   # learning curves: what to use for how much data
     python -m benchmarks --shots 8 16 32 64 --repeats 5   # few-shot: peftkit's few-shot default, SetFit, TF-IDF
     python -m benchmarks --strategies lora --repeats 3 --set group_by_length=false   # a variant of every run
@@ -41,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num_processes", type=int, nargs="+", default=[1],
                     help="processes per run (Accelerate); several counts add a throughput scaling table")
     ap.add_argument("--no_reference", action="store_true",
-                    help="skip the stock reference (transformers Trainer + peft; TRL SFTTrainer for causal_lm)")
-    ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM (SmolLM2 for causal_lm)")
+                    help="skip the stock reference (transformers Trainer + peft; TRL's SFTTrainer for causal_lm, its "
+                    "DPOTrainer for preference)")
+    ap.add_argument("--model_name_or_path", default=None, help="default: the built-in MiniLM (SmolLM2 for "
+                    "causal_lm and preference)")
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--num_train_epochs", type=float, default=None)
     ap.add_argument("--set", nargs="+", default=[], metavar="FLAG=VALUE", help=SET_HELP)

@@ -15,12 +15,13 @@ MARKERS = "osD^vP*Xh<>p"
 NAMES = {"text_cls": ("test acc", "macro F1", "test accuracy (%)"),
          "causal_lm": ("exact match", "token F1", "held-out exact match (%)"),
          "token_cls": ("entity F1", "word acc", "test entity F1 (%)"),
-         "image_cls": ("test acc", "macro F1", "test accuracy (%)")}
+         "image_cls": ("test acc", "macro F1", "test accuracy (%)"),
+         "preference": ("reward acc", "pref acc", "held-out reward accuracy (%)")}
 # Rows trained without peftkit (suite.SCRIPTS): always one process, never in the scaling table.
 WITHOUT_PEFTKIT = ("reference", "bare_loop")
 METRICS = ("accuracy", "f1", "base_accuracy", "eval_loss", "peak_memory_bytes", "train_runtime_s", "samples_per_s",
            "tokens_per_s", "step_time_median_s", "trainable_params", "trainable_params_without_head", "artifact_bytes",
-           "merge_time_s", "memory_over_loaded_bytes", "real_token_share")
+           "merge_time_s", "memory_over_loaded_bytes", "real_token_share", "reward_margin")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -256,7 +257,7 @@ def tables(results: dict[str, Any]) -> list[str]:
     full = summary.get("full", {}).get("mean", {})
     task = results["config"].get("task", "text_cls")
     score, f1, _ = NAMES[task]
-    lm = task == "causal_lm"
+    lm = task in ("causal_lm", "preference")
     lines = [
         *([f"A learning curve over {', '.join(train_sizes(results))} {size_unit(results)} (section below); the "
            f"strategy table is at {train_sizes(results)[-1]} of them.", ""] if is_curve(results) else []),
@@ -266,7 +267,10 @@ def tables(results: dict[str, Any]) -> list[str]:
         "memory less the process's resident memory when training starts, model loaded: what training itself adds "
         "over the interpreter, libraries and weights."
         + (" base = the same score of the model before training; val loss = validation loss per supervised token."
-           if lm else ""),
+           if task == "causal_lm" else "")
+        + (" pref acc = how often the model finds the chosen answer the more likely; base = that of the model "
+           "before training (it is its own reference, so its rewards are all 0); val loss = validation loss per "
+           "pair." if task == "preference" else ""),
         "",
         f"| strategy | {score} | {f1} | delta vs full (pt) | " + ("base | val loss | " if lm else "")
         + "peak mem (MiB) | over loaded (MiB) | memory x | train time (s) | "
@@ -296,7 +300,8 @@ def _strategy_row(strategy: str, entry: dict[str, Any], full: dict[str, float], 
     mem_x = m["peak_memory_bytes"] / full["peak_memory_bytes"] if "peak_memory_bytes" in full else None
     speed_x = full["train_runtime_s"] / m["train_runtime_s"] if "train_runtime_s" in full else None
     return (
-        f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {m['f1']:.4f} | {_fmt(acc_delta, '+.2f')} | "
+        f"| {strategy} | {m['accuracy']:.4f} +- {sd['accuracy']:.4f} | {_fmt(m.get('f1'), '.4f')} | "
+        f"{_fmt(acc_delta, '+.2f')} | "
         + (f"{_fmt(m.get('base_accuracy'), '.4f')} | {_fmt(m.get('eval_loss'), '.4f')} | " if lm else "")
         + f"{_spread(entry, 'peak_memory_bytes', 2**20, '.0f')} | "
         f"{_spread(entry, 'memory_over_loaded_bytes', 2**20, '.0f')} | {_fmt(mem_x, '.2f')} | "

@@ -26,7 +26,9 @@ QUICK = {"text_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_trai
          "token_cls": {"max_train_samples": 64, "max_eval_samples": 32, "num_train_epochs": 1,
                        "per_device_train_batch_size": 16},
          "image_cls": {"max_train_samples": 32, "max_eval_samples": 16, "num_train_epochs": 1,
-                       "per_device_train_batch_size": 16, "augment": "flip"}}
+                       "per_device_train_batch_size": 16, "augment": "flip"},
+         "preference": {"max_train_samples": 32, "max_eval_samples": 16, "max_generation_samples": 16,
+                        "num_train_epochs": 1, "per_device_train_batch_size": 8}}
 # The recipes' defaults on the whole built-in data.
 FULL = {"text_cls": {"num_train_epochs": 2, "per_device_train_batch_size": 32},
         "causal_lm": {"num_train_epochs": 1, "per_device_train_batch_size": 8},
@@ -35,16 +37,18 @@ FULL = {"text_cls": {"num_train_epochs": 2, "per_device_train_batch_size": 32},
         "token_cls": {"num_train_epochs": 6, "per_device_train_batch_size": 32},
         # What the image recipes train on the 1,000 built-in MNIST images: 3 epochs, batch 16 as derived, with the
         # flips of the classic recipe for every strategy and the stock reference alike.
-        "image_cls": {"num_train_epochs": 3, "per_device_train_batch_size": 16, "augment": "flip"}}
+        "image_cls": {"num_train_epochs": 3, "per_device_train_batch_size": 16, "augment": "flip"},
+        "preference": {"num_train_epochs": 1, "per_device_train_batch_size": 8}}
 STRATEGIES = {"text_cls": ["full", "head", "partial", "lora", "qlora"], "causal_lm": ["full", "lora", "qlora", "dora"],
               "token_cls": ["full", "head", "partial", "lora", "qlora", "dora"],
               # qlora: bitsandbytes quantizes linear layers only, and the built-in CNN has none outside its head
-              "image_cls": ["full", "head", "partial", "lora", "dora"]}
+              "image_cls": ["full", "head", "partial", "lora", "dora"], "preference": ["full", "lora", "qlora"]}
 # Each task's held-out score, in the columns the report calls accuracy and f1.
 SCORES = {"text_cls": "test accuracy and macro F1",
           "causal_lm": "exact match and token F1 of greedy answers to the held-out (test) prompts",
           "token_cls": "test entity F1 (seqeval, micro) and word accuracy",
-          "image_cls": "test accuracy and macro F1"}
+          "image_cls": "test accuracy and macro F1",
+          "preference": "reward accuracy and preference accuracy (the chosen answer the more likely) on the test pairs"}
 
 
 @dataclass
@@ -277,6 +281,10 @@ def scores(task: str, res: dict[str, Any]) -> dict[str, Any]:
     if task == "token_cls":  # the headline score is entity F1: the column the report compares against full
         return {"accuracy": res["test"]["f1"], "f1": res["test"]["accuracy"]}
     final = res["final_evaluation"]
+    if task == "preference":
+        return {"accuracy": res["test"]["reward_accuracy"], "f1": res["test"]["preference_accuracy"],
+                "base_accuracy": final["base"]["preference_accuracy"], "eval_loss": res["eval"]["loss"],
+                "reward_margin": res["test"]["reward_margin"]}
     return {"accuracy": final["fine_tuned"]["exact_match"], "f1": final["fine_tuned"]["token_f1"],
             "base_accuracy": final["base"]["exact_match"], "eval_loss": res["eval"]["loss"]}
 
@@ -284,7 +292,7 @@ def scores(task: str, res: dict[str, Any]) -> dict[str, Any]:
 def export_data(cfg: BenchConfig, seed: int) -> Path:
     """The exact splits peftkit trains on, for the reference script (which must not use peftkit): CSV of
     text,label for text_cls; JSONL of conversational prompt/completion for causal_lm; JSONL of tokens and tag
-    names, and labels.json (the tag names in id order), for token_cls."""
+    names, and labels.json (the tag names in id order), for token_cls; JSONL of the pairs for preference."""
     from peftkit.config import DataArguments
     from peftkit.data import load_raw_datasets
     from peftkit.tasks import get_task
@@ -311,6 +319,8 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
                     for words, tags in zip(ds["tokens"], ds["ner_tags"], strict=True)]
             (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             (out / "labels.json").write_text(json.dumps(names))
+        elif cfg.task == "preference":
+            (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ds.to_list()))
         else:
             rows = [{"prompt": turns[:-1], "completion": turns[-1:]} for turns in ds["messages"]]
             (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -322,15 +332,16 @@ def export_data(cfg: BenchConfig, seed: int) -> Path:
 # that measures the engine's overhead). Each script takes the flags of reference_common.parser.
 SCRIPTS = {("reference", "text_cls"): "reference_trainer.py", ("reference", "causal_lm"): "reference_sft.py",
            ("reference", "token_cls"): "reference_ner.py", ("bare_loop", "text_cls"): "bare_loop.py",
-           ("reference", "image_cls"): "reference_image.py"}
+           ("reference", "image_cls"): "reference_image.py", ("reference", "preference"): "reference_dpo.py"}
 SCRIPT_FLAGS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                "max_seq_length", "max_generation_samples", "generation_max_new_tokens")
+                "max_seq_length", "max_generation_samples", "generation_max_new_tokens", "beta")
 
 
 def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dict[str, Any]:
     from peftkit.config import TrainingArguments
     from peftkit.modeling import resolve_model_path
     from peftkit.strategies import get_strategy
+    from peftkit.tasks import get_task
 
     run_dir = cfg.output_dir / "runs" / f"{name}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -341,7 +352,8 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
     except Exception:  # noqa: BLE001 - reported as a failed row, the suite goes on
         return row | {"status": "failed", "error": traceback.format_exc().splitlines()[-1]}
     settings = {k: v for k, v in cfg.settings.items() if k in SCRIPT_FLAGS}
-    settings.setdefault("learning_rate", get_strategy("lora").cls.default_learning_rate)
+    settings.setdefault("learning_rate", get_task(cfg.task).cls.defaults.learning_rates.get("lora")
+                        or get_strategy("lora").cls.default_learning_rate)
     if name == "bare_loop":  # peftkit's batches, whichever way the suite's peftkit runs make them
         grouped = cfg.settings.get("group_by_length", TrainingArguments.group_by_length)
         settings["group_by_length"] = str(grouped).lower()
@@ -363,6 +375,9 @@ def train_reference(cfg: BenchConfig, seed: int, name: str = "reference") -> dic
         shutil.rmtree(checkpoint, ignore_errors=True)
     if cfg.task in ("text_cls", "token_cls", "image_cls"):
         held_out = scores(cfg.task, res)
+    elif cfg.task == "preference":  # TRL's own evaluation of the test pairs
+        held_out = {"accuracy": res["test"]["reward_accuracy"], "reward_margin": res["test"]["reward_margin"],
+                    "eval_loss": res["eval"]["loss"]}
     else:  # scored by the same code as peftkit's runs
         from peftkit.tasks.generation import score
 
@@ -513,10 +528,11 @@ def dataset_name(task: str) -> str:
     from peftkit.tasks import get_task
 
     name = getattr(get_task(task).cls.builtin_dataset, "dataset_name", BUILTIN_DATASET)
-    return name + (" (as questions)" if task == "causal_lm" else "")
+    return name + {"causal_lm": " (as questions)", "preference": " (as preference pairs)"}.get(task, "")
 
 
 def default_model(task: str) -> str:
     from peftkit.config import BUILTIN_LM, BUILTIN_MODEL, BUILTIN_VISION_MODEL
 
-    return {"causal_lm": BUILTIN_LM, "image_cls": BUILTIN_VISION_MODEL}.get(task, BUILTIN_MODEL)
+    return {"causal_lm": BUILTIN_LM, "preference": BUILTIN_LM, "image_cls": BUILTIN_VISION_MODEL}.get(task,
+                                                                                                   BUILTIN_MODEL)
