@@ -176,19 +176,27 @@ class Preference(PreferenceFlags, Task):
             return extract_prompt(chosen, rejected)
         return row[self.columns["prompt"]], chosen, rejected
 
+    def _pair(self, tokenizer, row: dict[str, Any], counts: Counts | None = None) -> dict[str, list[int]]:
+        """One row's ids. An empty prompt (an implicit one with nothing shared) becomes the BOS token (EOS without
+        one): an answer's first token needs a position before it."""
+        pair = encode_pair(tokenizer, *self._parts(row), self.data.max_seq_length, counts)
+        if not pair["input_ids"]:
+            pair["input_ids"] = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+                                 else tokenizer.eos_token_id]
+        return pair
+
     def _encode(self, ds: Dataset, tokenizer, split: str, report: bool = True) -> Dataset:
         """Every pair as prompt ids and two answers' ids; pairs with nothing to prefer are counted and left out."""
-        counts, rows, length = Counts(pairs=len(ds)), [], self.data.max_seq_length
-        start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        counts, rows = Counts(pairs=len(ds)), []
         for i, row in enumerate(ds.select_columns([c for c in self.columns.values() if c]).to_list()):
-            pair = encode_pair(tokenizer, *self._parts(row), length, counts)
+            pair = self._pair(tokenizer, row, counts)
             if not pair["chosen_ids"] or not pair["rejected_ids"]:
                 counts.empty.append(i)
             elif pair["chosen_ids"] == pair["rejected_ids"]:
                 counts.same.append(i)
             else:
-                pair["input_ids"] = pair["input_ids"] or start  # an answer's first token needs a position before it
                 rows.append(pair)
+        length = self.data.max_seq_length
         check(bool(rows), f"No {split} pair has two different answers to learn from: {len(counts.same)} have the "
               f"same chosen and rejected answer{' once cut to --max_seq_length' if counts.answer_cut else ''}, "
               f"{len(counts.empty)} have an empty answer. Check --chosen_column and --rejected_column.")
@@ -402,10 +410,10 @@ class Preference(PreferenceFlags, Task):
 
         kept, rows = [], []
         for i, row in enumerate(raw):
-            pair = encode_pair(tokenizer, *self._parts(row), self.data.max_seq_length)
+            pair = self._pair(tokenizer, row)
             if pair["chosen_ids"] and pair["rejected_ids"] and pair["chosen_ids"] != pair["rejected_ids"]:
                 kept.append(i)
-                rows.append(pair | {"input_ids": pair["input_ids"] or [tokenizer.eos_token_id]})
+                rows.append(pair)
         check(bool(rows), "No pair with two different answers in this data: nothing to analyse.")
         collate, device, scores = self.collator(tokenizer), next(model.parameters()).device, []
         model.eval()
@@ -419,7 +427,7 @@ class Preference(PreferenceFlags, Task):
         errors = []
         for j in sorted(range(len(kept)), key=lambda j: margins[j])[:top_k]:
             prompt, chosen, rejected = self._parts(raw[kept[j]])
-            text = [v[-1]["content"] if isinstance(v, list) else v for v in (prompt, chosen, rejected)]
+            text = [(v[-1]["content"] if v else "") if isinstance(v, list) else v for v in (prompt, chosen, rejected)]
             errors.append({"kind": "prefers the rejected answer" if margins[j] < 0 else "least sure right",
                            "example": raw[kept[j]].get(ORIGIN, f"example {kept[j]}"), "prompt": text[0],
                            "chosen": text[1], "rejected": text[2], "logp_margin": round(margins[j], 4)})

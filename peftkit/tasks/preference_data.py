@@ -42,6 +42,8 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
         i += 1
     while i > 0 and not chosen[i - 1].isspace():  # "... is positive" / "... is negative": split before the word
         i -= 1
+    while i > 0 and chosen[i - 1].isspace():  # and before its space, which tokenizers join to the word (" four")
+        i -= 1
     return chosen[:i], chosen[i:], rejected[i:]
 
 
@@ -70,6 +72,9 @@ def check_pairs(ds: Dataset, columns: dict[str, str | None], split: str) -> bool
               "{role, content} turns.")
         check(len(found) == 1 and (name == "prompt" or found == {first}), f"Column {columns[name]!r} ({name}) of "
               f"the {split} data mixes text and conversations (lists of turns): give every pair in one format.")
+        check(name != "prompt" or found <= {"str", first}, f"Column {columns[name]!r} (prompt) of the {split} data "
+              "holds conversations while the answers are text: give the answers as the assistant's turns "
+              '([{"role": "assistant", "content": "..."}]), or the prompt as text.')
     implicit = columns.get("prompt") is None
     problems: dict[str, list[int]] = {}
     for i, row in enumerate(ds.select_columns([c for c in columns.values() if c]).to_list()):

@@ -79,7 +79,7 @@ def test_text_answers_are_tokenized_apart_from_the_prompt_and_end_with_eos(token
 
 
 def test_an_implicit_prompt_is_what_both_share():
-    assert extract_prompt("Q: 2+2? A: four", "Q: 2+2? A: five") == ("Q: 2+2? A: ", "four", "five")
+    assert extract_prompt("Q: 2+2? A: four", "Q: 2+2? A: five") == ("Q: 2+2? A:", " four", " five")
     assert extract_prompt(USER + YES, USER + NO) == (USER, YES, NO)
     raw = splits(chosen=[USER + YES], rejected=[USER + NO])
     task = task_for(raw)
@@ -221,6 +221,7 @@ def test_repeats_and_empty_answers_never_make_a_silent_zero_loss(tiny_lm_dir, to
     ({"prompt": [USER], "chosen": [[{"role": "user", "content": "x"}]], "rejected": [NO]}, {},
      "chosen \\('chosen'\\) has no assistant turn that says something"),
     ({"prompt": ["p"], "chosen": [" a"], "rejected": [" b"]}, {"loss_type": "kto"}, "--loss_type 'kto' is not one of"),
+    ({"prompt": [USER], "chosen": ["a"], "rejected": ["b"]}, {}, "holds conversations while the answers are text"),
 ])
 def test_bad_data_and_flags_are_named(columns, flags, message):
     with pytest.raises(PeftkitError, match=message):
