@@ -174,3 +174,21 @@ def kill_and_resume(recipe: str, args: list[str], tmp_path: Path, checkpoint: st
     assert run_recipe(recipe, [*args, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
     a, b = (json.loads((d / "results.json").read_text()) for d in (reference, out))
     return a, b, reference, out
+
+
+def splits(**columns):
+    """The same rows as the train and the validation split."""
+    from datasets import Dataset, DatasetDict
+
+    ds = Dataset.from_dict(columns)
+    return DatasetDict({"train": ds, "validation": ds})
+
+
+def discovered(task_name: str, raw, max_seq_length: int = 128, **flags):
+    """Task ``task_name`` with ``flags``, after discovering ``raw``."""
+    from peftkit.config import DataArguments
+    from peftkit.tasks import get_task
+
+    task = get_task(task_name).build(DataArguments(max_seq_length=max_seq_length), **flags)
+    task.discover(raw)
+    return task

@@ -3,6 +3,7 @@ loss under accumulation, token-weighted evaluation, and the head strategy refuse
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from datasets import Dataset, DatasetDict
+from helpers import discovered, splits
 
 from peftkit.config import DataArguments, ModelArguments, TrainingArguments
 from peftkit.engine import Engine
@@ -26,15 +28,7 @@ def chat(q, a, system=None):
     return turns + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
-def task_for(raw, max_seq_length=128, **flags):
-    task = get_task("causal_lm").build(DataArguments(max_seq_length=max_seq_length), **flags)
-    task.discover(raw)
-    return task
-
-
-def splits(**columns):
-    ds = Dataset.from_dict(columns)
-    return DatasetDict({"train": ds, "validation": ds})
+task_for = functools.partial(discovered, "causal_lm")
 
 
 @pytest.fixture(scope="module")

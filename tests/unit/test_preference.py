@@ -4,17 +4,17 @@ losses against their formulas, and bad input."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from helpers import discovered, splits
 
-from peftkit.config import DataArguments
 from peftkit.errors import PeftkitError
 from peftkit.modeling import load_tokenizer
-from peftkit.tasks import get_task
 from peftkit.tasks.preference import answer_logps
 from peftkit.tasks.preference_data import encode_pair, extract_prompt
 
@@ -27,15 +27,7 @@ THINKING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role']
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def task_for(raw, max_seq_length=128, **flags):
-    task = get_task("preference").build(DataArguments(max_seq_length=max_seq_length), **flags)
-    task.discover(raw)
-    return task
-
-
-def splits(**columns):
-    ds = Dataset.from_dict(columns)
-    return DatasetDict({"train": ds, "validation": ds})
+task_for = functools.partial(discovered, "preference")
 
 
 @pytest.fixture(scope="module")
